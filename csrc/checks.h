@@ -1,0 +1,111 @@
+// Argument validation shared by the CPU and CUDA entry points: every check runs before any
+// allocation or launch, and every message names the op, the argument, what was expected
+// and what was received. Caller mistakes raise ValueError (TORCH_CHECK_VALUE).
+#pragma once
+#include <ATen/ATen.h>
+
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace hessalign {
+
+inline std::string shape_str(const at::Tensor& t) { return c10::str(t.sizes()); }
+
+// features (N, d), weight (C, d), bias (C,) or None; floating, same dtype and device.
+// Half and bfloat16 are accepted only where the backend accumulates them in float32 (CUDA).
+inline void check_head(const char* op, const at::Tensor& features, const at::Tensor& weight,
+                       const std::optional<at::Tensor>& bias, bool reduced_precision_ok) {
+  TORCH_CHECK_VALUE(features.dim() == 2, op, ": features must be 2-D (N, d); got shape ", shape_str(features));
+  TORCH_CHECK_VALUE(weight.dim() == 2, op, ": weight must be 2-D (C, d); got shape ", shape_str(weight));
+  const auto dt = features.scalar_type();
+  const bool full = dt == at::kFloat || dt == at::kDouble;
+  const bool reduced = dt == at::kHalf || dt == at::kBFloat16;
+  TORCH_CHECK_VALUE(full || (reduced && reduced_precision_ok), op,
+                    ": features must be float32 or float64", reduced_precision_ok ? " (or float16/bfloat16)" : "",
+                    " on ", features.device().type(), "; got ", dt);
+  TORCH_CHECK_VALUE(weight.scalar_type() == dt, op, ": weight must have the dtype of features (", dt, "); got ",
+                    weight.scalar_type());
+  TORCH_CHECK_VALUE(weight.device() == features.device(), op, ": weight must be on the device of features (",
+                    features.device(), "); got ", weight.device());
+  TORCH_CHECK_VALUE(features.size(1) >= 1, op, ": features must have at least one column (d >= 1); got shape ",
+                    shape_str(features));
+  TORCH_CHECK_VALUE(weight.size(0) >= 1, op, ": weight must have at least one class (C >= 1); got shape ",
+                    shape_str(weight));
+  TORCH_CHECK_VALUE(weight.size(1) == features.size(1), op, ": weight must be (C, d) with d = features.size(1) = ",
+                    features.size(1), "; got shape ", shape_str(weight));
+  if (bias) {
+    TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == weight.size(0), op, ": bias must be 1-D of length C = ",
+                      weight.size(0), "; got shape ", shape_str(*bias));
+    TORCH_CHECK_VALUE(bias->scalar_type() == dt, op, ": bias must have the dtype of features (", dt, "); got ",
+                      bias->scalar_type());
+    TORCH_CHECK_VALUE(bias->device() == features.device(), op, ": bias must be on the device of features (",
+                      features.device(), "); got ", bias->device());
+  }
+}
+
+// offsets: int64 (E+1,), sorted, 0 .. N, on the CPU or the device of features. Returns them
+// on the host. Empty domains are allowed: they contribute zeros.
+inline std::vector<int64_t> check_offsets(const char* op, const at::Tensor& offsets, const at::Tensor& features) {
+  TORCH_CHECK_VALUE(offsets.dim() == 1 && offsets.size(0) >= 2, op,
+                    ": offsets must be 1-D with E+1 >= 2 entries; got shape ", shape_str(offsets));
+  TORCH_CHECK_VALUE(offsets.scalar_type() == at::kLong, op, ": offsets must be int64; got ", offsets.scalar_type());
+  TORCH_CHECK_VALUE(offsets.device().is_cpu() || offsets.device() == features.device(), op,
+                    ": offsets must be on the CPU or on the device of features (", features.device(), "); got ",
+                    offsets.device());
+  const at::Tensor h = offsets.to(at::kCPU).contiguous();
+  const int64_t* o = h.const_data_ptr<int64_t>();
+  std::vector<int64_t> off(o, o + h.numel());
+  const int64_t N = features.size(0);
+  TORCH_CHECK_VALUE(off.front() == 0 && off.back() == N, op, ": offsets must be sorted, start at 0 and end at N=", N,
+                    "; got first element ", off.front(), " and last element ", off.back());
+  for (size_t e = 1; e < off.size(); ++e)
+    TORCH_CHECK_VALUE(off[e] >= off[e - 1], op, ": offsets must be sorted, start at 0 and end at N=", N,
+                      "; got offsets[", e, "]=", off[e], " < offsets[", e - 1, "]=", off[e - 1]);
+  return off;
+}
+
+// labels: int64 (N,) on the device of features, each in [0, C) or equal to ignore_index.
+inline void check_labels(const char* op, const at::Tensor& labels, const at::Tensor& features, int64_t C,
+                         int64_t ignore_index) {
+  TORCH_CHECK_VALUE(labels.dim() == 1 && labels.size(0) == features.size(0), op,
+                    ": labels must be 1-D of length N = ", features.size(0), "; got shape ", shape_str(labels));
+  TORCH_CHECK_VALUE(labels.scalar_type() == at::kLong, op, ": labels must be int64; got ", labels.scalar_type());
+  TORCH_CHECK_VALUE(labels.device() == features.device(), op, ": labels must be on the device of features (",
+                    features.device(), "); got ", labels.device());
+  if (labels.numel() == 0) return;
+  const at::Tensor bad = (labels != ignore_index).logical_and_(labels.lt(0).logical_or_(labels.ge(C)));
+  if (bad.any().item<bool>()) {
+    const int64_t i = bad.nonzero()[0][0].item<int64_t>();
+    TORCH_CHECK_VALUE(false, op, ": labels must be in [0, C=", C, ") or equal ignore_index=", ignore_index,
+                      "; got labels[", i, "]=", labels[i].item<int64_t>());
+  }
+}
+
+// (C, D) or (E, C, D) per-domain vectors / upstream gradients.
+inline void check_param_block(const char* op, const char* name, const at::Tensor& t, const at::Tensor& features,
+                              int64_t E, int64_t C, int64_t D, bool shared_ok) {
+  const bool per_domain = t.dim() == 3 && t.size(0) == E && t.size(1) == C && t.size(2) == D;
+  const bool shared = shared_ok && t.dim() == 2 && t.size(0) == C && t.size(1) == D;
+  TORCH_CHECK_VALUE(per_domain || shared, op, ": ", name, " must have shape (E, C, D) = (", E, ", ", C, ", ", D, ")",
+                    shared_ok ? c10::str(" or (C, D) = (", C, ", ", D, ")") : std::string(), "; got shape ",
+                    shape_str(t));
+  TORCH_CHECK_VALUE(t.scalar_type() == features.scalar_type(), op, ": ", name, " must have the dtype of features (",
+                    features.scalar_type(), "); got ", t.scalar_type());
+  TORCH_CHECK_VALUE(t.device() == features.device(), op, ": ", name, " must be on the device of features (",
+                    features.device(), "); got ", t.device());
+}
+
+inline void check_per_domain(const char* op, const char* name, const at::Tensor& t, const at::Tensor& features,
+                             int64_t E) {
+  TORCH_CHECK_VALUE(t.dim() == 1 && t.size(0) == E, op, ": ", name, " must have shape (E,) = (", E, ",); got shape ",
+                    shape_str(t));
+  TORCH_CHECK_VALUE(t.device() == features.device(), op, ": ", name, " must be on the device of features (",
+                    features.device(), "); got ", t.device());
+}
+
+inline void check_num_probes(const char* op, int64_t num_probes) {
+  TORCH_CHECK_VALUE(num_probes >= 1, op, ": num_probes must be >= 1; got ", num_probes);
+}
+
+}  // namespace hessalign

@@ -1,0 +1,78 @@
+// The CPU backend of the host drivers (host/*.h): runs the row functors of math/ one row at
+// a time inside at::parallel_for, the same functors the CUDA kernels run a warp per row.
+#pragma once
+#include <ATen/Parallel.h>
+
+#include <vector>
+
+#include "../math/cross_entropy.h"
+#include "../math/softmax.h"
+
+namespace hessalign {
+
+struct CpuKernels {
+  static constexpr bool kReducedPrecision = false;  // float and double only on the CPU
+  static int guard(const at::Tensor&) { return 0; }
+  static CpuKernels current() { return {}; }
+
+  // Row functor over `rows` rows: sums over columns, then map, then finish (math/tile.h).
+  template <class Op>
+  void rows(index_t rows, const Op& op) const {
+    using acc_t = typename Op::acc_type;
+    const index_t cols = op.cols();
+    at::parallel_for(0, rows, std::max<index_t>(1, 32768 / std::max<index_t>(cols, 1)), [&](index_t b, index_t e) {
+      for (index_t r = b; r < e; ++r) {
+        acc_t s[Op::kSums > 0 ? Op::kSums : 1] = {};
+        if constexpr (Op::kSums > 0)
+          for (index_t c = 0; c < cols; ++c) op.partial(r, c, s);
+        for (index_t c = 0; c < cols; ++c) op.map(r, c, s);
+        op.finish(r, s);
+      }
+    });
+  }
+
+  template <class Op>
+  void elements(index_t n, const Op& op) const {
+    at::parallel_for(0, n, 4096, [&](index_t b, index_t e) {
+      for (index_t i = b; i < e; ++i) op(i);
+    });
+  }
+
+  // Merges each row of an N×T logits tile into the running (M, S) pairs.
+  template <class scalar_t, class acc_t>
+  void softmax_stats(const scalar_t* L, index_t N, index_t T, acc_t* M, acc_t* S) const {
+    at::parallel_for(0, N, 16, [&](index_t b, index_t e) {
+      for (index_t i = b; i < e; ++i) {
+        const auto p = softmax_merge(SoftmaxPair<acc_t>{M[i], S[i]}, softmax_row_stats<scalar_t, acc_t>(L + i * T, T, 0, 1));
+        M[i] = p.m;
+        S[i] = p.s;
+      }
+    });
+  }
+
+  // out[e] = Σ_{i in domain e} vals[i]
+  template <class acc_t>
+  void segment_sum(const acc_t* vals, const int64_t* offsets, index_t E, acc_t* out) const {
+    for (index_t e = 0; e < E; ++e) {
+      acc_t s = 0;
+      for (index_t i = offsets[e]; i < offsets[e + 1]; ++i) s += vals[i];
+      out[e] = s;
+    }
+  }
+
+  // (c, a, b) of every row: the domain's denominator, then each row (math/cross_entropy.h).
+  template <class acc_t>
+  void ce_coeffs(const CeParams<acc_t>& p, const int64_t* offsets, index_t E, acc_t* c, acc_t* a, acc_t* b) const {
+    for (index_t e = 0; e < E; ++e) {
+      acc_t denom = 1;
+      if (!p.sum) {
+        denom = 0;
+        for (index_t i = offsets[e]; i < offsets[e + 1]; ++i) denom += ce_denominator_term(p, i);
+      }
+      for (index_t i = offsets[e]; i < offsets[e + 1]; ++i) ce_row_coeffs(p, i, denom, c, a, b);
+    }
+  }
+
+};
+
+}  // namespace hessalign

@@ -1,0 +1,73 @@
+// head_grad: forward g_e = R_eᵀ Z̃_e per class tile; closed-form backward (math/head_grad.h):
+// dZ̃_e += R_e Ḡ_e and, through the softmax, the HVP's S with V = Ḡ_e as logits gradient.
+#pragma once
+#include "../math/head_grad.h"
+#include "../math/head_hvp.h"
+#include "head_problem.h"
+
+namespace hessalign {
+
+template <class K>
+at::Tensor head_grad_forward(HE_HEAD_PARAMS, const at::Tensor& labels, const at::Tensor& offsets, HE_CE_PARAMS) {
+  HE_ENTRY(K, labels);
+  Head h = make_head<K>("head_grad", features, weight, bias, offsets, ce, true, class_tile, 2);
+  prepare(h, k, ce);
+  at::Tensor out = at::empty({h.E, h.C, h.D}, h.zt.options());
+  HE_DISPATCH(K, h.zt.scalar_type(), [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    for (int64_t c0 = 0; c0 < h.C; c0 += h.tile) {
+      const int64_t T = std::min(h.tile, h.C - c0);
+      at::Tensor R = at::empty({h.N, T}, h.zt.options());
+      if (h.N > 0) {
+        const at::Tensor L = h.logits(c0, T);
+        k.rows(h.N, ResidualOp<scalar_t, acc_t>{{}, h.view<scalar_t, acc_t>(L, c0, T), h.ce_rows<acc_t>(), nullptr,
+                                                R.mutable_data_ptr<scalar_t>()});
+      }
+      seg_tn(h, R, h.zt, out.narrow(1, c0, T));
+    }
+  });
+  return out;
+}
+
+template <class K>
+std::tuple<at::Tensor, at::Tensor, at::Tensor> head_grad_backward(
+    const at::Tensor& grad, HE_HEAD_PARAMS, const at::Tensor& labels, const at::Tensor& offsets, HE_CE_PARAMS) {
+  HE_ENTRY(K, labels);
+  Head h = make_head<K>("head_grad_backward", features, weight, bias, offsets, ce, true, class_tile, 3);
+  check_param_block(h.op, "grad", grad, features, h.E, h.C, h.D, false);
+  prepare(h, k, ce);
+  HeadGrads g(h);
+  const at::Tensor G = grad.contiguous();
+  if (h.N == 0) return g.finish(h);
+  HE_DISPATCH(K, h.zt.scalar_type(), [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    // pass 2: m_i = Σ_c p_ic u_ic with u_i = Ḡ_e z̃_i, over all classes
+    at::Tensor m = at::zeros({h.N}, h.zt.options().dtype(h.acc_type));
+    at::Tensor U1;
+    for (int64_t c0 = 0; c0 < h.C; c0 += h.tile) {
+      const int64_t T = std::min(h.tile, h.C - c0);
+      const at::Tensor L = h.logits(c0, T);
+      at::Tensor U = seg_nt(h, h.zt, G.narrow(1, c0, T));
+      k.rows(h.N, HvpMeanOp<scalar_t, acc_t>{{}, {h.view<scalar_t, acc_t>(L, c0, T), 1, 0, 1},
+                                             U.const_data_ptr<scalar_t>(), m.mutable_data_ptr<acc_t>()});
+      if (T == h.C) U1 = U;
+    }
+    // pass 3: dl = c p (u - m) over U; R for dZ̃_e += R_e Ḡ_e
+    for (int64_t c0 = 0; c0 < h.C; c0 += h.tile) {
+      const int64_t T = std::min(h.tile, h.C - c0);
+      const at::Tensor L = h.logits(c0, T);
+      const at::Tensor Gt = G.narrow(1, c0, T);
+      at::Tensor U = U1.defined() ? U1 : seg_nt(h, h.zt, Gt);
+      const auto lt = h.view<scalar_t, acc_t>(L, c0, T);
+      k.rows(h.N, HvpSOp<scalar_t, acc_t>{{}, {lt, 1, 0, 1}, h.c.const_data_ptr<acc_t>(), m.const_data_ptr<acc_t>(),
+                                          U.mutable_data_ptr<scalar_t>()});
+      at::Tensor R = at::empty({h.N, T}, h.zt.options());
+      k.rows(h.N, ResidualOp<scalar_t, acc_t>{{}, lt, h.ce_rows<acc_t>(), nullptr, R.mutable_data_ptr<scalar_t>()});
+      seg_nn_add(h, R, Gt, g.dzt);
+      g.add_logits_grad(h, U, c0, T);
+    }
+  });
+  return g.finish(h);
+}
+
+}  // namespace hessalign

@@ -1,0 +1,69 @@
+// head_hessian_trace: tr(H_e) = Σ_{i∈e} c_i q_i ‖z̃_i‖² (math/head_hessian_trace.h): one row
+// pass over the class tiles and a per-domain sum; backward dl_ic = 2 k_i p (Σp² - p).
+#pragma once
+#include "../math/head_hessian_trace.h"
+#include "head_problem.h"
+
+namespace hessalign {
+
+// q_i and Σ_c p_ic² for every row, over the class tiles.
+template <class scalar_t, class acc_t, class K>
+std::pair<at::Tensor, at::Tensor> trace_rows(const Head& h, const K& k) {
+  const auto acc = h.zt.options().dtype(h.acc_type);
+  at::Tensor q = at::zeros({h.N}, acc), sq = at::zeros({h.N}, acc);
+  for (int64_t c0 = 0; c0 < h.C && h.N > 0; c0 += h.tile) {
+    const int64_t T = std::min(h.tile, h.C - c0);
+    const at::Tensor L = h.logits(c0, T);
+    k.rows(h.N, TraceRowOp<scalar_t, acc_t>{{}, h.view<scalar_t, acc_t>(L, c0, T), q.mutable_data_ptr<acc_t>(),
+                                            sq.mutable_data_ptr<acc_t>()});
+  }
+  return {q, sq};
+}
+
+template <class K>
+at::Tensor head_hessian_trace_forward(HE_HEAD_PARAMS, const at::Tensor& offsets,
+    const std::optional<at::Tensor>& labels, HE_CE_PARAMS) {
+  HE_ENTRY(K, labels);
+  Head h = make_head<K>("head_hessian_trace", features, weight, bias, offsets, ce, false, class_tile, 1);
+  prepare(h, k, ce);
+  at::Tensor rowvals;
+  HE_DISPATCH(K, h.zt.scalar_type(), [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    at::Tensor q, sq;
+    std::tie(q, sq) = trace_rows<scalar_t, acc_t>(h, k);
+    rowvals = h.c * q * h.zt.to(h.acc_type).square().sum(1);
+  });
+  return segment_sum(h, k, rowvals).to(features.scalar_type());
+}
+
+template <class K>
+std::tuple<at::Tensor, at::Tensor, at::Tensor> head_hessian_trace_backward(
+    const at::Tensor& grad, HE_HEAD_PARAMS, const at::Tensor& offsets, const std::optional<at::Tensor>& labels,
+    HE_CE_PARAMS) {
+  HE_ENTRY(K, labels);
+  Head h = make_head<K>("head_hessian_trace_backward", features, weight, bias, offsets, ce, false, class_tile, 2);
+  check_per_domain(h.op, "grad", grad, features, h.E);
+  prepare(h, k, ce);
+  HeadGrads g(h);
+  if (h.N == 0) return g.finish(h);
+  const at::Tensor tbar = h.per_row(grad);
+  HE_DISPATCH(K, h.zt.scalar_type(), [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    at::Tensor q, sq;
+    std::tie(q, sq) = trace_rows<scalar_t, acc_t>(h, k);
+    const at::Tensor ct = h.c * tbar;
+    const at::Tensor kk = ct * h.zt.to(h.acc_type).square().sum(1);
+    g.dzt.add_(2 * (ct * q).unsqueeze(1) * h.zt);
+    for (int64_t c0 = 0; c0 < h.C; c0 += h.tile) {
+      const int64_t T = std::min(h.tile, h.C - c0);
+      const at::Tensor L = h.logits(c0, T);
+      at::Tensor dl = at::empty({h.N, T}, h.zt.options());
+      k.rows(h.N, TraceBackwardOp<scalar_t, acc_t>{{}, h.view<scalar_t, acc_t>(L, c0, T), kk.const_data_ptr<acc_t>(),
+                                                   sq.const_data_ptr<acc_t>(), dl.mutable_data_ptr<scalar_t>()});
+      g.add_logits_grad(h, dl, c0, T);
+    }
+  });
+  return g.finish(h);
+}
+
+}  // namespace hessalign

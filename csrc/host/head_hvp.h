@@ -1,0 +1,105 @@
+// head_hvp: H_e v_e for every domain (math/head_hvp.h with B = 1); vectors (E, C, D) per
+// domain or (C, D) shared. Forward: pass 2 sums m_i over class tiles, pass 3 forms S and
+// the per-domain GEMM. Backward: pass 2 sums m, t, w; pass 3 forms S, dU, dP, then dl.
+#pragma once
+#include "../math/head_hvp.h"
+#include "head_problem.h"
+
+namespace hessalign {
+
+template <class K>
+at::Tensor head_hvp_forward(HE_HEAD_PARAMS, const at::Tensor& vectors, const at::Tensor& offsets,
+    const std::optional<at::Tensor>& labels, HE_CE_PARAMS) {
+  HE_ENTRY(K, labels);
+  Head h = make_head<K>("head_hvp", features, weight, bias, offsets, ce, false, class_tile, 2);
+  check_param_block(h.op, "vectors", vectors, features, h.E, h.C, h.D, true);
+  prepare(h, k, ce);
+  const at::Tensor V = vectors.contiguous();
+  at::Tensor out = at::empty({h.E, h.C, h.D}, h.zt.options());
+  HE_DISPATCH(K, h.zt.scalar_type(), [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    at::Tensor m = at::zeros({h.N}, h.zt.options().dtype(h.acc_type));
+    at::Tensor U1;
+    for (int64_t c0 = 0; c0 < h.C && h.N > 0; c0 += h.tile) {
+      const int64_t T = std::min(h.tile, h.C - c0);
+      const at::Tensor L = h.logits(c0, T);
+      at::Tensor U = seg_nt(h, h.zt, V.narrow(-2, c0, T));
+      k.rows(h.N, HvpMeanOp<scalar_t, acc_t>{{}, {h.view<scalar_t, acc_t>(L, c0, T), 1, 0, 1},
+                                             U.const_data_ptr<scalar_t>(), m.mutable_data_ptr<acc_t>()});
+      if (T == h.C) U1 = U;
+    }
+    for (int64_t c0 = 0; c0 < h.C; c0 += h.tile) {
+      const int64_t T = std::min(h.tile, h.C - c0);
+      at::Tensor U = U1.defined() ? U1 : seg_nt(h, h.zt, V.narrow(-2, c0, T));
+      if (h.N > 0) {
+        const at::Tensor L = h.logits(c0, T);
+        k.rows(h.N, HvpSOp<scalar_t, acc_t>{{}, {h.view<scalar_t, acc_t>(L, c0, T), 1, 0, 1},
+                                            h.c.const_data_ptr<acc_t>(), m.const_data_ptr<acc_t>(),
+                                            U.mutable_data_ptr<scalar_t>()});
+      }
+      seg_tn(h, U, h.zt, out.narrow(1, c0, T));
+    }
+  });
+  return out;
+}
+
+template <class K>
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> head_hvp_backward(
+    const at::Tensor& grad, HE_HEAD_PARAMS, const at::Tensor& vectors, const at::Tensor& offsets,
+    const std::optional<at::Tensor>& labels, HE_CE_PARAMS) {
+  HE_ENTRY(K, labels);
+  Head h = make_head<K>("head_hvp_backward", features, weight, bias, offsets, ce, false, class_tile, 4);
+  check_param_block(h.op, "vectors", vectors, features, h.E, h.C, h.D, true);
+  check_param_block(h.op, "grad", grad, features, h.E, h.C, h.D, false);
+  prepare(h, k, ce);
+  const at::Tensor V = vectors.contiguous(), G = grad.contiguous();
+  HeadGrads g(h);
+  at::Tensor dV = at::zeros({h.E, h.C, h.D}, h.zt.options().dtype(h.acc_type));
+  HE_DISPATCH(K, h.zt.scalar_type(), [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const auto acc = h.zt.options().dtype(h.acc_type);
+    at::Tensor m = at::zeros({h.N}, acc), t = at::zeros({h.N}, acc), w = at::zeros({h.N}, acc);
+    at::Tensor U1, dS1;
+    for (int64_t c0 = 0; c0 < h.C && h.N > 0; c0 += h.tile) {  // pass 2: m, t, w
+      const int64_t T = std::min(h.tile, h.C - c0);
+      const at::Tensor L = h.logits(c0, T);
+      const HvpChunk<scalar_t, acc_t> ch{h.view<scalar_t, acc_t>(L, c0, T), 1, 0, 1};
+      at::Tensor U = seg_nt(h, h.zt, V.narrow(-2, c0, T));
+      at::Tensor dS = seg_nt(h, h.zt, G.narrow(1, c0, T));
+      k.rows(h.N, HvpMeanOp<scalar_t, acc_t>{{}, ch, U.const_data_ptr<scalar_t>(), m.mutable_data_ptr<acc_t>()});
+      k.rows(h.N, HvpBackwardSumsOp<scalar_t, acc_t>{{}, ch, h.c.const_data_ptr<acc_t>(), U.const_data_ptr<scalar_t>(),
+                                                     dS.const_data_ptr<scalar_t>(), t.mutable_data_ptr<acc_t>(),
+                                                     w.mutable_data_ptr<acc_t>()});
+      if (T == h.C) U1 = U, dS1 = dS;
+    }
+    const at::Tensor rho = w - 2 * m * t;
+    for (int64_t c0 = 0; c0 < h.C && h.N > 0; c0 += h.tile) {  // pass 3
+      const int64_t T = std::min(h.tile, h.C - c0);
+      const at::Tensor L = h.logits(c0, T);
+      const auto lt = h.view<scalar_t, acc_t>(L, c0, T);
+      const at::Tensor Vt = V.narrow(-2, c0, T), Gt = G.narrow(1, c0, T);
+      at::Tensor U = U1.defined() ? U1 : seg_nt(h, h.zt, Vt);
+      at::Tensor dS = dS1.defined() ? dS1 : seg_nt(h, h.zt, Gt);
+      at::Tensor DP = at::zeros({h.N, T}, acc);
+      k.rows(h.N, HvpBackwardMapOp<scalar_t, acc_t>{{}, {lt, 1, 0, 1}, h.c.const_data_ptr<acc_t>(),
+                                                    m.const_data_ptr<acc_t>(), t.const_data_ptr<acc_t>(),
+                                                    U.mutable_data_ptr<scalar_t>(), dS.mutable_data_ptr<scalar_t>(),
+                                                    DP.mutable_data_ptr<acc_t>()});
+      // U holds S, dS holds dU now
+      seg_nn_add(h, U, Gt, g.dzt);
+      seg_nn_add(h, dS, Vt, g.dzt);
+      at::Tensor dVt = at::empty({h.E, T, h.D}, h.zt.options());
+      seg_tn(h, dS, h.zt, dVt);
+      dV.narrow(1, c0, T).add_(dVt);
+      at::Tensor dl = at::empty({h.N, T}, h.zt.options());
+      k.rows(h.N, SoftmaxBackwardOp<scalar_t, acc_t>{{}, lt, DP.const_data_ptr<acc_t>(), rho.const_data_ptr<acc_t>(),
+                                                     dl.mutable_data_ptr<scalar_t>()});
+      g.add_logits_grad(h, dl, c0, T);
+    }
+  });
+  auto [gz, gw, gb] = g.finish(h);
+  at::Tensor gv = (vectors.dim() == 2 ? dV.sum(0) : dV).to(features.scalar_type());
+  return {gz, gw, gb, gv};
+}
+
+}  // namespace hessalign

@@ -1,0 +1,266 @@
+// Device-generic host side of every op: validates and prepares the head (augmented features
+// Z̃ = [Z | 1] and weight W̃ = [W | b]), the per-row loss coefficients, the class tiling, the
+// row log-sum-exps, and the per-domain GEMMs (ATen: MKL/OpenBLAS on the CPU, cuBLAS on CUDA).
+// The elementwise and reduction work goes to the backend K (cpu/cpu_kernels.h or
+// cuda/cuda_kernels.h), which runs the row functors of math/.
+#pragma once
+#include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Dispatch.h>
+
+#include <cstdlib>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "../checks.h"
+#include "../math/cross_entropy.h"
+#include "../math/tile.h"
+
+namespace hessalign {
+
+// float/double everywhere; half/bfloat16 too where the backend supports them (CUDA).
+#define HE_DISPATCH(K, TYPE, ...)                                                                 \
+  [&] {                                                                                                 \
+    if constexpr (K::kReducedPrecision)                                                                 \
+      return AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, TYPE, "hessalign_ext", __VA_ARGS__);        \
+    else                                                                                                \
+      return AT_DISPATCH_FLOATING_TYPES(TYPE, "hessalign_ext", __VA_ARGS__);                                       \
+  }()
+
+// torch.nn.functional.cross_entropy's options, applied to each domain's rows.
+struct CeOptions {
+  std::optional<at::Tensor> labels;
+  int64_t ignore_index = -100;
+  std::optional<at::Tensor> class_weight;
+  double label_smoothing = 0.0;
+  std::string reduction = "mean";
+};
+
+// The parameter lists every op entry point shares with its schema (schemas.h).
+#define HE_HEAD_PARAMS const at::Tensor &features, const at::Tensor &weight, const std::optional<at::Tensor> &bias
+#define HE_CE_PARAMS                                                                                  \
+  int64_t ignore_index, const std::optional<at::Tensor>&class_weight, double label_smoothing,        \
+      c10::string_view reduction, int64_t class_tile
+// Opens an entry point: device guard, backend on the current stream, the loss options.
+#define HE_ENTRY(K, labels)         \
+  auto he_guard = K::guard(features); \
+  const K k = K::current();           \
+  const CeOptions ce = make_ce(labels, ignore_index, class_weight, label_smoothing, reduction)
+
+inline CeOptions make_ce(const std::optional<at::Tensor>& labels, int64_t ignore_index,
+                         const std::optional<at::Tensor>& class_weight, double label_smoothing,
+                         c10::string_view reduction) {
+  return {labels, ignore_index, class_weight, label_smoothing, std::string(reduction)};
+}
+
+// Bytes of N×T working buffers an op may hold per class tile: the memory rule that picks
+// between one tile of all C classes (logits materialized once) and streaming over tiles.
+// HESSALIGN_TILE_BYTES overrides the default of 256 MiB; the class_tile argument overrides both.
+inline int64_t tile_budget_bytes() {
+  const char* env = std::getenv("HESSALIGN_TILE_BYTES");
+  return env ? std::max<int64_t>(1, std::atoll(env)) : (int64_t(256) << 20);
+}
+
+// Largest class tile whose `buffers` N×T buffers of `elem` bytes fit the budget; all C when
+// they fit, else a multiple of 64 (at least 64).
+inline int64_t choose_class_tile(int64_t N, int64_t C, int64_t elem, int64_t buffers, int64_t requested) {
+  if (requested > 0) return std::min(requested, C);
+  const int64_t per_class = std::max<int64_t>(1, N) * elem * buffers;
+  const int64_t fit = tile_budget_bytes() / per_class;
+  if (fit >= C) return C;
+  return std::min(C, std::max<int64_t>(64, fit / 64 * 64));
+}
+
+struct Head {
+  const char* op;
+  at::Tensor zt;   // (N, D) features, with a ones column when there is a bias
+  at::Tensor wt;   // (C, D) weight, with the bias as last column
+  std::vector<int64_t> off;
+  at::Tensor off_dev;  // offsets on the device of features
+  int64_t N, d, D, C, E, tile;
+  bool has_bias;
+  at::ScalarType acc_type;
+  // per-row loss coefficients (math/cross_entropy.h), acc dtype
+  at::Tensor c, a, b, labels, class_weight;
+  at::Tensor lse;           // (N,) acc dtype
+  at::Tensor logits_cache;  // (N, C) when one tile covers all classes
+
+  int64_t num_tiles() const { return (C + tile - 1) / tile; }
+  int64_t rows(int64_t e) const { return off[e + 1] - off[e]; }
+
+  at::Tensor logits(int64_t c0, int64_t T) const {
+    if (logits_cache.defined()) return logits_cache;
+    return at::mm(zt, wt.narrow(0, c0, T).t());
+  }
+
+  template <class scalar_t, class acc_t>
+  LogitsTile<scalar_t, acc_t> view(const at::Tensor& L, int64_t c0, int64_t T) const {
+    return {L.const_data_ptr<scalar_t>(), T, c0, lse.const_data_ptr<acc_t>()};
+  }
+
+  template <class acc_t>
+  CeRows<acc_t> ce_rows() const {
+    return {c.const_data_ptr<acc_t>(), a.const_data_ptr<acc_t>(), b.const_data_ptr<acc_t>(),
+            labels.defined() ? labels.const_data_ptr<int64_t>() : nullptr,
+            class_weight.defined() ? class_weight.const_data_ptr<acc_t>() : nullptr};
+  }
+
+  // Per-row value of a per-domain tensor (E,): x[e(i)].
+  at::Tensor per_row(const at::Tensor& x) const {
+    std::vector<int64_t> counts(E);
+    for (int64_t e = 0; e < E; ++e) counts[e] = rows(e);
+    return x.to(acc_type).repeat_interleave(at::tensor(counts).to(x.device()), 0, N);
+  }
+};
+
+inline void check_ce(const char* op, const at::Tensor& features, int64_t C, const CeOptions& ce, bool labels_required) {
+  TORCH_CHECK_VALUE(!labels_required || ce.labels, op, ": labels are required");
+  if (ce.labels) check_labels(op, *ce.labels, features, C, ce.ignore_index);
+  if (ce.class_weight) {
+    TORCH_CHECK_VALUE(ce.labels, op, ": class_weight needs labels (it weights each row by its label's class)");
+    const auto& w = *ce.class_weight;
+    TORCH_CHECK_VALUE(w.dim() == 1 && w.size(0) == C, op, ": class_weight must be 1-D of length C = ", C,
+                      "; got shape ", shape_str(w));
+    TORCH_CHECK_VALUE(at::isFloatingType(w.scalar_type()), op, ": class_weight must be floating point; got ",
+                      w.scalar_type());
+    TORCH_CHECK_VALUE(w.device() == features.device(), op, ": class_weight must be on the device of features (",
+                      features.device(), "); got ", w.device());
+  }
+  TORCH_CHECK_VALUE(ce.label_smoothing >= 0.0 && ce.label_smoothing <= 1.0, op,
+                    ": label_smoothing must be in [0, 1]; got ", ce.label_smoothing);
+  TORCH_CHECK_VALUE(ce.reduction == "mean" || ce.reduction == "sum", op,
+                    ": reduction must be 'mean' or 'sum'; got '", ce.reduction, "'");
+}
+
+inline void check_class_tile(const char* op, int64_t class_tile) {
+  TORCH_CHECK_VALUE(class_tile >= 0, op, ": class_tile must be >= 0 (0 picks it by the memory rule); got ",
+                    class_tile);
+}
+
+// Validates everything and builds the head. `buffers` is the op's count of N×T working
+// buffers (for the tile rule). Coefficients and log-sum-exps are filled by prepare().
+template <class K>
+Head make_head(const char* op, const at::Tensor& features, const at::Tensor& weight,
+               const std::optional<at::Tensor>& bias, const at::Tensor& offsets, const CeOptions& ce,
+               bool labels_required, int64_t class_tile, int64_t buffers) {
+  check_head(op, features, weight, bias, K::kReducedPrecision);
+  Head h;
+  h.op = op;
+  h.off = check_offsets(op, offsets, features);
+  check_ce(op, features, weight.size(0), ce, labels_required);
+  check_class_tile(op, class_tile);
+  h.N = features.size(0);
+  h.d = features.size(1);
+  h.C = weight.size(0);
+  h.E = int64_t(h.off.size()) - 1;
+  h.has_bias = bias.has_value();
+  h.D = h.d + (h.has_bias ? 1 : 0);
+  h.acc_type = at::toOpMathType(features.scalar_type());
+  // Non-contiguous and expanded inputs are copied here, once.
+  h.zt = h.has_bias ? at::cat({features, at::ones({h.N, 1}, features.options())}, 1) : features.contiguous();
+  h.wt = h.has_bias ? at::cat({weight, bias->unsqueeze(1)}, 1) : weight.contiguous();
+  h.off_dev = at::tensor(h.off, at::TensorOptions().dtype(at::kLong)).to(features.device());
+  h.tile = choose_class_tile(h.N, h.C, features.element_size(), buffers, class_tile);
+  if (ce.labels) h.labels = ce.labels->contiguous();
+  if (ce.class_weight) h.class_weight = ce.class_weight->to(h.acc_type).contiguous();
+  return h;
+}
+
+// Fills the per-row coefficients and the row log-sum-exps (pass 1 over the class tiles;
+// with one tile its logits are kept for the op's later passes).
+template <class K>
+void prepare(Head& h, const K& k, const CeOptions& ce) {
+  const auto opts = h.zt.options().dtype(h.acc_type);
+  h.c = at::empty({h.N}, opts);
+  h.a = at::empty({h.N}, opts);
+  h.b = at::empty({h.N}, opts);
+  h.lse = at::empty({h.N}, opts);
+  HE_DISPATCH(K, h.zt.scalar_type(), [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    CeParams<acc_t> p{h.labels.defined() ? h.labels.const_data_ptr<int64_t>() : nullptr,
+                      h.class_weight.defined() ? h.class_weight.const_data_ptr<acc_t>() : nullptr,
+                      h.class_weight.defined() ? h.class_weight.sum().item<acc_t>() : acc_t(h.C),
+                      acc_t(ce.label_smoothing), ce.ignore_index, h.C, ce.reduction == "sum"};
+    if (h.N == 0) return;
+    k.ce_coeffs(p, h.off_dev.const_data_ptr<int64_t>(), h.E, h.c.mutable_data_ptr<acc_t>(),
+                h.a.mutable_data_ptr<acc_t>(), h.b.mutable_data_ptr<acc_t>());
+    at::Tensor M = at::full({h.N}, -INFINITY, opts), S = at::zeros({h.N}, opts);
+    for (int64_t c0 = 0; c0 < h.C; c0 += h.tile) {
+      const int64_t T = std::min(h.tile, h.C - c0);
+      at::Tensor L = h.logits(c0, T);
+      k.softmax_stats(L.const_data_ptr<scalar_t>(), h.N, T, M.mutable_data_ptr<acc_t>(), S.mutable_data_ptr<acc_t>());
+      if (T == h.C) h.logits_cache = L;
+    }
+    at::add_out(h.lse, M, S.log());
+  });
+}
+
+// acc += a @ b, where acc may be of a wider dtype than a and b (float32 for bf16 inputs).
+inline void add_mm(at::Tensor acc, const at::Tensor& a, const at::Tensor& b) {
+  if (acc.scalar_type() == a.scalar_type()) acc.addmm_(a, b);
+  else acc.add_(at::mm(a, b));
+}
+
+// out[e] = X_eᵀ Y_e for every domain (rows of e); out is (E, M, D') or a view with
+// contiguous rows. An empty domain gives zeros.
+inline void seg_tn(const Head& h, const at::Tensor& X, const at::Tensor& Y, const at::Tensor& out) {
+  for (int64_t e = 0; e < h.E; ++e) {
+    at::Tensor o = out.select(0, e);
+    if (h.rows(e) == 0) { o.zero_(); continue; }
+    at::mm_out(o, X.narrow(0, h.off[e], h.rows(e)).t(), Y.narrow(0, h.off[e], h.rows(e)));
+  }
+}
+
+// U_e = Y_e V_eᵀ for every domain: V is (E, M, D') per domain, or (M, D') shared by all.
+inline at::Tensor seg_nt(const Head& h, const at::Tensor& Y, const at::Tensor& V) {
+  if (V.dim() == 2) return at::mm(Y, V.t());
+  at::Tensor U = at::empty({h.N, V.size(1)}, Y.options());
+  for (int64_t e = 0; e < h.E; ++e) {
+    if (h.rows(e) == 0) continue;
+    at::Tensor u = U.narrow(0, h.off[e], h.rows(e));
+    at::mm_out(u, Y.narrow(0, h.off[e], h.rows(e)), V[e].t());
+  }
+  return U;
+}
+
+// acc_e += X_e V_e for every domain: V is (E, M, D') per domain, or (M, D') shared.
+inline void seg_nn_add(const Head& h, const at::Tensor& X, const at::Tensor& V, at::Tensor acc) {
+  if (V.dim() == 2) { add_mm(acc, X, V); return; }
+  for (int64_t e = 0; e < h.E; ++e)
+    if (h.rows(e) > 0) add_mm(acc.narrow(0, h.off[e], h.rows(e)), X.narrow(0, h.off[e], h.rows(e)), V[e]);
+}
+
+// The gradients of an op with respect to Z̃ and W̃, accumulated over class tiles in the
+// accumulation dtype, then split into (features, weight, bias).
+struct HeadGrads {
+  at::Tensor dzt, dwt;
+  explicit HeadGrads(const Head& h)
+      : dzt(at::zeros({h.N, h.D}, h.zt.options().dtype(h.acc_type))),
+        dwt(at::zeros({h.C, h.D}, h.zt.options().dtype(h.acc_type))) {}
+
+  // Chain rule through logits = Z̃ W̃ᵀ for the logits gradient dl of classes c0 .. c0+T-1.
+  void add_logits_grad(const Head& h, const at::Tensor& dl, int64_t c0, int64_t T) {
+    add_mm(dzt, dl, h.wt.narrow(0, c0, T));
+    add_mm(dwt.narrow(0, c0, T), dl.t(), h.zt);
+  }
+
+  std::tuple<at::Tensor, at::Tensor, at::Tensor> finish(const Head& h) const {
+    const auto dt = h.zt.scalar_type();
+    at::Tensor gb = h.has_bias ? dwt.select(1, h.d).to(dt) : at::empty({0}, h.zt.options());
+    return {dzt.narrow(1, 0, h.d).to(dt).contiguous(), dwt.narrow(1, 0, h.d).to(dt).contiguous(), gb.contiguous()};
+  }
+};
+
+// Per-domain sums of a per-row vector (E,), by the backend's segmented reduction.
+template <class K>
+at::Tensor segment_sum(const Head& h, const K& k, const at::Tensor& rowvals) {
+  at::Tensor out = at::empty({h.E}, rowvals.options());
+  AT_DISPATCH_FLOATING_TYPES(rowvals.scalar_type(), "hessalign_ext", [&] {
+    k.segment_sum(rowvals.const_data_ptr<scalar_t>(), h.off_dev.const_data_ptr<int64_t>(), h.E,
+                  out.mutable_data_ptr<scalar_t>());
+  });
+  return out;
+}
+
+}  // namespace hessalign

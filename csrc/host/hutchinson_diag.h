@@ -1,0 +1,119 @@
+// hutchinson_diag: (1/K) Σ_k v_k ⊙ (H_e v_k) per domain: per chunk of probes the HVPs of
+// head_hvp.h (m over the class tiles, then S and O_e = S_eᵀ Z̃_e), folded into the output by
+// ProbeDiagAccumulateOp. Backward: each probe's HVP backward with upstream D̄_e ⊙ v_k / K.
+#pragma once
+#include "../math/head_hvp.h"
+#include "../math/hutchinson_diag.h"
+#include "hutchinson.h"
+
+namespace hessalign {
+
+template <class K>
+at::Tensor hutchinson_diag_forward(HE_HEAD_PARAMS, const at::Tensor& offsets, int64_t num_probes, int64_t seed,
+    const std::optional<at::Tensor>& labels, HE_CE_PARAMS) {
+  HE_ENTRY(K, labels);
+  Head h = make_head<K>("hutchinson_diag", features, weight, bias, offsets, ce, false, class_tile, 2);
+  check_num_probes(h.op, num_probes);
+  prepare(h, k, ce);
+  at::Tensor out = at::zeros({h.E, h.C, h.D}, h.zt.options());
+  if (h.N == 0) return out;
+  const auto acc = h.zt.options().dtype(h.acc_type);
+  HE_DISPATCH(K, h.zt.scalar_type(), [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const int64_t chunk = choose_probe_chunk(h, num_probes, 1);
+    for (int64_t k0 = 0; k0 < num_probes; k0 += chunk) {
+      const int64_t B = std::min(chunk, num_probes - k0);
+      at::Tensor m = at::zeros({h.N, B}, acc), U1;
+      for (int64_t c0 = 0; c0 < h.C; c0 += h.tile) {  // m over all classes
+        const int64_t T = std::min(h.tile, h.C - c0);
+        const at::Tensor L = h.logits(c0, T);
+        at::Tensor U = probe_products(h, probe_block<scalar_t>(h, k, uint64_t(seed), k0, B, c0, T));
+        k.rows(h.N * B, HvpMeanOp<scalar_t, acc_t>{{}, {h.view<scalar_t, acc_t>(L, c0, T), B, 0, B},
+                                                   U.const_data_ptr<scalar_t>(), m.mutable_data_ptr<acc_t>()});
+        if (T == h.C) U1 = U;
+      }
+      for (int64_t c0 = 0; c0 < h.C; c0 += h.tile) {  // S, O_e, fold into out
+        const int64_t T = std::min(h.tile, h.C - c0);
+        const at::Tensor L = h.logits(c0, T);
+        at::Tensor U = U1.defined() ? U1 : probe_products(h, probe_block<scalar_t>(h, k, uint64_t(seed), k0, B, c0, T));
+        k.rows(h.N * B, HvpSOp<scalar_t, acc_t>{{}, {h.view<scalar_t, acc_t>(L, c0, T), B, 0, B},
+                                                h.c.const_data_ptr<acc_t>(), m.const_data_ptr<acc_t>(),
+                                                U.mutable_data_ptr<scalar_t>()});
+        at::Tensor O = at::empty({h.E, B * T, h.D}, h.zt.options());
+        seg_tn(h, U, h.zt, O);
+        k.elements(h.E * T * h.D,
+                   ProbeDiagAccumulateOp<scalar_t, acc_t>{uint64_t(seed), k0, B, c0, T, h.D, h.C,
+                                                          acc_t(1) / acc_t(num_probes), O.const_data_ptr<scalar_t>(),
+                                                          out.mutable_data_ptr<scalar_t>()});
+      }
+    }
+  });
+  return out;
+}
+
+template <class K>
+std::tuple<at::Tensor, at::Tensor, at::Tensor> hutchinson_diag_backward(
+    const at::Tensor& grad, HE_HEAD_PARAMS, const at::Tensor& offsets, int64_t num_probes, int64_t seed,
+    const std::optional<at::Tensor>& labels, HE_CE_PARAMS) {
+  HE_ENTRY(K, labels);
+  Head h = make_head<K>("hutchinson_diag_backward", features, weight, bias, offsets, ce, false, class_tile, 3);
+  check_num_probes(h.op, num_probes);
+  check_param_block(h.op, "grad", grad, features, h.E, h.C, h.D, false);
+  prepare(h, k, ce);
+  HeadGrads g(h);
+  if (h.N == 0) return g.finish(h);
+  const at::Tensor G = grad.contiguous();
+  const auto acc = h.zt.options().dtype(h.acc_type);
+  HE_DISPATCH(K, h.zt.scalar_type(), [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const int64_t chunk = choose_probe_chunk(h, num_probes, 2 + h.E);
+    // The chunk's tile: probes V (B·T, D), U = Z̃ Vᵀ, upstream Ō (E, B·T, D), dS_e = Z̃_e Ō_eᵀ.
+    auto tile_inputs = [&](int64_t k0, int64_t B, int64_t c0, int64_t T) -> std::array<at::Tensor, 4> {
+      at::Tensor V = probe_block<scalar_t>(h, k, uint64_t(seed), k0, B, c0, T);
+      at::Tensor Obar = at::empty({h.E, B * T, h.D}, h.zt.options());
+      k.elements(Obar.numel(), ProbeUpstreamOp<scalar_t, acc_t>{uint64_t(seed), k0, B, c0, T, h.D, h.C,
+                                                                acc_t(1) / acc_t(num_probes), G.const_data_ptr<scalar_t>(),
+                                                                Obar.mutable_data_ptr<scalar_t>()});
+      at::Tensor U = probe_products(h, V);
+      at::Tensor dS = seg_nt(h, h.zt, Obar);
+      return {V, Obar, U, dS};
+    };
+    for (int64_t k0 = 0; k0 < num_probes; k0 += chunk) {
+      const int64_t B = std::min(chunk, num_probes - k0);
+      at::Tensor m = at::zeros({h.N, B}, acc), t = at::zeros({h.N, B}, acc), w = at::zeros({h.N, B}, acc);
+      std::array<at::Tensor, 4> cached;
+      for (int64_t c0 = 0; c0 < h.C; c0 += h.tile) {  // pass 2: m, t, w
+        const int64_t T = std::min(h.tile, h.C - c0);
+        const at::Tensor L = h.logits(c0, T);
+        std::array<at::Tensor, 4> in = tile_inputs(k0, B, c0, T);
+        const HvpChunk<scalar_t, acc_t> ch{h.view<scalar_t, acc_t>(L, c0, T), B, 0, B};
+        k.rows(h.N * B, HvpMeanOp<scalar_t, acc_t>{{}, ch, in[2].const_data_ptr<scalar_t>(), m.mutable_data_ptr<acc_t>()});
+        k.rows(h.N * B, HvpBackwardSumsOp<scalar_t, acc_t>{{}, ch, h.c.const_data_ptr<acc_t>(),
+                                                           in[2].const_data_ptr<scalar_t>(), in[3].const_data_ptr<scalar_t>(),
+                                                           t.mutable_data_ptr<acc_t>(), w.mutable_data_ptr<acc_t>()});
+        if (T == h.C) cached = in;
+      }
+      const at::Tensor rho = (w - 2 * m * t).sum(1);
+      for (int64_t c0 = 0; c0 < h.C; c0 += h.tile) {  // pass 3: S, dU, dP, dl
+        const int64_t T = std::min(h.tile, h.C - c0);
+        const at::Tensor L = h.logits(c0, T);
+        std::array<at::Tensor, 4> in = cached[0].defined() ? cached : tile_inputs(k0, B, c0, T);
+        const auto lt = h.view<scalar_t, acc_t>(L, c0, T);
+        at::Tensor DP = at::zeros({h.N, T}, acc);
+        k.rows(h.N, HvpBackwardMapOp<scalar_t, acc_t>{{}, {lt, B, 0, B}, h.c.const_data_ptr<acc_t>(),
+                                                      m.const_data_ptr<acc_t>(), t.const_data_ptr<acc_t>(),
+                                                      in[2].mutable_data_ptr<scalar_t>(), in[3].mutable_data_ptr<scalar_t>(),
+                                                      DP.mutable_data_ptr<acc_t>()});
+        seg_nn_add(h, in[2], in[1], g.dzt);  // S Ō
+        add_mm(g.dzt, in[3], in[0]);         // dU V
+        at::Tensor dl = at::empty({h.N, T}, h.zt.options());
+        k.rows(h.N, SoftmaxBackwardOp<scalar_t, acc_t>{{}, lt, DP.const_data_ptr<acc_t>(), rho.const_data_ptr<acc_t>(),
+                                                       dl.mutable_data_ptr<scalar_t>()});
+        g.add_logits_grad(h, dl, c0, T);
+      }
+    }
+  });
+  return g.finish(h);
+}
+
+}  // namespace hessalign

@@ -1,0 +1,44 @@
+// head_hessian_trace (DESIGN.md §1): tr(H_e) = Σ_{i∈e} c_i q_i ‖z̃_i‖², q_i = Σ_c p_ic (1 - p_ic).
+// Backward with upstream T̄_e and k_i = c_i ‖z̃_i‖² T̄_e: dz̃_i = 2 c_i q_i T̄_e z̃_i and
+// dP = k_i (1 - 2p), ρ = k_i (1 - 2 Σp²), so dl_ic = 2 k_i p_ic (Σ_c' p_ic'² - p_ic).
+// Σp² is summed directly (not as 1 - q) so a dominant class does not cancel.
+#pragma once
+#include "tile.h"
+
+namespace hessalign {
+
+// q_i += Σ_{c in tile} p (1 - p),  sq_i += Σ_{c in tile} p²
+template <class scalar_t, class acc_t>
+struct TraceRowOp : RowOpBase<acc_t> {
+  static constexpr int kSums = 2;
+  LogitsTile<scalar_t, acc_t> lt;
+  acc_t* q;
+  acc_t* sq;
+  HE_INLINE index_t cols() const { return lt.T; }
+  HE_INLINE void partial(index_t i, index_t c, acc_t* s) const {
+    const acc_t p = lt.prob(i, c);
+    s[0] += p * (acc_t(1) - p);
+    s[1] += p * p;
+  }
+  HE_INLINE void finish(index_t i, const acc_t* s) const {
+    q[i] += s[0];
+    sq[i] += s[1];
+  }
+};
+
+// dl_ic = 2 k_i p_ic (sq_i - p_ic)
+template <class scalar_t, class acc_t>
+struct TraceBackwardOp : RowOpBase<acc_t> {
+  static constexpr int kSums = 0;
+  LogitsTile<scalar_t, acc_t> lt;
+  const acc_t* k;
+  const acc_t* sq;
+  scalar_t* dl;
+  HE_INLINE index_t cols() const { return lt.T; }
+  HE_INLINE void map(index_t i, index_t c, const acc_t*) const {
+    const acc_t p = lt.prob(i, c);
+    dl[i * lt.T + c] = scalar_t(acc_t(2) * k[i] * p * (sq[i] - p));
+  }
+};
+
+}  // namespace hessalign

@@ -1,0 +1,34 @@
+// One class tile of the logits, as every row kernel reads it (DESIGN.md §4: the class
+// dimension is visited in tiles so a 256k-class head never needs its N×C logits whole).
+//
+// Row kernels are functors run by a generic driver (cpu/cpu_kernels.h: a loop per row;
+// cuda/row_kernels.cuh: a warp per row) over `rows` rows of `cols()` columns:
+//   kSums sums are gathered with partial(r, c, sums) over the row's columns, then
+//   map(r, c, sums) runs on every column, then finish(r, sums) runs once per row.
+// An elementwise functor has operator()(idx) and is run over a flat range.
+#pragma once
+#include "hostdevice.h"
+#include "softmax.h"
+
+namespace hessalign {
+
+template <class scalar_t, class acc_t>
+struct LogitsTile {
+  const scalar_t* L;   // N×T logits of classes c0 .. c0+T-1, row-major
+  index_t T;           // columns in the tile
+  index_t c0;          // global index of the tile's first class
+  const acc_t* lse;    // N row log-sum-exps over all C classes
+  HE_INLINE acc_t logit(index_t i, index_t c) const { return acc_t(L[i * T + c]); }
+  HE_INLINE acc_t prob(index_t i, index_t c) const { return softmax_prob(logit(i, c), lse[i]); }
+};
+
+// Base of row functors without a map or finish step.
+template <class acc_t>
+struct RowOpBase {
+  using acc_type = acc_t;
+  HE_INLINE void partial(index_t, index_t, acc_t*) const {}
+  HE_INLINE void map(index_t, index_t, const acc_t*) const {}
+  HE_INLINE void finish(index_t, const acc_t*) const {}
+};
+
+}  // namespace hessalign

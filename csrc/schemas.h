@@ -1,0 +1,31 @@
+// Schemas of every op and its backward, as one macro so the operator library
+// (registration.cpp) and the emulated-CUDA test library (tests/emu) define the same ops.
+#pragma once
+
+#define HE_CE_ARGS "int ignore_index, Tensor? class_weight, float label_smoothing, str reduction, int class_tile"
+#define HE_HEAD "Tensor features, Tensor weight, Tensor? bias"
+
+#define HE_DEFINE_SCHEMAS(m) \
+  m.def("domain_losses(" HE_HEAD ", Tensor labels, Tensor offsets, " HE_CE_ARGS ") -> Tensor"); \
+  m.def("_domain_losses_backward(Tensor grad, " HE_HEAD ", Tensor labels, Tensor offsets, " HE_CE_ARGS \
+        ") -> (Tensor, Tensor, Tensor)"); \
+  m.def("head_grad(" HE_HEAD ", Tensor labels, Tensor offsets, " HE_CE_ARGS ") -> Tensor"); \
+  m.def("_head_grad_backward(Tensor grad, " HE_HEAD ", Tensor labels, Tensor offsets, " HE_CE_ARGS \
+        ") -> (Tensor, Tensor, Tensor)"); \
+  m.def("head_hvp(" HE_HEAD ", Tensor vectors, Tensor offsets, Tensor? labels, " HE_CE_ARGS ") -> Tensor"); \
+  m.def("_head_hvp_backward(Tensor grad, " HE_HEAD ", Tensor vectors, Tensor offsets, Tensor? labels, " HE_CE_ARGS \
+        ") -> (Tensor, Tensor, Tensor, Tensor)"); \
+  m.def("head_hessian_diag(" HE_HEAD ", Tensor offsets, Tensor? labels, " HE_CE_ARGS ") -> Tensor"); \
+  m.def("_head_hessian_diag_backward(Tensor grad, " HE_HEAD ", Tensor offsets, Tensor? labels, " HE_CE_ARGS \
+        ") -> (Tensor, Tensor, Tensor)"); \
+  m.def("head_hessian_trace(" HE_HEAD ", Tensor offsets, Tensor? labels, " HE_CE_ARGS ") -> Tensor"); \
+  m.def("_head_hessian_trace_backward(Tensor grad, " HE_HEAD ", Tensor offsets, Tensor? labels, " HE_CE_ARGS \
+        ") -> (Tensor, Tensor, Tensor)"); \
+  m.def("hutchinson_diag(" HE_HEAD ", Tensor offsets, int num_probes, int seed, Tensor? labels, " HE_CE_ARGS \
+        ") -> Tensor"); \
+  m.def("_hutchinson_diag_backward(Tensor grad, " HE_HEAD ", Tensor offsets, int num_probes, int seed, " \
+        "Tensor? labels, " HE_CE_ARGS ") -> (Tensor, Tensor, Tensor)"); \
+  m.def("hutchinson_trace(" HE_HEAD ", Tensor offsets, int num_probes, int seed, Tensor? labels, " HE_CE_ARGS \
+        ") -> Tensor"); \
+  m.def("_hutchinson_trace_backward(Tensor grad, " HE_HEAD ", Tensor offsets, int num_probes, int seed, " \
+        "Tensor? labels, " HE_CE_ARGS ") -> (Tensor, Tensor, Tensor)");

@@ -1,0 +1,93 @@
+"""Shared plumbing of the op wrappers: argument normalisation, fake kernels and the
+closed-form autograd of every ``torch.ops.hessalign_ext`` op.
+
+Every op's schema ends with the cross-entropy options and ``class_tile`` (csrc/schemas.h);
+its backward op ``_<op>_backward(grad, *op_args)`` returns the gradients of features,
+weight and bias (and vectors for head_hvp), computed in closed form by the C++ kernels.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+
+LIB = "hessalign_ext"
+
+
+def ce_args(op: str, ignore_index: int, class_weight: Optional[torch.Tensor], label_smoothing: float,
+            reduction: str, class_tile: Optional[int]) -> tuple:
+    """The trailing schema arguments shared by every op."""
+    if class_weight is not None and class_weight.requires_grad:
+        raise ValueError(f"{op}: class_weight must not require grad (it is not differentiable); "
+                         "pass class_weight.detach()")
+    if class_tile is not None and (not isinstance(class_tile, int) or class_tile < 1):
+        raise ValueError(f"{op}: class_tile must be a positive int or None; got {class_tile!r}")
+    return (int(ignore_index), class_weight, float(label_smoothing), str(reduction), int(class_tile or 0))
+
+
+def as_offsets(op: str, offsets, features: torch.Tensor) -> torch.Tensor:
+    """offsets as an int64 tensor; lists and tuples of ints are accepted for convenience."""
+    if isinstance(offsets, (list, tuple)):
+        return torch.tensor(offsets, dtype=torch.int64)
+    if not isinstance(offsets, torch.Tensor):
+        raise ValueError(f"{op}: offsets must be an int64 tensor (or a list of ints); got {type(offsets).__name__}")
+    if offsets.requires_grad:
+        raise ValueError(f"{op}: offsets must not require grad")
+    return offsets
+
+
+def _domains(offsets: torch.Tensor) -> int:
+    return offsets.shape[0] - 1
+
+
+def param_shape(features: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> tuple:
+    """(C, D): D = d + 1 with a bias (its last column), d without."""
+    return weight.shape[0], features.shape[1] + (1 if bias is not None else 0)
+
+
+def register(name: str, out: str, offsets_index: int, differentiable: Sequence[int] = (0, 1, 2)) -> None:
+    """Fake kernels and autograd for op ``name``.
+
+    out: "domains" for an (E,) result, "params" for (E, C, D). offsets_index: position of
+    offsets in the op's arguments. differentiable: argument positions that get gradients
+    (features, weight, bias, and vectors for head_hvp), in the order the backward returns them.
+    """
+    qual = f"{LIB}::{name}"
+    backward_op = getattr(torch.ops.hessalign_ext, f"_{name}_backward").default
+
+    @torch.library.register_fake(qual)
+    def _fake(*args):
+        features, weight, bias = args[0], args[1], args[2]
+        E = _domains(args[offsets_index])
+        if out == "domains":
+            return features.new_empty((E,))
+        return features.new_empty((E, *param_shape(features, weight, bias)))
+
+    @torch.library.register_fake(f"{LIB}::_{name}_backward")
+    def _fake_backward(grad, *args):
+        grads = [args[0].new_empty(args[0].shape), args[1].new_empty(args[1].shape),
+                 args[2].new_empty(args[2].shape) if args[2] is not None else args[0].new_empty((0,))]
+        grads += [args[i].new_empty(args[i].shape) for i in differentiable[3:]]
+        return tuple(grads)
+
+    def setup_context(ctx, inputs, output):
+        ctx.inputs = inputs
+
+    def backward(ctx, grad):
+        inputs = ctx.inputs
+        grads = backward_op(grad.contiguous(), *inputs)
+        result = [None] * len(inputs)
+        for pos, g in zip(differentiable, grads):
+            if inputs[pos] is not None and ctx.needs_input_grad[pos]:
+                result[pos] = g
+        return tuple(result)
+
+    torch.library.register_autograd(qual, backward, setup_context=setup_context)
+
+    def no_double_backward(ctx, *grads):
+        raise RuntimeError(f"hessalign_ext.{name}: double backward (differentiating the closed-form backward "
+                           "again) is not supported; compute the second-order quantity with another op instead")
+
+    torch.library.register_autograd(f"{LIB}::_{name}_backward", no_double_backward,
+                                    setup_context=lambda ctx, inputs, output: None)
+
