@@ -1,0 +1,57 @@
+// The CUDA backend of the host drivers (host/*.h), as plain C++: it forwards to the
+// launchers of cuda/*.cuh, which nvcc compiles into the .cu files and tests/emu compiles
+// under CPU emulation. CudaKernels (cuda_backend.cuh) and the emulated backend (tests/emu)
+// derive from it, adding the device guard and the stream.
+#pragma once
+#include <c10/util/Exception.h>
+
+#include "../math/cross_entropy.h"
+
+struct CUstream_st;
+using cudaStream_t = CUstream_st*;
+
+namespace hessalign {
+
+template <class Op> int launch_rows(index_t rows, const Op& op, cudaStream_t stream);
+template <class Op> int launch_elements(index_t n, const Op& op, cudaStream_t stream);
+template <class scalar_t, class acc_t>
+int launch_softmax_stats(const scalar_t* L, index_t N, index_t T, acc_t* M, acc_t* S, cudaStream_t stream);
+template <class acc_t>
+int launch_segment_sum(const acc_t* vals, const int64_t* offsets, index_t E, acc_t* out, cudaStream_t stream);
+template <class acc_t>
+int launch_ce_coeffs(const CeParams<acc_t>& p, const int64_t* offsets, index_t E, acc_t* c, acc_t* a, acc_t* b,
+                     cudaStream_t stream);
+
+template <bool kReduced>
+struct CudaKernelsT {
+  static constexpr bool kReducedPrecision = kReduced;  // float16/bfloat16 where the GPU runs them
+  cudaStream_t stream;
+
+  template <class Op>
+  void rows(index_t n, const Op& op) const {
+    if (n > 0) check(launch_rows(n, op, stream), "rows_kernel");
+  }
+  template <class Op>
+  void elements(index_t n, const Op& op) const {
+    if (n > 0) check(launch_elements(n, op, stream), "elements_kernel");
+  }
+  template <class scalar_t, class acc_t>
+  void softmax_stats(const scalar_t* L, index_t N, index_t T, acc_t* M, acc_t* S) const {
+    if (N > 0) check(launch_softmax_stats(L, N, T, M, S, stream), "softmax_stats_kernel");
+  }
+  template <class acc_t>
+  void segment_sum(const acc_t* vals, const int64_t* offsets, index_t E, acc_t* out) const {
+    check(launch_segment_sum(vals, offsets, E, out, stream), "segment_sum_kernel");
+  }
+  template <class acc_t>
+  void ce_coeffs(const CeParams<acc_t>& p, const int64_t* offsets, index_t E, acc_t* c, acc_t* a, acc_t* b) const {
+    check(launch_ce_coeffs(p, offsets, E, c, a, b, stream), "ce_coeffs_kernel");
+  }
+
+ private:
+  static void check(int err, const char* kernel) {
+    TORCH_CHECK(err == 0, "hessalign_ext: launching ", kernel, " failed with CUDA error ", err);
+  }
+};
+
+}  // namespace hessalign

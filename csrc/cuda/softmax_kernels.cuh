@@ -1,0 +1,33 @@
+// Row softmax statistics (math/softmax.h) over one class tile: a warp per row, each lane's
+// running (max, Σexp) pair merged across lanes by shuffles, then into the row's state.
+#pragma once
+#include "../math/softmax.h"
+#include "common.cuh"
+
+namespace hessalign {
+
+template <class scalar_t, class acc_t>
+__global__ void __launch_bounds__(kBlock) softmax_stats_kernel(const scalar_t* L, index_t N, index_t T, acc_t* M,
+                                                               acc_t* S) {
+  const index_t r = index_t(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kWarp;
+  const int lane = threadIdx.x % kWarp;
+  if (r >= N) return;
+  SoftmaxPair<acc_t> p = softmax_row_stats<scalar_t, acc_t>(L + r * T, T, lane, kWarp);
+  for (int o = kWarp / 2; o > 0; o >>= 1) {
+    const SoftmaxPair<acc_t> q{__shfl_xor_sync(kFullMask, p.m, o), __shfl_xor_sync(kFullMask, p.s, o)};
+    p = softmax_merge(p, q);
+  }
+  if (lane == 0) {
+    const SoftmaxPair<acc_t> t = softmax_merge(SoftmaxPair<acc_t>{M[r], S[r]}, p);
+    M[r] = t.m;
+    S[r] = t.s;
+  }
+}
+
+template <class scalar_t, class acc_t>
+int launch_softmax_stats(const scalar_t* L, index_t N, index_t T, acc_t* M, acc_t* S, cudaStream_t stream) {
+  CUDA_LAUNCH((softmax_stats_kernel<scalar_t, acc_t>), blocks_for_rows(N), kBlock, 0, stream, L, N, T, M, S);
+  return int(cudaGetLastError());
+}
+
+}  // namespace hessalign

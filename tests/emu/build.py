@@ -1,0 +1,56 @@
+"""Builds the emulated-CUDA op library (torch.ops.hessalign_emu) from the source tree.
+
+The build is keyed by a hash of csrc/ and tests/emu/, so an edited kernel header is picked
+up by the next pytest run without reinstalling. HESSALIGN_EMU_SANITIZE=1 builds with
+AddressSanitizer and UndefinedBehaviorSanitizer (run python with LD_PRELOAD=$(gcc
+-print-file-name=libasan.so)).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import pathlib
+import subprocess
+
+import torch
+from torch.utils import cpp_extension
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+HERE = pathlib.Path(__file__).resolve().parent
+SANITIZE = os.environ.get("HESSALIGN_EMU_SANITIZE", "0") == "1"
+SAN_FLAGS = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer"] if SANITIZE else []
+
+
+def _source_hash() -> str:
+    h = hashlib.sha256()
+    files = sorted([*ROOT.glob("csrc/**/*"), *HERE.glob("*.cpp"), *HERE.glob("*.h"), HERE / "build.py"])
+    for f in files:
+        if f.is_file():
+            h.update(str(f.relative_to(ROOT)).encode())
+            h.update(f.read_bytes())
+    h.update(torch.__version__.encode())
+    h.update(b"sanitize" if SANITIZE else b"")
+    return h.hexdigest()[:16]
+
+
+def load() -> None:
+    """Compiles (if needed) and loads the library; registers torch.ops.hessalign_emu."""
+    key = _source_hash()
+    build_dir = ROOT / "build" / "emu" / key
+    build_dir.mkdir(parents=True, exist_ok=True)
+    obj = build_dir / "emu_kernels.o"
+    if not obj.exists():
+        # The emulation unit never sees torch headers, so it takes flags torch's would not.
+        tmp = obj.with_suffix(".tmp.o")
+        subprocess.run(["g++", "-std=c++17", "-O1", "-g", "-fPIC", "-fno-extern-tls-init", "-Wno-unknown-pragmas",
+                        "-fopenmp", *SAN_FLAGS, "-c", str(HERE / "emu_kernels.cpp"), "-o", str(tmp)], check=True)
+        tmp.rename(obj)
+    cpp_extension.load(
+        name=f"hessalign_emu_{key}",
+        sources=[str(HERE / "emu_ops.cpp")],
+        extra_cflags=["-O1", *SAN_FLAGS],
+        extra_ldflags=[str(obj), "-fopenmp", *SAN_FLAGS],
+        build_directory=str(build_dir),
+        is_python_module=False,
+        verbose=False,
+    )
