@@ -104,6 +104,14 @@ inline void check_per_domain(const char* op, const char* name, const at::Tensor&
                     features.device(), "); got ", t.device());
 }
 
+inline void check_domain_matrix(const char* op, const char* name, const at::Tensor& t, const at::Tensor& features,
+                                int64_t E) {
+  TORCH_CHECK_VALUE(t.dim() == 2 && t.size(0) == E && t.size(1) == E, op, ": ", name, " must have shape (E, E) = (",
+                    E, ", ", E, "); got shape ", shape_str(t));
+  TORCH_CHECK_VALUE(t.device() == features.device(), op, ": ", name, " must be on the device of features (",
+                    features.device(), "); got ", t.device());
+}
+
 inline void check_num_probes(const char* op, int64_t num_probes) {
   TORCH_CHECK_VALUE(num_probes >= 1, op, ": num_probes must be >= 1; got ", num_probes);
 }

@@ -21,6 +21,9 @@
   m.def("head_hessian_trace(" HE_HEAD ", Tensor offsets, Tensor? labels, " HE_CE_ARGS ") -> Tensor"); \
   m.def("_head_hessian_trace_backward(Tensor grad, " HE_HEAD ", Tensor offsets, Tensor? labels, " HE_CE_ARGS \
         ") -> (Tensor, Tensor, Tensor)"); \
+  m.def("head_hessian_inner(" HE_HEAD ", Tensor offsets, Tensor? labels, " HE_CE_ARGS ") -> Tensor"); \
+  m.def("_head_hessian_inner_backward(Tensor grad, " HE_HEAD ", Tensor offsets, Tensor? labels, " HE_CE_ARGS \
+        ") -> (Tensor, Tensor, Tensor)"); \
   m.def("hutchinson_diag(" HE_HEAD ", Tensor offsets, int num_probes, int seed, Tensor? labels, " HE_CE_ARGS \
         ") -> Tensor"); \
   m.def("_hutchinson_diag_backward(Tensor grad, " HE_HEAD ", Tensor offsets, int num_probes, int seed, " \

@@ -31,4 +31,19 @@ struct RowOpBase {
   HE_INLINE void finish(index_t, const acc_t*) const {}
 };
 
+// Softmax backward of an accumulated dP: dl_ic = p_ic (DP_ic - ρ_i).
+template <class scalar_t, class acc_t>
+struct SoftmaxBackwardOp : RowOpBase<acc_t> {
+  static constexpr int kSums = 0;
+  LogitsTile<scalar_t, acc_t> lt;
+  const acc_t* DP;
+  const acc_t* rho;
+  scalar_t* dl;
+  HE_INLINE index_t cols() const { return lt.T; }
+  HE_INLINE void map(index_t i, index_t c, const acc_t*) const {
+    const index_t e = i * lt.T + c;
+    dl[e] = scalar_t(lt.prob(i, c) * (DP[e] - rho[i]));
+  }
+};
+
 }  // namespace hessalign

@@ -48,7 +48,7 @@ def param_shape(features: torch.Tensor, weight: torch.Tensor, bias: Optional[tor
 def register(name: str, out: str, offsets_index: int, differentiable: Sequence[int] = (0, 1, 2)) -> None:
     """Fake kernels and autograd for op ``name``.
 
-    out: "domains" for an (E,) result, "params" for (E, C, D). offsets_index: position of
+    out: "domains" for an (E,) result, "pairs" for (E, E), "params" for (E, C, D). offsets_index: position of
     offsets in the op's arguments. differentiable: argument positions that get gradients
     (features, weight, bias, and vectors for head_hvp), in the order the backward returns them.
     """
@@ -61,6 +61,8 @@ def register(name: str, out: str, offsets_index: int, differentiable: Sequence[i
         E = _domains(args[offsets_index])
         if out == "domains":
             return features.new_empty((E,))
+        if out == "pairs":
+            return features.new_empty((E, E))
         return features.new_empty((E, *param_shape(features, weight, bias)))
 
     @torch.library.register_fake(f"{LIB}::_{name}_backward")

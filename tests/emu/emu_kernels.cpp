@@ -9,6 +9,7 @@
 #include "../../csrc/math/domain_losses.h"
 #include "../../csrc/math/head_grad.h"
 #include "../../csrc/math/head_hessian_diag.h"
+#include "../../csrc/math/head_hessian_inner.h"
 #include "../../csrc/math/head_hessian_trace.h"
 #include "../../csrc/math/head_hvp.h"
 #include "../../csrc/math/hutchinson_diag.h"
@@ -29,6 +30,10 @@ namespace hessalign {
   HE_ROWS(DiagQOp<T, T>)                                                                                      \
   HE_ROWS(DiagBackwardSumsOp<T, T>)                                                                           \
   HE_ROWS(DiagBackwardMapOp<T, T>)                                                                            \
+  HE_ROWS(ProbTileOp<T, T>)                                                                                   \
+  HE_ROWS(InnerDpOp<T, T>)                                                                                    \
+  HE_ELEMENTS(InnerPairOp<T>)                                                                                 \
+  HE_ELEMENTS(InnerPairBackwardOp<T>)                                                                         \
   HE_ROWS(TraceRowOp<T, T>)                                                                                   \
   HE_ROWS(TraceBackwardOp<T, T>)                                                                              \
   HE_ROWS(HutchinsonVarOp<T, T>)                                                                              \

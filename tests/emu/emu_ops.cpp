@@ -8,6 +8,7 @@
 #include "../../csrc/host/domain_losses.h"
 #include "../../csrc/host/head_grad.h"
 #include "../../csrc/host/head_hessian_diag.h"
+#include "../../csrc/host/head_hessian_inner.h"
 #include "../../csrc/host/head_hessian_trace.h"
 #include "../../csrc/host/head_hvp.h"
 #include "../../csrc/host/hutchinson_diag.h"
@@ -32,6 +33,7 @@ TORCH_LIBRARY_IMPL(hessalign_emu, CPU, m) {
   HE_EMU_IMPL(head_grad)
   HE_EMU_IMPL(head_hvp)
   HE_EMU_IMPL(head_hessian_diag)
+  HE_EMU_IMPL(head_hessian_inner)
   HE_EMU_IMPL(head_hessian_trace)
   HE_EMU_IMPL(hutchinson_diag)
   HE_EMU_IMPL(hutchinson_trace)

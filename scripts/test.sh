@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The README's test command: sets up a fresh machine (scripts/setup.sh: .venv, torch, the
+# extension with its CUDA sources compiled when nvcc is present), then runs
+#   1. every test except the emulated-CUDA ones (CUDA tests skip, with a reason, without a GPU);
+#   2. the emulated-CUDA kernel tests under CUDAEMU_ORDER=forward, reverse and scrambled;
+#   3. the same emulated tests once under AddressSanitizer + UndefinedBehaviorSanitizer;
+#   4. the CMake/libtorch build of the C++ kernel test, run by ctest.
+# Every step has a timeout; the first failure fails the command.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+PY=.venv/bin/python
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(nproc)}
+step() { echo; echo "== $1 ($(date +%T))"; }
+
+step "pytest: CPU ops, reference, peers, trainer (CUDA tests skip without a GPU)"
+timeout 1500 $PY -m pytest -q -m "not cuda_emulated and not slow" -p no:cacheprovider
+
+for order in forward reverse scrambled; do
+  step "pytest: emulated CUDA kernels, CUDAEMU_ORDER=$order"
+  CUDAEMU_ORDER=$order timeout 600 $PY -m pytest -q -m cuda_emulated -p no:cacheprovider
+done
+
+step "pytest: emulated CUDA kernels under ASan + UBSan"
+HESSALIGN_EMU_SANITIZE=1 CUDAEMU_ORDER=scrambled ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 \
+  UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 LD_PRELOAD="$(gcc -print-file-name=libasan.so)" \
+  timeout 900 $PY -m pytest -q -m cuda_emulated -p no:cacheprovider -k "f64 and plain or probes"
+
+step "ctest: C++ CPU kernel vs a naive loop (CMake against libtorch)"
+TORCH_DIR=$($PY -c "import torch, os; print(os.path.join(os.path.dirname(torch.__file__), 'share/cmake/Torch'))")
+cmake -S . -B build/cmake -DTorch_DIR="$TORCH_DIR" -DHESSALIGN_CUDA=OFF -DCMAKE_BUILD_TYPE=Release >/dev/null
+timeout 900 cmake --build build/cmake --target test_cpu_kernels -j "$(nproc)"
+(cd build/cmake && timeout 300 ctest --output-on-failure)
+echo; echo "== all tests passed ($(date +%T))"

@@ -1,0 +1,203 @@
+"""hutchinson_diag: (1/K) Σ_k v_k ⊙ H_e v_k with counter-based Rademacher probes.
+
+The reference recomputes the estimate with the probes of hessalign_ext.probes, so forward
+tests check the exact probes, not statistics; test_converges checks the 1/sqrt(K) rate.
+"""
+
+import pytest
+import torch
+
+import hessalign_ext
+from hessalign_ext import probes, reference
+from conftest import (
+    DEVICES, DTYPES, LOSS_CASE_IDS, LOSS_CASES, LOSS_SHAPE, SHAPE, SHAPE_IDS, SHAPES, SMALL_SHAPE_IDS,
+    SMALL_SHAPES, Shape, assert_close, assert_double_backward_raises, check_backward, make_problem,
+)
+
+K, SEED = 3, 20240607
+
+
+def call(impl, p, num_probes=K, seed=SEED, **opts):
+    return impl.hutchinson_diag(*p.head(), p.offsets, num_probes, seed, **opts)
+
+
+# Golden values printed by a C++ program including csrc/math/rademacher.h:
+# (seed, probe) -> (probe key, signs of elements 0..19 as 1 for +1, 0 for -1).
+GOLDEN = {
+    (0, 0): (12035550249420947055, "11011110010100010000"),
+    (0, 1): (627405149472732430, "11110101101111111001"),
+    (12345, 2): (10030526323443383777, "00111100101101000100"),
+    (-7, 0): (1533972906235141153, "01101111110100111000"),
+}
+
+
+@pytest.mark.parametrize("seed,probe", list(GOLDEN))
+def test_probes_golden(seed, probe):
+    key, signs = GOLDEN[(seed, probe)]
+    assert probes.probe_key(seed, probe) == key
+    v = probes.rademacher(seed, probe, 4, 5).flatten()
+    assert "".join("1" if x > 0 else "0" for x in v.tolist()) == signs
+
+
+def test_probes_class_tile_and_determinism():
+    full = probes.rademacher(5, 1, 10, 7)
+    assert full.dtype == torch.float64 and set(full.unique().tolist()) == {-1.0, 1.0}
+    assert torch.equal(probes.rademacher(5, 1, 10, 7, class_start=3, num_class=4), full[3:7])
+    assert torch.equal(probes.rademacher(5, 1, 10, 7), full)
+    assert not torch.equal(probes.rademacher(6, 1, 10, 7), full)
+    assert not torch.equal(probes.rademacher(5, 2, 10, 7), full)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
+def test_forward(shape, dtype, device):
+    p = make_problem(shape, dtype, device)
+    out = call(hessalign_ext, p)
+    assert out.shape == (shape.E, shape.C, shape.D) and out.dtype == dtype and out.device == p.features.device
+    assert_close(out, call(reference, p), dtype, shape.id)
+
+
+@pytest.mark.parametrize("seed", [0, -7, 2**62 + 12345, -(2**63)])
+@pytest.mark.parametrize("num_probes", [1, 2, 37])
+def test_probes_match_reference(num_probes, seed):
+    p = make_problem(SHAPE["unequal"])
+    assert_close(call(hessalign_ext, p, num_probes, seed), call(reference, p, num_probes, seed))
+
+
+def test_one_probe_is_v_times_hvp():
+    p = make_problem(SHAPE["domainbed"])
+    v = probes.rademacher(SEED, 0, p.shape.C, p.shape.D)
+    expected = v * hessalign_ext.head_hvp(*p.head(), v, p.offsets)
+    assert_close(call(hessalign_ext, p, 1), expected)
+
+
+def test_same_seed_same_result():
+    p = make_problem(SHAPE["domainbed"], torch.float32)
+    a = call(hessalign_ext, p, 5, 11)
+    assert torch.equal(a, call(hessalign_ext, p, 5, 11))
+    assert not torch.equal(a, call(hessalign_ext, p, 5, 12))
+
+
+def test_many_probes():
+    # More probes than one chunk may hold: chunked probe generation keeps the probe numbering.
+    p = make_problem(SHAPE["unequal"])
+    assert_close(call(hessalign_ext, p, 300, 1), call(reference, p, 300, 1))
+
+
+# Small enough to form each domain's full Hessian for the variance.
+STAT_SHAPE = Shape("stat", (6, 9), C=4, d=3)
+STAT_SEEDS = range(8)
+STAT_KS = (4, 64, 1024)
+
+
+def _full_hessians(p):
+    hs = []
+    for e in range(p.shape.E):
+        lo, hi = int(p.offsets[e]), int(p.offsets[e + 1])
+        zt = torch.cat([p.features[lo:hi], torch.ones(hi - lo, 1, dtype=torch.float64)], 1)
+        theta = torch.cat([p.weight, p.bias[:, None]], 1)
+        h = torch.autograd.functional.hessian(lambda t: torch.logsumexp(zt @ t.T, 1).mean(), theta)
+        hs.append(h.reshape(theta.numel(), theta.numel()))
+    return torch.stack(hs)
+
+
+def test_converges():
+    """E‖D_K − diag H‖² = ‖offdiag H‖_F² / K for Rademacher probes.
+
+    Over 8 fixed seeds, K·(mean squared error) must lie within a factor 3 of ‖offdiag H‖_F²
+    for every K in (4, 64, 1024), so the error shrinks as 1/sqrt(K).
+    """
+    p = make_problem(STAT_SHAPE)
+    h = _full_hessians(p)
+    exact = torch.diagonal(h, dim1=1, dim2=2)
+    offdiag_sq = (h.square().sum((1, 2)) - exact.square().sum(1))  # (E,)
+    mse = {}
+    for k in STAT_KS:
+        errs = [(call(hessalign_ext, p, k, s).flatten(1) - exact).square().sum(1) for s in STAT_SEEDS]
+        mse[k] = torch.stack(errs).mean(0)  # (E,)
+        ratio = k * mse[k] / offdiag_sq
+        assert ((ratio > 1 / 3) & (ratio < 3)).all(), (k, ratio)
+    assert (mse[1024] < mse[4] / 50).all()
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", LOSS_CASE_IDS)
+def test_loss_options(case, dtype):
+    p = make_problem(LOSS_SHAPE, dtype)
+    opts = LOSS_CASES[case](p)
+    assert_close(call(hessalign_ext, p, **opts), call(reference, p, **opts), dtype)
+
+
+@pytest.mark.parametrize("shape", SMALL_SHAPES, ids=SMALL_SHAPE_IDS)
+def test_backward(shape):
+    p = make_problem(shape, requires_grad=True)
+    check_backward(lambda: call(hessalign_ext, p), lambda: call(reference, p), p, p.head())
+
+
+@pytest.mark.parametrize("case", ["all_together_mean", "all_together_sum", "all_ignored_domain"])
+def test_backward_loss_options(case):
+    p = make_problem(LOSS_SHAPE, requires_grad=True)
+    opts = LOSS_CASES[case](p)
+    check_backward(lambda: call(hessalign_ext, p, **opts), lambda: call(reference, p, **opts), p, p.head())
+
+
+def test_backward_float32():
+    p = make_problem(SHAPE["domainbed"], torch.float32, requires_grad=True)
+    check_backward(lambda: call(hessalign_ext, p), lambda: call(reference, p), p, p.head())
+
+
+@pytest.mark.parametrize("shape", [SHAPE["tiny"], SHAPE["no_bias"]], ids=["tiny", "no_bias"])
+def test_gradcheck(shape):
+    p = make_problem(shape, requires_grad=True)
+    opts = dict(labels=p.labels, label_smoothing=0.1, class_weight=p.class_weight)
+
+    def f(z, w, b):
+        return hessalign_ext.hutchinson_diag(z, w, b, p.offsets, K, SEED, **opts)
+
+    assert torch.autograd.gradcheck(f, p.head())
+
+
+@pytest.mark.parametrize("with_options", [False, True], ids=["plain", "options"])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no_bias"])
+def test_opcheck(bias, with_options):
+    p = make_problem(SHAPE["unequal"] if bias else SHAPE["no_bias"], requires_grad=True)
+    if with_options:
+        ce = (p.labels, -100, p.class_weight, 0.2, "sum", 2)
+    else:
+        ce = (None, -100, None, 0.0, "mean", 0)
+    torch.library.opcheck(torch.ops.hessalign_ext.hutchinson_diag.default, (*p.head(), p.offsets, K, SEED, *ce))
+
+
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no_bias"])
+def test_compile(bias):
+    p = make_problem(SHAPE["unequal"] if bias else SHAPE["no_bias"], requires_grad=True)
+    inputs = [t for t in p.head() if t is not None]
+
+    def f(z, w, b):
+        return hessalign_ext.hutchinson_diag(z, w, b, p.offsets, K, SEED, labels=p.labels).square().sum()
+
+    compiled = torch.compile(f, backend="aot_eager", fullgraph=True)
+    eager_val = f(*p.head())
+    comp_val = compiled(*p.head())
+    assert_close(comp_val, eager_val)
+    for a, b in zip(torch.autograd.grad(comp_val, inputs), torch.autograd.grad(eager_val, inputs)):
+        assert_close(a, b)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape,tile", [("off_tile", 3), ("off_tile", 1), ("c1000", 64), ("c1000", 999)])
+def test_class_tile(shape, tile, dtype):
+    p = make_problem(SHAPE[shape], dtype)
+    opts = dict(labels=p.labels, class_weight=p.class_weight, label_smoothing=0.1)
+    assert_close(call(hessalign_ext, p, class_tile=tile, **opts), call(hessalign_ext, p, **opts), dtype)
+
+
+def test_class_tile_backward():
+    p = make_problem(SHAPE["off_tile"], requires_grad=True)
+    check_backward(lambda: call(hessalign_ext, p, class_tile=4), lambda: call(hessalign_ext, p), p, p.head())
+
+
+def test_double_backward_raises():
+    p = make_problem(SHAPE["unequal"], requires_grad=True)
+    assert_double_backward_raises("hutchinson_diag", lambda: call(hessalign_ext, p), p.head())
