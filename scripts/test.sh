@@ -28,7 +28,17 @@ HESSALIGN_EMU_SANITIZE=1 CUDAEMU_ORDER=scrambled ASAN_OPTIONS=detect_leaks=0:abo
 
 step "ctest: C++ CPU kernel vs a naive loop (CMake against libtorch)"
 TORCH_DIR=$($PY -c "import torch, os; print(os.path.join(os.path.dirname(torch.__file__), 'share/cmake/Torch'))")
-cmake -S . -B build/cmake -DTorch_DIR="$TORCH_DIR" -DHESSALIGN_CUDA=OFF -DCMAKE_BUILD_TYPE=Release >/dev/null
+CUDA_ARGS=()
+if [ -d /usr/local/cuda/include ]; then
+  # A CUDA build of torch wants the CUDA runtime and nvrtc even for CPU-only targets; this
+  # toolkit keeps them in lib/ (not lib64/) and nvrtc comes from pip's nvidia wheel.
+  NV=$($PY -c "import nvidia, os; print(os.path.join(list(nvidia.__path__)[0], 'cu13', 'lib'))" 2>/dev/null || true)
+  CUDA_ARGS=(-DCUDA_TOOLKIT_ROOT_DIR=/usr/local/cuda -DCUDA_INCLUDE_DIRS=/usr/local/cuda/include
+             -DCUDA_CUDART_LIBRARY=/usr/local/cuda/lib/libcudart.so)
+  [ -e "$NV/libnvrtc.so.13" ] && CUDA_ARGS+=(-DCUDA_nvrtc_LIBRARY="$NV/libnvrtc.so.13")
+fi
+TORCH_CUDA_ARCH_LIST="8.0;9.0" cmake -S . -B build/cmake -DTorch_DIR="$TORCH_DIR" -DHESSALIGN_CUDA=OFF -DCMAKE_BUILD_TYPE=Release "${CUDA_ARGS[@]}" >build/cmake.log 2>&1 \
+  || { tail -30 build/cmake.log; exit 1; }
 timeout 900 cmake --build build/cmake --target test_cpu_kernels -j "$(nproc)"
 (cd build/cmake && timeout 300 ctest --output-on-failure)
 echo; echo "== all tests passed ($(date +%T))"

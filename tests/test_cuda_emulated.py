@@ -28,6 +28,16 @@ pytestmark = pytest.mark.cuda_emulated
 
 TOL = {torch.float64: dict(rtol=1e-10, atol=1e-12), torch.float32: dict(rtol=1e-4, atol=1e-5)}
 
+
+def assert_matches(actual, expected, dtype, msg=None):
+    """float64: to rounding. float32: the warp-order sums of the kernels and the sequential CPU
+    sums round differently, which cancellation can leave as a large error on a small element,
+    so the absolute tolerance scales with the tensor's largest element."""
+    tol = dict(TOL[dtype])
+    if dtype == torch.float32 and expected.numel():
+        tol["atol"] = max(tol["atol"], 1e-4 * expected.abs().max().item())
+    torch.testing.assert_close(actual, expected, **tol, msg=msg)
+
 # (domain sizes, C, d, bias): one-row and empty domains, N off the 8-rows-per-block launch
 # grid, C and d off the warp width, a wide head.
 SHAPES = {
@@ -79,12 +89,12 @@ def test_emulated_kernels_match_cpu(op, shape, dtype, options):
     args = _args(op, sizes, C, d, bias, dtype, options)
     cpu, emu = getattr(torch.ops.hessalign_ext, op), getattr(torch.ops.hessalign_emu, op)
     expected = cpu(*args)
-    torch.testing.assert_close(emu(*args), expected, **TOL[dtype])
+    assert_matches(emu(*args), expected, dtype)
     grad = torch.randn(expected.shape, generator=torch.Generator().manual_seed(7), dtype=dtype)
     cpu_back = getattr(torch.ops.hessalign_ext, f"_{op}_backward")(grad, *args)
     emu_back = getattr(torch.ops.hessalign_emu, f"_{op}_backward")(grad, *args)
     for name, e, c in zip(["features", "weight", "bias", "vectors"], emu_back, cpu_back):
-        torch.testing.assert_close(e, c, **TOL[dtype], msg=lambda m: f"{op} backward, {name}: {m}")
+        assert_matches(e, c, dtype, msg=lambda m: f"{op} backward, {name}: {m}")
 
 
 @pytest.mark.parametrize("op", ["hutchinson_diag", "hutchinson_trace"])
