@@ -12,7 +12,6 @@ from typing import Callable, Optional
 
 import pytest
 import torch
-from hypothesis import strategies as st
 
 # --------------------------------------------------------------------------------------
 # Tolerances: one table. A loosening carries a comment saying why.
@@ -251,22 +250,3 @@ def assert_double_backward_raises(op_name: str, call_op, inputs):
         gs = torch.autograd.grad(out.sum(), inputs, create_graph=True, allow_unused=True)
         total = sum(x.sum() for x in gs if x is not None)
         torch.autograd.grad(total, inputs, allow_unused=True)
-
-
-# --------------------------------------------------------------------------------------
-# Property-based problems: random small shapes (empty domains, C = 1 included) and loss cases.
-# --------------------------------------------------------------------------------------
-
-# Fixed, reproducible examples: CI sees the same cases on every run.
-HYPOTHESIS_SETTINGS = dict(max_examples=25, deadline=None, derandomize=True)
-
-
-@st.composite
-def random_cases(draw, with_labels_free=True):
-    """(problem, options) with options from LOSS_CASES, or {} (no labels) when allowed."""
-    sizes = tuple(draw(st.lists(st.integers(0, 4), min_size=1, max_size=3)))
-    shape = Shape("random", sizes, C=draw(st.integers(1, 6)), d=draw(st.integers(1, 5)), bias=draw(st.booleans()))
-    p = make_problem(shape, seed=draw(st.integers(0, 2**31 - 1)))
-    cases = LOSS_CASE_IDS + (["no_labels"] if with_labels_free else [])
-    case = draw(st.sampled_from(cases))
-    return p, ({} if case == "no_labels" else LOSS_CASES[case](p))

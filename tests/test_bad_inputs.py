@@ -11,7 +11,7 @@ import torch
 import hessalign_ext
 from conftest import SHAPE, make_problem
 
-OPS = ["domain_losses", "head_grad", "head_hvp", "head_hessian_diag", "head_hessian_trace",
+OPS = ["domain_losses", "head_grad", "head_hvp", "head_hessian_diag", "head_hessian_trace", "head_hessian_inner",
        "hutchinson_diag", "hutchinson_trace"]
 OPTIONS = ("ignore_index", "class_weight", "label_smoothing", "reduction", "class_tile")
 N, C, D = 15, 5, 7

@@ -1,0 +1,131 @@
+"""CUDA kernels on a real GPU: CUDA equals CPU for every op, dtype and loss option, same probes
+for the same seed, and float16/bfloat16 within the precision bound of DESIGN.md / STYLE.md.
+
+Skipped (with the reason) without a GPU; scripts/gpu_check.sh runs it whenever one is lent.
+What only this file covers (the emulated tests cannot): the cuBLAS GEMMs, streams and device
+guards, offsets given on the CPU for CUDA features, float16/bfloat16 kernels.
+"""
+import pytest
+import torch
+
+import hessalign_ext
+from conftest import LOSS_CASES, SHAPE, make_problem
+
+pytestmark = [pytest.mark.cuda,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA is not available")]
+
+OPS = ["domain_losses", "head_grad", "head_hvp", "head_hessian_diag", "head_hessian_trace", "head_hessian_inner",
+       "hutchinson_diag", "hutchinson_trace"]
+SHAPES = ["unequal", "off_tile", "c1000", "no_bias", "noncontiguous", "empty_domain", "logits_1e4"]
+TOL = {torch.float64: dict(rtol=1e-10, atol=1e-12), torch.float32: dict(rtol=1e-4, atol=1e-5)}
+
+
+def call(op, p, features=None, weight=None, bias=None, vectors=None, **opts):
+    f = getattr(hessalign_ext, op)
+    head = (p.features if features is None else features, p.weight if weight is None else weight,
+            p.bias if bias is None else bias)
+    labels = opts.pop("labels", p.labels)
+    if op in ("domain_losses", "head_grad"):
+        return f(*head, labels, p.offsets, **opts)
+    if op == "head_hvp":
+        return f(*head, p.vectors if vectors is None else vectors, p.offsets, labels=labels, **opts)
+    if op.startswith("hutchinson"):
+        return f(*head, p.offsets, 8, 3, labels=labels, **opts)
+    return f(*head, p.offsets, labels=labels, **opts)
+
+
+def to(p, device, dtype=None):
+    q = make_problem(p.shape, p.features.dtype, "cpu")
+    for name in ("features", "weight", "bias", "vectors", "class_weight"):
+        t = getattr(p, name)
+        setattr(q, name, None if t is None else t.detach().to(device, dtype or t.dtype))
+    q.labels, q.offsets = p.labels.to(device), p.offsets  # offsets may stay on the CPU
+    return q
+
+
+def scaled_close(actual, expected, tol):
+    t = dict(tol)
+    if expected.numel():
+        t["atol"] = max(t["atol"], t["rtol"] * expected.abs().max().item())
+    torch.testing.assert_close(actual.cpu().double(), expected.cpu().double(), **t)
+
+
+@pytest.mark.parametrize("case", ["plain", "all_together_mean", "all_together_sum"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("op", OPS)
+def test_cuda_matches_cpu_forward_and_backward(op, shape, dtype, case):
+    cpu = make_problem(SHAPE[shape], dtype, "cpu", requires_grad=True)
+    gpu = to(cpu, "cuda")
+    for t in (gpu.features, gpu.weight, gpu.bias, gpu.vectors):
+        if t is not None:
+            t.requires_grad_(True)
+    opts = LOSS_CASES[case](cpu)
+    gopts = {k: (v.cuda() if isinstance(v, torch.Tensor) else v) for k, v in LOSS_CASES[case](gpu).items()}
+    out_c, out_g = call(op, cpu, **opts), call(op, gpu, **gopts)
+    assert out_g.device.type == "cuda" and out_g.dtype == dtype
+    scaled_close(out_g, out_c, TOL[dtype])
+    up = torch.randn(out_c.shape, dtype=dtype, generator=torch.Generator().manual_seed(5))
+    ins_c = [t for t in (cpu.features, cpu.weight, cpu.bias) if t is not None]
+    ins_g = [t for t in (gpu.features, gpu.weight, gpu.bias) if t is not None]
+    if op == "head_hvp":
+        ins_c.append(cpu.vectors)
+        ins_g.append(gpu.vectors)
+    if not out_c.requires_grad:
+        return
+    gc = torch.autograd.grad(out_c, ins_c, up, allow_unused=True)
+    gg = torch.autograd.grad(out_g, ins_g, up.cuda(), allow_unused=True)
+    for a, b in zip(gg, gc):
+        if b is not None:
+            scaled_close(a, b, TOL[dtype])
+
+
+@pytest.mark.parametrize("op", ["hutchinson_diag", "hutchinson_trace"])
+def test_same_seed_same_probes_as_cpu(op):
+    cpu = make_problem(SHAPE["off_tile"])
+    gpu = to(cpu, "cuda")
+    torch.testing.assert_close(call(op, gpu).cpu(), call(op, cpu), rtol=1e-12, atol=1e-13)
+    torch.testing.assert_close(call(op, gpu), call(op, gpu), rtol=0, atol=0)
+
+
+def _err(x, truth):
+    return (x.double().cpu() - truth).abs().max().item()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("case", ["plain", "ignore_some"])
+@pytest.mark.parametrize("op", ["domain_losses", "head_grad", "head_hessian_diag", "head_hessian_trace"])
+def test_reduced_precision(op, dtype, case):
+    """Max error vs float64 ≤ 2 × that of the plain-torch closed form in the same dtype, plus a
+    floor of twice the rounding of the float64 truth when stored in that dtype."""
+    p64 = make_problem(SHAPE["domainbed"], torch.float64, "cpu")
+    low = to(p64, "cuda", dtype)
+    opts = LOSS_CASES[case](p64)
+    truth = call(op, p64, **opts)
+    ours = call(op, low, labels=opts["labels"].cuda())
+    assert ours.dtype == dtype
+    plain = _plain_closed_form(op, low, opts["labels"].cuda())
+    floor = 2 * _err(truth.to(dtype), truth)
+    assert _err(ours, truth) <= 2 * _err(plain, truth) + floor
+
+
+def _plain_closed_form(op, p, labels):
+    """The closed forms in plain torch, every step in the inputs' dtype."""
+    z = torch.cat([p.features, torch.ones_like(p.features[:, :1])], 1)
+    w = torch.cat([p.weight, p.bias[:, None]], 1)
+    logits = z @ w.T
+    prob = torch.softmax(logits, 1)
+    out = []
+    for lo, hi in zip(p.offsets[:-1].tolist(), p.offsets[1:].tolist()):
+        keep = labels[lo:hi] != -100
+        n = keep.sum().clamp(min=1).to(z.dtype)
+        pe, ze, ye = prob[lo:hi][keep], z[lo:hi][keep], labels[lo:hi][keep]
+        if op == "domain_losses":
+            out.append(torch.nn.functional.cross_entropy(logits[lo:hi][keep], ye, reduction="sum") / n)
+        elif op == "head_grad":
+            r = pe - torch.nn.functional.one_hot(ye, pe.shape[1]).to(pe.dtype)
+            out.append(r.T @ ze / n)
+        else:
+            diag = (pe * (1 - pe)).T @ (ze * ze) / n
+            out.append(diag if op == "head_hessian_diag" else diag.sum())
+    return torch.stack(out)
