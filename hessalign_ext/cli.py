@@ -4,6 +4,9 @@
 ColoredDigits benchmark (test environment -90%), three trial seeds, the documented default
 hparams; it prints the results table and writes the plots. Everything is resumable: run
 the same command again to continue or to just print the report.
+
+A bad argument, bad hparams, a missing data folder or a damaged run file is reported as one
+line on stderr (``hessalign: error: ...``) with exit status 2, not a traceback.
 """
 
 from __future__ import annotations
@@ -19,8 +22,18 @@ MAIN_DATASET = "ColoredDigits"
 MAIN_TEST_ENV = 2
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line: argparse would print the whole usage above them."""
+
+    def error(self, message):
+        self.exit(2, f"hessalign: error: {message}\n")
+
+
 def _json(text: str) -> dict:
-    value = json.loads(text)
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({exc}): {text!r}") from None
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
     return value
@@ -49,7 +62,7 @@ def _parser() -> argparse.ArgumentParser:
     from .algorithms import ALGORITHMS
     from .datasets import DATASETS
 
-    parser = argparse.ArgumentParser(prog="hessalign", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="hessalign", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train one run (resumes from DIR's checkpoint)")
@@ -98,7 +111,17 @@ def _default_jobs(device: Optional[str]) -> int:
 
 def main(argv: Optional[List[str]] = None) -> None:
     """Entry point of the ``hessalign`` console script."""
-    args = _parser().parse_args(argv)
+    from .runfiles import RunError
+
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        _run(args)
+    except RunError as exc:
+        parser.error(" ".join(str(exc).split()))  # one line, whatever the message holds
+
+
+def _run(args: argparse.Namespace) -> None:
     if args.command == "train":
         from .train import RunArgs, train
 

@@ -31,6 +31,7 @@ step; the probes' noise biases the Hessian term upward by O(α/K), DESIGN.md §1
 from __future__ import annotations
 
 import hashlib
+import math
 
 import numpy as np
 
@@ -183,3 +184,57 @@ def complete(algorithm: str, hparams: dict, input_shape=None, dataset=None) -> d
     out = default_hparams(algorithm, dataset, input_shape)
     out.update(hparams or {})
     return out
+
+
+# Ranges of the numeric hparams. A negative penalty or regularizer weight would reward what
+# it is meant to penalize, and training would still run: these are caught before it starts.
+_AT_LEAST_0 = ("at least 0", lambda v: v >= 0)
+_ABOVE_0 = ("above 0", lambda v: v > 0)
+_RANGES = {
+    **dict.fromkeys(["penalty_weight", "penalty_alpha", "penalty_beta", "irm_lambda", "vrex_lambda", "lambda",
+                     "mmd_gamma", "penalty", "l2_weight", "weight_decay", "penalty_anneal_iters",
+                     "irm_penalty_anneal_iters", "vrex_penalty_anneal_iters"], _AT_LEAST_0),
+    **dict.fromkeys(["lr", "meta_lr", "num_probes", "mlp_width", "batch_size"], _ABOVE_0),
+    **dict.fromkeys(["mlp_dropout", "resnet_dropout", "ema"], ("in [0, 1)", lambda v: 0 <= v < 1)),
+    "label_smoothing": ("in [0, 1]", lambda v: 0 <= v <= 1),
+    "mlp_depth": ("at least 2", lambda v: v >= 2),
+}
+_CHOICES = {"backend": ("kernel", "autograd"), "hgp_target": ("mean_loss", "mean_of_domains"),
+            "mlp_init": ("xavier", "default")}
+
+
+def check_overrides(algorithm: str, dataset, overrides: dict) -> None:
+    """Raise ``ValueError`` (one line) for an unknown name or a bad value in ``overrides``.
+
+    A name that only other algorithms use is accepted (and ignored by this one): a sweep
+    shares one overrides dict among its algorithms.
+    """
+    import difflib
+
+    from .algorithms import ALGORITHMS  # here: the algorithms import this module
+
+    defaults = default_hparams(algorithm, dataset)
+    known = set().union(*(default_hparams(a, dataset) for a in ALGORITHMS))
+    for name, value in overrides.items():
+        if name not in known:
+            close = difflib.get_close_matches(name, sorted(known), n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(sorted(known))}"
+            raise ValueError(f"unknown hparam {name!r}; {hint}")
+        if name not in defaults:
+            continue
+        default = defaults[name]
+        if name in _CHOICES:
+            if value not in _CHOICES[name]:
+                raise ValueError(f"{name} must be one of {', '.join(_CHOICES[name])}, got {value!r}")
+        elif isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise ValueError(f"{name} must be true or false, got {value!r}")
+        elif name == "batch_size" and value is None:
+            continue  # full batch
+        elif name == "batch_size" or isinstance(default, (int, float)):
+            integral = name == "batch_size" or isinstance(default, int)
+            if isinstance(value, bool) or not isinstance(value, int if integral else (int, float)) \
+                    or (isinstance(value, float) and not math.isfinite(value)):
+                raise ValueError(f"{name} must be {'an integer' if integral else 'a finite number'}, got {value!r}")
+            if name in _RANGES and not _RANGES[name][1](value):
+                raise ValueError(f"{name} must be {_RANGES[name][0]}, got {value!r}")

@@ -21,12 +21,13 @@ every environment, the penalty's Hessian and gradient terms, and the Hessian gap
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from pathlib import Path
 from typing import Callable, Dict, List, Tuple
 
 import numpy as np
+
+from .runfiles import read_records
 
 __all__ = ["load_records", "select", "tables", "plots", "report", "SELECTION_METHODS"]
 
@@ -34,10 +35,11 @@ RunKey = Tuple[str, str, Tuple[int, ...], int, int]  # dataset, algorithm, test 
 
 
 def load_records(input_dir) -> List[dict]:
-    """Every results line under ``input_dir``, in file and line order."""
+    """Every results line under ``input_dir``, in file and line order (a run still in progress
+    may end in a torn line, which is left out with a warning; a damaged file raises)."""
     records = []
     for path in sorted(Path(input_dir).rglob("results.jsonl")):
-        records += [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        records += read_records(path)
     return records
 
 

@@ -7,7 +7,9 @@ processes that share the CPU cores (one torch thread each on two cores: small GE
 more from running side by side than from two threads), each in its own folder
 ``output_dir/<dataset>/<algorithm>/te<envs>_h<hparams_seed>_t<trial_seed>``.
 Resumable: a finished job is skipped and an interrupted one resumes from its checkpoint
-(:func:`hessalign_ext.train.train`), so rerunning the same sweep completes it.
+(:func:`hessalign_ext.train.train`), so rerunning the same sweep after a crash or a kill
+runs only what is missing and ends with the same runs and records. Every job's arguments
+are checked before the first one starts, so a bad one does not stop the sweep hours in.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Iterable, List, Optional, Sequence
 
 from . import hparams as hparams_registry
 from .datasets import get_dataset_class
-from .train import RunArgs, is_done, train
+from .train import RunArgs, check_args, is_done, open_dataset, train
 
 __all__ = ["make_jobs", "sweep"]
 
@@ -31,7 +33,7 @@ def _environments(dataset: str, data_dir, dataset_kwargs) -> int:
     cls = get_dataset_class(dataset)
     if cls.ENVIRONMENTS is not None:
         return len(cls.ENVIRONMENTS)
-    return len(cls(data_dir, (), None, **(dataset_kwargs or {})))
+    return len(open_dataset(dataset, data_dir, (), None, dataset_kwargs or {}))
 
 
 def make_jobs(algorithms: Sequence[str], datasets: Sequence[str], output_dir, *,
@@ -68,6 +70,8 @@ def sweep(algorithms: Sequence[str], datasets: Sequence[str], output_dir, *, job
     With ``jobs > 1`` the runs' own progress bars are off and one bar counts finished runs.
     """
     runs = make_jobs(algorithms, datasets, output_dir, **kwargs)
+    for run in runs:
+        check_args(run)
     todo = [run for run in runs if not is_done(run.output_dir)]
     print(f"sweep: {len(runs)} runs, {len(runs) - len(todo)} done, {len(todo)} to run", flush=True)
     if jobs <= 1 or len(todo) <= 1:

@@ -15,15 +15,21 @@ Training runs on CUDA when it is available (``device`` overrides), with a tqdm p
 Resuming: every evaluation also writes ``output_dir/checkpoint.pt`` (model, optimizers,
 random-number generators, step). Running the same run again continues from it, and a run
 whose ``done`` file exists is not redone. Minibatches are a pure function of (trial seed,
-environment, step), so a resumed run draws the same data as an uninterrupted one.
+environment, step), and the python, numpy and torch generators are restored, so a run killed
+at any point and resumed ends with the same weights and records as an uninterrupted one
+(bit for bit on the CPU; image folders' augmentations in loader workers are the exception:
+they are drawn afresh after a resume). Crash safety and the recovery from damaged files are
+described in :mod:`hessalign_ext.runfiles`; a checkpoint of another run (other algorithm,
+seeds, hparams, ...) in the folder is refused, not continued.
+
+Bad arguments raise :class:`~hessalign_ext.runfiles.ConfigError` (one line, naming the
+option) before any work: :func:`check_args`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import inspect
-import json
-import os
 import random
 import time
 from pathlib import Path
@@ -36,10 +42,12 @@ from torch.utils.data import DataLoader, Subset, TensorDataset
 
 from . import diagnostics
 from . import hparams as hparams_registry
+from . import runfiles
 from .algorithms import get_algorithm_class
 from .datasets import get_dataset_class
+from .runfiles import ConfigError, CorruptFileError
 
-__all__ = ["RunArgs", "train", "run_hparams", "is_done"]
+__all__ = ["RunArgs", "train", "run_hparams", "is_done", "check_args", "open_dataset"]
 
 _EVAL_CHUNK = 4096      # rows per forward pass when evaluating tensor datasets
 _GAP_ROWS = 2048        # rows per environment for the Hessian-gap diagnostic (tensor data)
@@ -84,6 +92,58 @@ def is_done(output_dir) -> bool:
     return (Path(output_dir) / "done").exists()
 
 
+def check_args(args: RunArgs) -> None:
+    """Raise :class:`ConfigError` for anything wrong in ``args`` that shows without opening the
+    dataset (the environments of a folder dataset are counted when it is opened)."""
+    for name, get in (("algorithm", get_algorithm_class), ("dataset", get_dataset_class)):
+        try:
+            get(getattr(args, name))
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+    for flag, value in (("--steps", args.steps), ("--checkpoint-freq", args.checkpoint_freq)):
+        if value is not None and value < 1:
+            raise ConfigError(f"{flag} must be at least 1, got {value}")
+    if not 0 <= args.holdout_fraction < 1:
+        raise ConfigError(f"--holdout-fraction must be in [0, 1), got {args.holdout_fraction}")
+    cls = get_dataset_class(args.dataset)
+    accepted = [n for n, p in inspect.signature(cls).parameters.items() if p.kind is p.KEYWORD_ONLY]
+    unknown = sorted(set(args.dataset_kwargs or {}) - set(accepted))
+    if unknown:
+        raise ConfigError(f"--dataset-kwargs: {args.dataset} takes no {', '.join(unknown)} "
+                          f"(it takes: {', '.join(accepted) or 'nothing'})")
+    try:
+        hparams_registry.check_overrides(args.algorithm, args.dataset, args.hparams or {})
+    except ValueError as exc:
+        raise ConfigError(f"--hparams: {exc}") from None
+    if args.device is not None:
+        try:
+            device = torch.device(args.device)
+        except RuntimeError:
+            raise ConfigError(f"--device {args.device!r} is not a torch device (cpu, cuda, cuda:1, ...)") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError(f"--device {args.device}: CUDA is not available")
+    if cls.ENVIRONMENTS is not None:
+        _check_test_envs(args, len(cls.ENVIRONMENTS))
+
+
+def _check_test_envs(args: RunArgs, n: int) -> None:
+    for env in args.test_envs:
+        if not 0 <= env < n:
+            raise ConfigError(f"--test-env {env} is out of range for {args.dataset} "
+                              f"({n} environments: 0..{n - 1})")
+    if len(set(args.test_envs)) >= n:
+        raise ConfigError(f"--test-env {' '.join(map(str, args.test_envs))} leaves {args.dataset} "
+                          f"({n} environments) nothing to train on")
+
+
+def open_dataset(name: str, data_dir, test_envs, hparams, kwargs: dict):
+    """The dataset; a missing or malformed data folder is a :class:`ConfigError` naming it."""
+    try:
+        return get_dataset_class(name)(data_dir, test_envs, hparams, **kwargs)
+    except (FileNotFoundError, ValueError) as exc:
+        raise ConfigError(f"{name}: {exc}") from None
+
+
 # ------------------------------------------------------------------------------ data
 
 
@@ -114,11 +174,14 @@ class _Part:
     def __len__(self):
         return len(self.keys)
 
-    def batches(self, indices):
-        """Minibatches for an iterable of index lists, in order."""
+    def batches(self, indices, seed: int = 0):
+        """Minibatches for an iterable of index lists, in order. ``seed``: the loader workers'
+        (augmentation) seeds; its own generator, so that the global one, which a checkpoint
+        restores, is not drawn from when a loader starts."""
         if self.tensors is not None:
             return (tuple(t[torch.as_tensor(i, device=self.device)] for t in self.tensors) for i in indices)
-        loader = DataLoader(self.subset, batch_sampler=list(indices), num_workers=self.num_workers)
+        loader = DataLoader(self.subset, batch_sampler=list(indices), num_workers=self.num_workers,
+                            generator=torch.Generator().manual_seed(seed))
         return ((x.to(self.device), y.to(self.device)) for x, y in loader)
 
     def chunks(self, size: int):
@@ -137,11 +200,12 @@ def _step_indices(n: int, batch_size: Optional[int], seed: int, start: int, stop
 
 
 def _make_dataset(args: RunArgs, hparams: dict):
-    cls = get_dataset_class(args.dataset)
     kwargs = dict(args.dataset_kwargs or {})
-    if "seed" in inspect.signature(cls).parameters:
+    if "seed" in inspect.signature(get_dataset_class(args.dataset)).parameters:
         kwargs.setdefault("seed", args.trial_seed)  # generated and shuffled data follow the trial
-    return cls(args.data_dir, args.test_envs, hparams, **kwargs)
+    dataset = open_dataset(args.dataset, args.data_dir, args.test_envs, hparams, kwargs)
+    _check_test_envs(args, len(dataset))
+    return dataset
 
 
 # ------------------------------------------------------------------------ evaluation
@@ -194,20 +258,49 @@ def _set_rng_state(state: dict) -> None:
 
 
 def _save_checkpoint(path: Path, algorithm, next_step: int, args: RunArgs, hparams: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save({"model_dict": algorithm.state_dict(), "step": next_step, "rng": _rng_state(),
-                "args": dataclasses.asdict(args), "model_hparams": hparams,
-                "model_input_shape": algorithm.input_shape, "model_num_classes": algorithm.num_classes,
-                "model_num_domains": algorithm.num_domains}, tmp)
-    os.replace(tmp, path)  # atomic: a crash leaves the previous checkpoint intact
+    runfiles.save_checkpoint(path, {
+        "model_dict": algorithm.state_dict(), "step": next_step, "rng": _rng_state(),
+        "args": dataclasses.asdict(args), "model_hparams": hparams,
+        "model_input_shape": algorithm.input_shape, "model_num_classes": algorithm.num_classes,
+        "model_num_domains": algorithm.num_domains})
+
+
+# what makes a run this run: a checkpoint that differs in any of them is not continued
+_IDENTITY = ("algorithm", "dataset", "test_envs", "hparams_seed", "trial_seed", "seed", "holdout_fraction",
+             "dataset_kwargs")
+
+
+def _resume(path: Path, algorithm, args: RunArgs, hparams: dict) -> int:
+    """Load the checkpoint into ``algorithm`` and the global generators; the step to resume at."""
+    ckpt = runfiles.load_checkpoint(path, ["model_dict", "step", "rng", "args", "model_hparams"])
+    saved = dict(ckpt["args"], test_envs=sorted(ckpt["args"]["test_envs"]))
+    ours = dict(dataclasses.asdict(args), test_envs=sorted(args.test_envs))
+    differ = [k for k in _IDENTITY if saved.get(k) != ours[k]]
+    differ += [f"hparams[{k!r}]" for k in sorted(set(hparams) | set(ckpt["model_hparams"]))
+               if hparams.get(k) != ckpt["model_hparams"].get(k)]
+    if differ:
+        raise ConfigError(f"{path} is from another run (it differs in {', '.join(differ)}); "
+                          f"use another --output-dir, or delete {path.parent} to start over")
+    try:
+        algorithm.load_state_dict(ckpt["model_dict"])
+    except RuntimeError as exc:  # missing, unexpected or misshapen tensors
+        raise CorruptFileError(f"{path}: its model does not load ({' '.join(str(exc).split())}); "
+                               "delete it to restart the run from step 0") from None
+    _set_rng_state(ckpt["rng"])
+    return int(ckpt["step"])
 
 
 def _keep_records(results: Path, last_step: int) -> None:
-    """Drop lines written after the checkpoint we resume from (a crash between the two)."""
+    """Drop lines written after the checkpoint we resume from (a crash between the two); the
+    record of ``last_step``, written just before the checkpoint, must be there."""
     if not results.exists():
-        return
-    lines = [ln for ln in results.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= last_step]
-    results.write_text("".join(ln + "\n" for ln in lines))
+        raise CorruptFileError(f"{results} is missing but a checkpoint follows step {last_step}; "
+                               "delete the checkpoint to restart the run from step 0")
+    records = [r for r in runfiles.read_records(results) if r["step"] <= last_step]
+    if not records or records[-1]["step"] != last_step:
+        raise CorruptFileError(f"{results} has no record of step {last_step}, which the checkpoint follows; "
+                               "delete the checkpoint to restart the run from step 0")
+    runfiles.write_records(results, records)
 
 
 # ------------------------------------------------------------------------------ train
@@ -215,6 +308,7 @@ def _keep_records(results: Path, last_step: int) -> None:
 
 def train(args: RunArgs) -> Path:
     """Run (or resume, or skip if done) one training run; returns its output directory."""
+    check_args(args)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     if is_done(out):
@@ -231,8 +325,6 @@ def train(args: RunArgs) -> Path:
 
     dataset = _make_dataset(args, hparams)
     test_envs = sorted(int(e) for e in args.test_envs)
-    if any(not 0 <= e < len(dataset) for e in test_envs):
-        raise ValueError(f"test_envs {test_envs} outside 0..{len(dataset) - 1} ({args.dataset})")
     train_envs = [e for e in range(len(dataset)) if e not in test_envs]
     in_parts, out_parts = {}, {}
     for env, env_data in enumerate(dataset):
@@ -247,16 +339,15 @@ def train(args: RunArgs) -> Path:
     checkpoint_freq = int(args.checkpoint_freq or dataset.CHECKPOINT_FREQ)
     batch_size = hparams["batch_size"]  # None: full batch per training environment
     n_train = min(len(in_parts[e]) for e in train_envs)
+    if n_train == 0:
+        raise ConfigError(f"{args.dataset}: a training environment has no rows to train on "
+                          "(--dataset-kwargs or --holdout-fraction leave it empty)")
     steps_per_epoch = n_train / (batch_size or n_train)
 
     ckpt_path, results_path = out / "checkpoint.pt", out / "results.jsonl"
     start = 0
     if ckpt_path.exists():
-        # on the CPU: RNG states must stay there; load_state_dict moves the rest to the model
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        algorithm.load_state_dict(ckpt["model_dict"])
-        _set_rng_state(ckpt["rng"])
-        start = int(ckpt["step"])
+        start = _resume(ckpt_path, algorithm, args, hparams)
         _keep_records(results_path, start - 1)
         print(f"{out}: resuming at step {start}")
     else:
@@ -264,7 +355,8 @@ def train(args: RunArgs) -> Path:
 
     streams = [in_parts[e].batches(_step_indices(len(in_parts[e]), batch_size,
                                                  hparams_registry.seed_hash("minibatches", args.trial_seed, e),
-                                                 start, n_steps))
+                                                 start, n_steps),
+                                 seed=hparams_registry.seed_hash("loader", args.seed, e, start))
                for e in train_envs]
     record_args = dataclasses.asdict(args)
     record_args["test_envs"] = test_envs
@@ -288,22 +380,18 @@ def train(args: RunArgs) -> Path:
                 record.update(_hessian_gaps(algorithm, in_parts, train_envs))
             record["mem_gb"] = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else 0.0
             record.update({"hparams": hparams, "args": record_args})
-            with results_path.open("a") as f:
-                f.write(json.dumps(record, sort_keys=True) + "\n")
+            runfiles.append_record(results_path, record)
             _save_checkpoint(ckpt_path, algorithm, step + 1, args, hparams)
             bar.set_postfix(_postfix(record, test_envs), refresh=False)
             vals = {}
         step_start = time.time()
     bar.close()
     (out / "done").write_text("done\n")
-    accs = " ".join(f"env{e}{'(test)' if e in test_envs else ''} {_last_record(results_path)[f'env{e}_in_acc']:.3f}"
+    last = runfiles.read_records(results_path)[-1]
+    accs = " ".join(f"env{e}{'(test)' if e in test_envs else ''} {last[f'env{e}_in_acc']:.3f}"
                     for e in range(len(dataset)))
     print(f"{out}: {args.algorithm} done in {time.time() - run_start:.0f} s; in-split accuracy {accs}", flush=True)
     return out
-
-
-def _last_record(results: Path) -> dict:
-    return json.loads(results.read_text().splitlines()[-1])
 
 
 def _progress(iterable, args: RunArgs, start: int, total: int):
