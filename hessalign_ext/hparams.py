@@ -30,6 +30,8 @@ step; the probes' noise biases the Hessian term upward by O(α/K), DESIGN.md §1
 
 from __future__ import annotations
 
+import difflib
+import functools
 import hashlib
 import math
 
@@ -203,18 +205,22 @@ _CHOICES = {"backend": ("kernel", "autograd"), "hgp_target": ("mean_loss", "mean
             "mlp_init": ("xavier", "default")}
 
 
+@functools.lru_cache(maxsize=None)
+def _known_names(dataset) -> frozenset:
+    """Every hparam some algorithm takes on ``dataset``."""
+    from .algorithms import ALGORITHMS  # here: the algorithms import this module
+
+    return frozenset().union(*(default_hparams(a, dataset) for a in ALGORITHMS))
+
+
 def check_overrides(algorithm: str, dataset, overrides: dict) -> None:
     """Raise ``ValueError`` (one line) for an unknown name or a bad value in ``overrides``.
 
     A name that only other algorithms use is accepted (and ignored by this one): a sweep
     shares one overrides dict among its algorithms.
     """
-    import difflib
-
-    from .algorithms import ALGORITHMS  # here: the algorithms import this module
-
     defaults = default_hparams(algorithm, dataset)
-    known = set().union(*(default_hparams(a, dataset) for a in ALGORITHMS))
+    known = _known_names(dataset)
     for name, value in overrides.items():
         if name not in known:
             close = difflib.get_close_matches(name, sorted(known), n=1)
