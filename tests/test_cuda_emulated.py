@@ -39,12 +39,15 @@ def assert_matches(actual, expected, dtype, msg=None):
     torch.testing.assert_close(actual, expected, **tol, msg=msg)
 
 # (domain sizes, C, d, bias): one-row and empty domains, N off the 8-rows-per-block launch
-# grid, C and d off the warp width, a wide head.
+# grid, C and d off the warp width, a wide head, a domain longer than a block.
 SHAPES = {
     "one_domain_one_row": ([1], 2, 1, True),
     "unequal_37x129": ([7, 1, 20, 0, 21], 37, 129, True),
     "no_bias_33x31": ([9, 16, 24], 33, 31, False),
     "wide_1000": ([5, 12], 1000, 3, True),
+    # a domain of more rows than a block has threads: every warp of the per-domain block
+    # reductions (segment_sum_kernel, ce_coeffs_kernel) holds a nonzero partial sum
+    "long_domain_300": ([300, 7], 3, 2, True),
 }
 OPS = ["domain_losses", "head_grad", "head_hvp", "head_hessian_diag", "head_hessian_trace", "head_hessian_inner",
        "hutchinson_diag", "hutchinson_trace"]
