@@ -716,7 +716,23 @@ def main(argv=None):
     ap.add_argument("--smoke", action="store_true", help="tiny heads: tests the harness in seconds (numbers meaningless)")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch CPU threads (default: torch's choice; 1 is steadier on a shared, loaded machine)")
+    ap.add_argument("--only-tags", default=None,
+                    help="comma list of job sets to run: domainbed, large, scaling-C, scaling-N, scaling-K, scaling-E")
+    ap.add_argument("--budget-s", type=float, default=None,
+                    help="start no new (case, shape) job after this many seconds; the rest is recorded as not run")
+    ap.add_argument("--report", metavar="JSON", default=None,
+                    help="rebuild the markdown and plots of an earlier run from its JSON, run nothing")
     args = ap.parse_args(argv)
+    if args.report:
+        with open(args.report) as f:
+            data = json.load(f)
+        stem = args.report[:-len(".json")] if args.report.endswith(".json") else args.report
+        pngs = [] if args.no_plots else plots(data["records"], stem, print)
+        md = report(data["meta"], data["records"], pngs, quick="_quick" in os.path.basename(stem))
+        with open(stem + ".md", "w") as f:
+            f.write(md)
+        print(md)
+        return 0
     if args.device == "cuda" and not torch.cuda.is_available():
         ap.error("--device cuda: CUDA is not available")
     if args.threads:
@@ -727,6 +743,7 @@ def main(argv=None):
     dtypes = [DTYPES[x.strip()] for x in dtypes.split(",")]
     os.makedirs(args.out, exist_ok=True)
     only = None if args.only is None else set(args.only.split(","))
+    only_tags = None if args.only_tags is None else set(args.only_tags.split(","))
 
     t_start = time.time()
     now = dt.datetime.now(dt.timezone.utc)
@@ -736,6 +753,7 @@ def main(argv=None):
             "command": command, "timestamp": now.isoformat(timespec="seconds")}
     stem = os.path.join(args.out, f"{now:%Y-%m-%d}_{args.device}" + ("_quick" if args.quick else "") +
                         ("_smoke" if args.smoke else "") +
+                        ("" if only_tags is None else "_" + "_".join(sorted(only_tags))) +
                         ("" if dtypes == [torch.float32] or (args.dtype is None) else "_" + "_".join(
                             str(d).replace("torch.", "") for d in dtypes)))
     clock = Clock(args.device)
@@ -746,53 +764,112 @@ def main(argv=None):
 
     log(f"# {command}\n# {meta['device_name']}, torch {meta['torch']}, git {meta['git_sha']}, load {load0}")
     torch.manual_seed(0)
-    records = []
+    records, not_run = [], []
+    meta.update(rounds=args.rounds, burst_s=args.burst, threads=torch.get_num_threads(), budget_s=args.budget_s,
+                memory_method=("cuda max_memory_allocated - memory_allocated before the call" if args.device == "cuda"
+                               else "torch CPU allocator peak from torch.profiler memory events; "
+                                    "rss_peak_delta_bytes: VmHWM growth after clear_refs + malloc_trim"))
+
+    def save():
+        """Rewritten after every job, so a run cut short (time limit, lost machine) keeps what it measured."""
+        meta.update(wall_s=time.time() - t_start, loadavg_start=load0, loadavg_end=os.getloadavg(),
+                    jobs_not_run=not_run)
+        with open(stem + ".json.tmp", "w") as f:
+            json.dump({"meta": meta, "records": records}, f, indent=1, default=str)
+        os.replace(stem + ".json.tmp", stem + ".json")
+
     for dtype in dtypes:
         jobs = plan(args.device, args.quick, dtype, args.smoke)
         if only:
             jobs = [j for j in jobs if j[0].op in only]
+        if only_tags:
+            jobs = [j for j in jobs if j[3] & only_tags]
         log(f"# {str(dtype)}: {len(jobs)} (case, shape) jobs")
         for job in jobs:
+            if args.budget_s is not None and time.time() - t_start > args.budget_s:
+                not_run.append(f"{job[0].label} {job[1].id} {str(dtype).replace('torch.', '')}")
+                continue
             records += run_job(job, args, clock, dtype, meta, log)
-    wall = time.time() - t_start
-    load1 = os.getloadavg()
-    meta.update(wall_s=wall, loadavg_start=load0, loadavg_end=load1, rounds=args.rounds, burst_s=args.burst,
-                threads=torch.get_num_threads(),
-                memory_method=("cuda max_memory_allocated - memory_allocated before the call" if args.device == "cuda"
-                               else "torch CPU allocator peak from torch.profiler memory events; "
-                                    "rss_peak_delta_bytes: VmHWM growth after clear_refs + malloc_trim"))
-    with open(stem + ".json", "w") as f:
-        json.dump({"meta": meta, "records": records}, f, indent=1, default=str)
+            save()
+    if not_run:
+        log(f"# budget of {args.budget_s:.0f} s spent: {len(not_run)} jobs not run (listed in the JSON meta)")
+    save()
+    wall = meta["wall_s"]
 
     pngs = [] if args.no_plots else plots(records, stem, log)
-    md = [f"# hessalign_ext benchmarks: {args.device}{' (quick)' if args.quick else ''}", "",
-          f"- command: `{command}`", f"- date: {meta['timestamp']}", f"- device: {meta['device_name']}",
+    md = report(meta, records, pngs, quick=args.quick)
+    with open(stem + ".md", "w") as f:
+        f.write(md)
+    print(md)
+    log(f"\nwrote {stem}.json, {stem}.md" + "".join(f", {p}" for p in pngs) + f" in {wall:.0f} s")
+    return 0
+
+
+def memory_table(records):
+    """Peak memory of every provider at the largest DomainBed head and the large head."""
+    out = []
+    for tag in ("domainbed", "large"):
+        recs = [r for r in records if tag in r["tags"] and r.get("peak_mem_bytes") is not None]
+        if not recs:
+            continue
+        big = max(recs, key=lambda r: (r["N"] * r["D"] * r["C"]))["shape"]
+        recs = [r for r in recs if r["shape"] == big]
+        provs = [p for p in P.OP_PROVIDER_ORDER + P.STEP_PROVIDER_ORDER if any(r["provider"] == p for r in recs)]
+        provs = list(dict.fromkeys(provs))
+        out += [f"\n### peak memory (MiB) at {big} ({'allocator peak' if recs[0]['device'] == 'cuda' else 'CPU allocator peak; RSS growth in parentheses'})\n",
+                "| case | " + " | ".join(provs) + " |", "|---|" + "---:|" * len(provs)]
+        by = defaultdict(dict)
+        for r in recs:
+            by[r["case"]][r["provider"]] = r
+        for case, cell in by.items():
+            cols = []
+            for p in provs:
+                r = cell.get(p)
+                if r is None:
+                    cols.append("—")
+                    continue
+                txt = f"{r['peak_mem_bytes'] / 2**20:.1f}"
+                if r.get("rss_peak_delta_bytes") is not None:
+                    txt += f" ({r['rss_peak_delta_bytes'] / 2**20:.0f})"
+                cols.append(txt)
+            out.append(f"| {case} | " + " | ".join(cols) + " |")
+    if out:
+        out.append("\n(not measured for calls slower than 5 s; see the JSON)")
+    return "\n".join(out)
+
+
+def report(meta, records, pngs, quick=False):
+    """The markdown report of a run (also rebuilt from its JSON by ``--report``)."""
+    dev = meta["device"]
+    md = [f"# hessalign_ext benchmarks: {dev}{' (quick)' if quick else ''}", "",
+          f"- command: `{meta['command']}`", f"- date: {meta['timestamp']}", f"- device: {meta['device_name']}",
           f"- torch {meta['torch']}" + (f", CUDA {meta['cuda']}" if meta.get("cuda") else ""),
-          f"- git: {meta['git_sha']}", f"- load average (1, 5, 15 min) at start {load0}, at end {load1}",
-          f"- wall time: {wall:.0f} s; timing: {args.rounds} interleaved rounds, median (p20/p80 in the JSON) "
-          f"of single calls; {'CUDA events' if args.device == 'cuda' else 'time.perf_counter'}",
+          f"- git: {meta['git_sha']}",
+          f"- load average (1, 5, 15 min) at start {tuple(round(x, 2) for x in meta['loadavg_start'])}, "
+          f"at end {tuple(round(x, 2) for x in meta['loadavg_end'])}; torch threads {meta['threads']}",
+          f"- wall time: {meta['wall_s']:.0f} s; timing: {meta['rounds']} interleaved rounds, median (p20/p80 in the "
+          f"JSON) of single calls; {'CUDA events' if dev == 'cuda' else 'time.perf_counter'}",
           f"- peak memory: {meta['memory_method']}",
           "- ratios: each provider's median time / ours (kernel backend for penalty steps), same run; "
           ">1 means ours is faster. `n/a`: the provider does not apply (reason in the JSON and below); "
           "`mismatch`: disagreed with the float64 reference and was not timed.", ""]
-    md += ["## Targets (issue 4)", ""] + targets(records, args.device)
-    for dtype in dtypes:
-        ds = str(dtype).replace("torch.", "")
+    if meta.get("jobs_not_run"):
+        md += [f"- **cut short**: the time budget ({meta['budget_s']:.0f} s) ran out before "
+               f"{len(meta['jobs_not_run'])} jobs (listed in the JSON meta, `jobs_not_run`)", ""]
+    md += ["## Targets (issue 4)", ""] + targets(records, dev)
+    for ds in dict.fromkeys(r["dtype"] for r in records):
         recs = [r for r in records if r["dtype"] == ds]
         for tag, title in (("domainbed", "DomainBed heads"), ("large", "large heads")):
             sub = [r for r in recs if tag in r["tags"]]
             if sub:
                 md += ["", f"## {title}, {ds}: time / ours", ratio_tables(sub, P.OP_PROVIDER_ORDER)]
         md.append(floor_table(recs))
+        md.append(memory_table(recs))
         sc = series_tables(recs)
         if sc:
             md += ["", f"## scaling, {ds} (plots: {', '.join(os.path.basename(p) for p in pngs) or 'none'})", sc]
     md.append(skipped_table(records))
-    with open(stem + ".md", "w") as f:
-        f.write("\n".join(md) + "\n")
-    print("\n".join(md))
-    log(f"\nwrote {stem}.json, {stem}.md" + "".join(f", {p}" for p in pngs) + f" in {wall:.0f} s")
-    return 0
+    return "\n".join(md) + "\n"
 
 
 if __name__ == "__main__":

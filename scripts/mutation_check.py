@@ -285,7 +285,8 @@ def main() -> int:
     ap.add_argument("--repo", type=pathlib.Path, default=REPO, help="repository to copy (default: this one)")
     ap.add_argument("--only", help="comma-separated mutation ids")
     ap.add_argument("--orders", default=",".join(ORDERS))
-    ap.add_argument("--timeout", type=int, default=600, help="seconds per pytest run")
+    ap.add_argument("--timeout", type=int, default=900,
+                    help="seconds per pytest run (an unmutated run took 2-8 min on 2 busy cores)")
     ap.add_argument("--no-baseline", action="store_true", help="skip the unmutated runs")
     ap.add_argument("--no-sanitize", action="store_true", help="skip the ASan+UBSan runs")
     ap.add_argument("--keep", action="store_true", help="keep the temporary worktree")
