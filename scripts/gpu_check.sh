@@ -21,6 +21,7 @@ PY=${PYTHON:-python3}
 RESULTS=${OUT:-benchmarks/results/gpu_$(date +%Y-%m-%d)}
 mkdir -p "$RESULTS"
 export PYTHONUNBUFFERED=1
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}  # the in-place build, for benchmarks/run.py
 SUMMARY="$RESULTS/gpu_check.md"
 
 if compgen -G ".whl/*.whl" > /dev/null; then
@@ -37,7 +38,7 @@ export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
   echo "- device: $(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null)"
   echo "- torch: $($PY -c 'import torch; print(torch.__version__, "CUDA", torch.version.cuda)')"
   echo "- nvcc: $($CUDA_HOME/bin/nvcc --version | tail -2 | head -1)"
-  echo "- python: $($PY --version 2>&1); peers: $($PY -c 'import backpack, curvlinops; print("backpack", backpack.__version__, "curvlinops", curvlinops.__version__)' 2>&1 | tail -1)"
+  echo "- python: $($PY --version 2>&1); peers: $($PY -c 'import backpack, curvlinops; import importlib.metadata as m; print("backpack", m.version("backpack-for-pytorch"), "curvlinops", m.version("curvlinops-for-pytorch"))' 2>&1 | tail -1)"
   echo "- TORCH_CUDA_ARCH_LIST: $TORCH_CUDA_ARCH_LIST"
 } > "$SUMMARY"
 

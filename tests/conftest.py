@@ -146,10 +146,7 @@ def make_problem(shape: Shape, dtype=torch.float64, device="cpu", seed=0, requir
     def randn(*size, scale=1.0):
         return (torch.randn(*size, generator=g, dtype=torch.float64) * scale).to(dtype)
 
-    if shape.noncontiguous:
-        features = randn(N, 2 * d)[:, ::2]
-    else:
-        features = randn(N, d)
+    features = randn(N, 2 * d) if shape.noncontiguous else randn(N, d)
     weight = randn(C, d, scale=d**-0.5)
     bias = randn(C) + shape.logit_offset if shape.bias else None
     offsets = torch.tensor([0] + list(torch.tensor(shape.sizes).cumsum(0).tolist()), dtype=torch.int64)
@@ -161,7 +158,8 @@ def make_problem(shape: Shape, dtype=torch.float64, device="cpu", seed=0, requir
         return None if t is None else t.to(device)
 
     features = dev(features)
-    if shape.noncontiguous:
+    if shape.noncontiguous:  # sliced on the device: a copy to CUDA would make it contiguous
+        features = features[:, ::2]
         assert not features.is_contiguous()
     p = Problem(shape, features, dev(weight), dev(bias), dev(offsets), dev(labels), dev(vectors), dev(class_weight))
     if requires_grad:

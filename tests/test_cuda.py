@@ -39,9 +39,15 @@ def to(p, device, dtype=None):
     q = make_problem(p.shape, p.features.dtype, "cpu")
     for name in ("features", "weight", "bias", "vectors", "class_weight"):
         t = getattr(p, name)
-        setattr(q, name, None if t is None else t.detach().to(device, dtype or t.dtype))
+        setattr(q, name, None if t is None else _strided_copy(t.detach(), device, dtype or t.dtype))
     q.labels, q.offsets = p.labels.to(device), p.offsets  # offsets may stay on the CPU
     return q
+
+
+def _strided_copy(t, device, dtype):
+    """A copy with the same strides (``.to`` would make the non-contiguous features contiguous)."""
+    out = torch.empty_strided(t.shape, t.stride(), device=device, dtype=dtype)
+    return out.copy_(t)
 
 
 def scaled_close(actual, expected, tol):
