@@ -12,8 +12,10 @@ namespace hessalign {
 
 struct CpuKernels {
   static constexpr bool kReducedPrecision = false;  // float and double only on the CPU
+  static constexpr int kStreamWidth = 64;  // columns per item of the streaming ops: SIMD-friendly loops
   static int guard(const at::Tensor&) { return 0; }
   static CpuKernels current() { return {}; }
+  static int64_t default_tile_bytes(const at::Tensor&) { return int64_t(256) << 20; }
 
   // Row functor over `rows` rows: sums over columns, then map, then finish (math/tile.h).
   template <class Op>

@@ -3,6 +3,7 @@
 // under CPU emulation. CudaKernels (cuda_backend.cuh) and the emulated backend (tests/emu)
 // derive from it, adding the device guard and the stream.
 #pragma once
+#include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
 #include "../math/cross_entropy.h"
@@ -25,6 +26,9 @@ int launch_ce_coeffs(const CeParams<acc_t>& p, const int64_t* offsets, index_t E
 template <bool kReduced>
 struct CudaKernelsT {
   static constexpr bool kReducedPrecision = kReduced;  // float16/bfloat16 where the GPU runs them
+  static constexpr int kStreamWidth = 1;  // columns per thread of the streaming ops: coalesced loads
+  // The memory rule's default budget (host/head_problem.h); CudaKernels takes its GPU's share.
+  static int64_t default_tile_bytes(const at::Tensor&) { return int64_t(256) << 20; }
   cudaStream_t stream;
 
   template <class Op>

@@ -56,18 +56,22 @@ inline CeOptions make_ce(const std::optional<at::Tensor>& labels, int64_t ignore
 
 // Bytes of N×T working buffers an op may hold per class tile: the memory rule that picks
 // between one tile of all C classes (logits materialized once) and streaming over tiles.
-// HESSALIGN_TILE_BYTES overrides the default of 256 MiB; the class_tile argument overrides both.
-inline int64_t tile_budget_bytes() {
+// The memory rule: the op's working buffers stay under a budget of bytes. HESSALIGN_TILE_BYTES
+// overrides the backend's default (K::default_tile_bytes: 256 MiB on the CPU, 1/16 of the GPU's
+// memory on CUDA, where a second pass over the logits costs more than the memory saved); the
+// class_tile argument overrides both.
+inline int64_t tile_budget_bytes(int64_t backend_default) {
   const char* env = std::getenv("HESSALIGN_TILE_BYTES");
-  return env ? std::max<int64_t>(1, std::atoll(env)) : (int64_t(256) << 20);
+  return env ? std::max<int64_t>(1, std::atoll(env)) : backend_default;
 }
 
 // Largest class tile whose `buffers` N×T buffers of `elem` bytes fit the budget; all C when
 // they fit, else a multiple of 64 (at least 64).
-inline int64_t choose_class_tile(int64_t N, int64_t C, int64_t elem, int64_t buffers, int64_t requested) {
+inline int64_t choose_class_tile(int64_t N, int64_t C, int64_t elem, int64_t buffers, int64_t requested,
+                                 int64_t budget) {
   if (requested > 0) return std::min(requested, C);
   const int64_t per_class = std::max<int64_t>(1, N) * elem * buffers;
-  const int64_t fit = tile_budget_bytes() / per_class;
+  const int64_t fit = budget / per_class;
   if (fit >= C) return C;
   return std::min(C, std::max<int64_t>(64, fit / 64 * 64));
 }
@@ -79,6 +83,7 @@ struct Head {
   std::vector<int64_t> off;
   at::Tensor off_dev;  // offsets on the device of features
   int64_t N, d, D, C, E, tile;
+  int64_t budget;  // bytes of working buffers (the memory rule)
   bool has_bias;
   at::ScalarType acc_type;
   // per-row loss coefficients (math/cross_entropy.h), acc dtype
@@ -161,7 +166,8 @@ Head make_head(const char* op, const at::Tensor& features, const at::Tensor& wei
   h.zt = h.has_bias ? at::cat({features, at::ones({h.N, 1}, features.options())}, 1) : features.contiguous();
   h.wt = h.has_bias ? at::cat({weight, bias->unsqueeze(1)}, 1) : weight.contiguous();
   h.off_dev = at::tensor(h.off, at::TensorOptions().dtype(at::kLong)).to(features.device());
-  h.tile = choose_class_tile(h.N, h.C, features.element_size(), buffers, class_tile);
+  h.budget = tile_budget_bytes(K::default_tile_bytes(features));
+  h.tile = choose_class_tile(h.N, h.C, features.element_size(), buffers, class_tile, h.budget);
   if (ce.labels) h.labels = ce.labels->contiguous();
   if (ce.class_weight) h.class_weight = ce.class_weight->to(h.acc_type).contiguous();
   return h;

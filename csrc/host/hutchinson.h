@@ -8,16 +8,24 @@
 
 namespace hessalign {
 
-inline int64_t choose_probe_chunk(const Head& h, int64_t num_probes, int64_t buffers) {
-  const int64_t per_probe = std::max<int64_t>(1, h.N) * h.tile * h.zt.element_size() * buffers;
-  return std::max<int64_t>(1, std::min(num_probes, tile_budget_bytes() / per_probe));
+// Probes per chunk under the memory rule: each probe of the chunk holds `row_buffers` N×T
+// buffers (U = Z̃ Vᵀ and the like) and `param_buffers` T×D ones (its probe block V, and the
+// per-domain products O_e or their upstream: 1 + E for the diagonal).
+inline int64_t choose_probe_chunk(const Head& h, int64_t num_probes, int64_t row_buffers, int64_t param_buffers) {
+  const int64_t per_probe =
+      std::max<int64_t>(1, h.tile * (h.N * row_buffers + h.D * param_buffers) * h.zt.element_size());
+  return std::max<int64_t>(1, std::min(num_probes, h.budget / per_probe));
 }
 
 // Probes k0 .. k0+B-1 on classes c0 .. c0+T-1 as a (B·T, D) matrix.
 template <class scalar_t, class K>
 at::Tensor probe_block(const Head& h, const K& k, uint64_t seed, int64_t k0, int64_t B, int64_t c0, int64_t T) {
+  at::Tensor keys = at::empty({B}, h.zt.options().dtype(at::kLong));
+  auto* key_ptr = reinterpret_cast<uint64_t*>(keys.mutable_data_ptr<int64_t>());
+  k.elements(B, ProbeKeysOp{seed, k0, key_ptr});
   at::Tensor V = at::empty({B * T, h.D}, h.zt.options());
-  k.elements(V.numel(), RademacherFillOp<scalar_t>{seed, k0, c0, T, h.D, V.mutable_data_ptr<scalar_t>()});
+  using Fill = RademacherFillOp<scalar_t, K::kStreamWidth>;
+  k.elements(Fill::items(B, T, h.D), Fill{key_ptr, c0, T, h.D, V.mutable_data_ptr<scalar_t>()});
   return V;
 }
 

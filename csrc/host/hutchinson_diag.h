@@ -20,30 +20,33 @@ at::Tensor hutchinson_diag_forward(HE_HEAD_PARAMS, const at::Tensor& offsets, in
   const auto acc = h.zt.options().dtype(h.acc_type);
   HE_DISPATCH(K, h.zt.scalar_type(), [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const int64_t chunk = choose_probe_chunk(h, num_probes, 1);
+    const int64_t chunk = choose_probe_chunk(h, num_probes, 1, 1 + h.E);
     for (int64_t k0 = 0; k0 < num_probes; k0 += chunk) {
       const int64_t B = std::min(chunk, num_probes - k0);
-      at::Tensor m = at::zeros({h.N, B}, acc), U1;
+      at::Tensor m = at::zeros({h.N, B}, acc), V1, U1;
       for (int64_t c0 = 0; c0 < h.C; c0 += h.tile) {  // m over all classes
         const int64_t T = std::min(h.tile, h.C - c0);
         const at::Tensor L = h.logits(c0, T);
-        at::Tensor U = probe_products(h, probe_block<scalar_t>(h, k, uint64_t(seed), k0, B, c0, T));
+        at::Tensor V = probe_block<scalar_t>(h, k, uint64_t(seed), k0, B, c0, T);
+        at::Tensor U = probe_products(h, V);
         k.rows(h.N * B, HvpMeanOp<scalar_t, acc_t>{{}, {h.view<scalar_t, acc_t>(L, c0, T), B, 0, B},
                                                    U.const_data_ptr<scalar_t>(), m.mutable_data_ptr<acc_t>()});
-        if (T == h.C) U1 = U;
+        if (T == h.C) V1 = V, U1 = U;
       }
       for (int64_t c0 = 0; c0 < h.C; c0 += h.tile) {  // S, O_e, fold into out
         const int64_t T = std::min(h.tile, h.C - c0);
         const at::Tensor L = h.logits(c0, T);
-        at::Tensor U = U1.defined() ? U1 : probe_products(h, probe_block<scalar_t>(h, k, uint64_t(seed), k0, B, c0, T));
+        at::Tensor V = V1.defined() ? V1 : probe_block<scalar_t>(h, k, uint64_t(seed), k0, B, c0, T);
+        at::Tensor U = U1.defined() ? U1 : probe_products(h, V);
         k.rows(h.N * B, HvpSOp<scalar_t, acc_t>{{}, {h.view<scalar_t, acc_t>(L, c0, T), B, 0, B},
                                                 h.c.const_data_ptr<acc_t>(), m.const_data_ptr<acc_t>(),
                                                 U.mutable_data_ptr<scalar_t>()});
         at::Tensor O = at::empty({h.E, B * T, h.D}, h.zt.options());
         seg_tn(h, U, h.zt, O);
-        k.elements(h.E * T * h.D,
-                   ProbeDiagAccumulateOp<scalar_t, acc_t>{uint64_t(seed), k0, B, c0, T, h.D, h.C,
-                                                          acc_t(1) / acc_t(num_probes), O.const_data_ptr<scalar_t>(),
+        using Accumulate = ProbeDiagAccumulateOp<scalar_t, acc_t, K::kStreamWidth>;
+        k.elements(Accumulate::items(h.E, T, h.D),
+                   Accumulate{B, c0, T, h.D, h.C, acc_t(1) / acc_t(num_probes),
+                                                          V.const_data_ptr<scalar_t>(), O.const_data_ptr<scalar_t>(),
                                                           out.mutable_data_ptr<scalar_t>()});
       }
     }
@@ -66,13 +69,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> hutchinson_diag_backward(
   const auto acc = h.zt.options().dtype(h.acc_type);
   HE_DISPATCH(K, h.zt.scalar_type(), [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const int64_t chunk = choose_probe_chunk(h, num_probes, 2 + h.E);
+    const int64_t chunk = choose_probe_chunk(h, num_probes, 2, 1 + h.E);
     // The chunk's tile: probes V (B·T, D), U = Z̃ Vᵀ, upstream Ō (E, B·T, D), dS_e = Z̃_e Ō_eᵀ.
     auto tile_inputs = [&](int64_t k0, int64_t B, int64_t c0, int64_t T) -> std::array<at::Tensor, 4> {
       at::Tensor V = probe_block<scalar_t>(h, k, uint64_t(seed), k0, B, c0, T);
       at::Tensor Obar = at::empty({h.E, B * T, h.D}, h.zt.options());
-      k.elements(Obar.numel(), ProbeUpstreamOp<scalar_t, acc_t>{uint64_t(seed), k0, B, c0, T, h.D, h.C,
-                                                                acc_t(1) / acc_t(num_probes), G.const_data_ptr<scalar_t>(),
+      using Upstream = ProbeUpstreamOp<scalar_t, acc_t, K::kStreamWidth>;
+      k.elements(Upstream::items(h.E, B, T, h.D), Upstream{B, c0, T, h.D, h.C, acc_t(1) / acc_t(num_probes),
+                                                                V.const_data_ptr<scalar_t>(), G.const_data_ptr<scalar_t>(),
                                                                 Obar.mutable_data_ptr<scalar_t>()});
       at::Tensor U = probe_products(h, V);
       at::Tensor dS = seg_nt(h, h.zt, Obar);

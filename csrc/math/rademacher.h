@@ -26,15 +26,29 @@ HE_INLINE T rademacher_sign(uint64_t probe_key, uint64_t element) {
   return (splitmix64(probe_key ^ element) >> 63) ? T(-1) : T(1);
 }
 
-// The chunk's probes as a (B, T, D) block: V[b, c, j] = v_{k0+b}[c0+c, j].
-template <class scalar_t>
-struct RademacherFillOp {
+// Keys of probes k0 .. k0+B-1, hashed once per probe for all of its elements (idx over B).
+struct ProbeKeysOp {
   uint64_t seed;
-  index_t k0, c0, T, D;
+  index_t k0;
+  uint64_t* keys;
+  HE_INLINE void operator()(index_t b) const { keys[b] = rademacher_probe_key(seed, uint64_t(k0 + b)); }
+};
+
+// The chunk's probes as a (B, T, D) block: V[b, c, j] = v_{k0+b}[c0+c, j], from the chunk's keys.
+// One item fills W consecutive columns (idx over B·T·⌈D/W⌉; W as in ProbeDiagAccumulateOp), so
+// the CPU's loop over j has no integer division and vectorizes.
+template <class scalar_t, int W>
+struct RademacherFillOp {
+  const uint64_t* keys;  // (B,) from ProbeKeysOp
+  index_t c0, T, D;
   scalar_t* V;
+  HE_INLINE static index_t items(index_t B, index_t T, index_t D) { return B * T * ((D + W - 1) / W); }
   HE_INLINE void operator()(index_t idx) const {
-    const index_t j = idx % D, c = idx / D % T, b = idx / (D * T);
-    V[idx] = rademacher_sign<scalar_t>(rademacher_probe_key(seed, uint64_t(k0 + b)), uint64_t((c0 + c) * D + j));
+    const index_t blocks = (D + W - 1) / W, row = idx / blocks, j0 = (idx - row * blocks) * W;
+    const index_t b = row / T, c = row - b * T, w = D - j0 < W ? D - j0 : W;
+    const uint64_t key = keys[b], base = uint64_t((c0 + c) * D + j0);
+    scalar_t* v = V + row * D + j0;
+    for (index_t jj = 0; jj < w; ++jj) v[jj] = rademacher_sign<scalar_t>(key, base + uint64_t(jj));
   }
 };
 

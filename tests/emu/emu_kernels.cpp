@@ -38,14 +38,15 @@ namespace hessalign {
   HE_ROWS(TraceBackwardOp<T, T>)                                                                              \
   HE_ROWS(HutchinsonVarOp<T, T>)                                                                              \
   HE_ROWS(HutchinsonTraceBackwardOp<T, T>)                                                                    \
-  HE_ELEMENTS(RademacherFillOp<T>)                                                                            \
-  HE_ELEMENTS(ProbeDiagAccumulateOp<T, T>)                                                                    \
-  HE_ELEMENTS(ProbeUpstreamOp<T, T>)                                                                          \
+  HE_ELEMENTS(RademacherFillOp<T, 1>)                                                                         \
+  HE_ELEMENTS(ProbeDiagAccumulateOp<T, T, 1>)                                                                 \
+  HE_ELEMENTS(ProbeUpstreamOp<T, T, 1>)                                                                       \
   template int launch_softmax_stats<T, T>(const T*, index_t, index_t, T*, T*, cudaStream_t);                  \
   template int launch_segment_sum<T>(const T*, const int64_t*, index_t, T*, cudaStream_t);                    \
   template int launch_ce_coeffs<T>(const CeParams<T>&, const int64_t*, index_t, T*, T*, T*, cudaStream_t);
 
 HE_INSTANTIATE(float)
 HE_INSTANTIATE(double)
+HE_ELEMENTS(ProbeKeysOp)
 
 }  // namespace hessalign
