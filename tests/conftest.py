@@ -103,6 +103,7 @@ SHAPES = [
     Shape("tiny", (1,), C=2, d=1),
     Shape("domainbed", (8, 8, 8), C=7, d=16),
     Shape("unequal", (5, 1, 9), C=5, d=6),
+    Shape("equal", (3, 3, 3), C=4, d=3),  # equal domains: the batched per-domain GEMMs
     Shape("c1000", (4, 3), C=1000, d=3),
     Shape("off_tile", (6, 5), C=37, d=129),
     Shape("no_bias", (4, 6), C=5, d=7, bias=False),
@@ -114,7 +115,7 @@ SHAPES = [
 SHAPE_IDS = [s.id for s in SHAPES]
 SHAPE = {s.id: s for s in SHAPES}
 # Shapes cheap enough for float64 backward comparisons against the reference.
-SMALL_SHAPES = [SHAPE[i] for i in ("tiny", "unequal", "no_bias", "noncontiguous", "empty_domain", "no_rows")]
+SMALL_SHAPES = [SHAPE[i] for i in ("tiny", "unequal", "equal", "no_bias", "noncontiguous", "empty_domain", "no_rows")]
 SMALL_SHAPE_IDS = [s.id for s in SMALL_SHAPES]
 
 

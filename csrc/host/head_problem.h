@@ -93,6 +93,14 @@ struct Head {
 
   int64_t num_tiles() const { return (C + tile - 1) / tile; }
   int64_t rows(int64_t e) const { return off[e + 1] - off[e]; }
+  // n when E > 1 domains all hold n > 0 rows: the per-domain products are then one batched
+  // GEMM (one launch instead of E); 0 otherwise.
+  int64_t equal_rows() const {
+    if (E < 2 || N == 0 || N % E != 0) return 0;
+    for (int64_t e = 0; e < E; ++e)
+      if (rows(e) != N / E) return 0;
+    return N / E;
+  }
 
   at::Tensor logits(int64_t c0, int64_t T) const {
     if (logits_cache.defined()) return logits_cache;
@@ -211,6 +219,11 @@ inline void add_mm(at::Tensor acc, const at::Tensor& a, const at::Tensor& b) {
 // out[e] = X_eᵀ Y_e for every domain (rows of e); out is (E, M, D') or a view with
 // contiguous rows. An empty domain gives zeros.
 inline void seg_tn(const Head& h, const at::Tensor& X, const at::Tensor& Y, const at::Tensor& out) {
+  if (const int64_t n = h.equal_rows()) {
+    at::Tensor o = out.view({h.E, out.size(1), out.size(2)});
+    at::bmm_out(o, X.view({h.E, n, X.size(1)}).transpose(1, 2), Y.view({h.E, n, Y.size(1)}));
+    return;
+  }
   for (int64_t e = 0; e < h.E; ++e) {
     at::Tensor o = out.select(0, e);
     if (h.rows(e) == 0) { o.zero_(); continue; }
@@ -222,6 +235,11 @@ inline void seg_tn(const Head& h, const at::Tensor& X, const at::Tensor& Y, cons
 inline at::Tensor seg_nt(const Head& h, const at::Tensor& Y, const at::Tensor& V) {
   if (V.dim() == 2) return at::mm(Y, V.t());
   at::Tensor U = at::empty({h.N, V.size(1)}, Y.options());
+  if (const int64_t n = h.equal_rows()) {
+    at::Tensor u = U.view({h.E, n, V.size(1)});
+    at::bmm_out(u, Y.view({h.E, n, Y.size(1)}), V.transpose(1, 2));
+    return U;
+  }
   for (int64_t e = 0; e < h.E; ++e) {
     if (h.rows(e) == 0) continue;
     at::Tensor u = U.narrow(0, h.off[e], h.rows(e));
@@ -233,6 +251,13 @@ inline at::Tensor seg_nt(const Head& h, const at::Tensor& Y, const at::Tensor& V
 // acc_e += X_e V_e for every domain: V is (E, M, D') per domain, or (M, D') shared.
 inline void seg_nn_add(const Head& h, const at::Tensor& X, const at::Tensor& V, at::Tensor acc) {
   if (V.dim() == 2) { add_mm(acc, X, V); return; }
+  if (const int64_t n = h.equal_rows()) {
+    at::Tensor a = acc.view({h.E, n, acc.size(1)});
+    const at::Tensor x = X.view({h.E, n, X.size(1)});
+    if (acc.scalar_type() == X.scalar_type()) a.baddbmm_(x, V);
+    else a.add_(at::bmm(x, V));
+    return;
+  }
   for (int64_t e = 0; e < h.E; ++e)
     if (h.rows(e) > 0) add_mm(acc.narrow(0, h.off[e], h.rows(e)), X.narrow(0, h.off[e], h.rows(e)), V[e]);
 }
