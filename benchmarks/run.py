@@ -718,6 +718,8 @@ def main(argv=None):
                     help="torch CPU threads (default: torch's choice; 1 is steadier on a shared, loaded machine)")
     ap.add_argument("--only-tags", default=None,
                     help="comma list of job sets to run: domainbed, large, scaling-C, scaling-N, scaling-K, scaling-E")
+    ap.add_argument("--only-shapes", default=None,
+                    help="comma list of shape ids to run (as in the tables, e.g. E5xn32_d512_C65)")
     ap.add_argument("--budget-s", type=float, default=None,
                     help="start no new (case, shape) job after this many seconds; the rest is recorded as not run")
     ap.add_argument("--report", metavar="JSON", default=None,
@@ -754,6 +756,7 @@ def main(argv=None):
     stem = os.path.join(args.out, f"{now:%Y-%m-%d}_{args.device}" + ("_quick" if args.quick else "") +
                         ("_smoke" if args.smoke else "") +
                         ("" if only_tags is None else "_" + "_".join(sorted(only_tags))) +
+                        ("" if args.only_shapes is None else "_shapes") +
                         ("" if dtypes == [torch.float32] or (args.dtype is None) else "_" + "_".join(
                             str(d).replace("torch.", "") for d in dtypes)))
     clock = Clock(args.device)
@@ -784,6 +787,8 @@ def main(argv=None):
             jobs = [j for j in jobs if j[0].op in only]
         if only_tags:
             jobs = [j for j in jobs if j[3] & only_tags]
+        if args.only_shapes:
+            jobs = [j for j in jobs if j[1].id in args.only_shapes.split(",")]
         log(f"# {str(dtype)}: {len(jobs)} (case, shape) jobs")
         for job in jobs:
             if args.budget_s is not None and time.time() - t_start > args.budget_s:
