@@ -49,7 +49,8 @@ def extension():
     if with_cuda and cpp_extension.torch.version.cuda is None:
         print("hessalign_ext: nvcc found but this torch has no CUDA support; building the CPU kernels only")
         with_cuda = False
-    args = {"cxx": opt + cpu_isa_flags() + ["-fopenmp"]}
+    isa = cpu_isa_flags()
+    args = {"cxx": opt + isa + ["-fopenmp"]}
     kwargs = {}
     if with_cuda:
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
@@ -60,7 +61,7 @@ def extension():
     else:
         cls = cpp_extension.CppExtension
     print(f"hessalign_ext: building {'CPU + CUDA (' + os.environ['TORCH_CUDA_ARCH_LIST'] + ')' if with_cuda else 'CPU only'}"
-          f", {'debug' if debug else 'release'}, CPU ISA {' '.join(cpu_isa_flags()) or 'baseline'}, {len(sources)} sources")
+          f", {'debug' if debug else 'release'}, CPU ISA {' '.join(isa) or 'baseline'}, {len(sources)} sources")
     return cls("hessalign_ext._C", sources, extra_compile_args=args, extra_link_args=["-fopenmp"], **kwargs)
 
 

@@ -746,6 +746,7 @@ def main(argv=None):
     os.makedirs(args.out, exist_ok=True)
     only = None if args.only is None else set(args.only.split(","))
     only_tags = None if args.only_tags is None else set(args.only_tags.split(","))
+    only_shapes = None if args.only_shapes is None else set(args.only_shapes.split(","))
 
     t_start = time.time()
     now = dt.datetime.now(dt.timezone.utc)
@@ -756,7 +757,7 @@ def main(argv=None):
     stem = os.path.join(args.out, f"{now:%Y-%m-%d}_{args.device}" + ("_quick" if args.quick else "") +
                         ("_smoke" if args.smoke else "") +
                         ("" if only_tags is None else "_" + "_".join(sorted(only_tags))) +
-                        ("" if args.only_shapes is None else "_shapes") +
+                        ("" if only_shapes is None else "_shapes") +
                         ("" if dtypes == [torch.float32] or (args.dtype is None) else "_" + "_".join(
                             str(d).replace("torch.", "") for d in dtypes)))
     clock = Clock(args.device)
@@ -787,8 +788,8 @@ def main(argv=None):
             jobs = [j for j in jobs if j[0].op in only]
         if only_tags:
             jobs = [j for j in jobs if j[3] & only_tags]
-        if args.only_shapes:
-            jobs = [j for j in jobs if j[1].id in args.only_shapes.split(",")]
+        if only_shapes:
+            jobs = [j for j in jobs if j[1].id in only_shapes]
         log(f"# {str(dtype)}: {len(jobs)} (case, shape) jobs")
         for job in jobs:
             if args.budget_s is not None and time.time() - t_start > args.budget_s:

@@ -15,6 +15,21 @@
 namespace hessalign {
 using index_t = int64_t;
 
+// Streaming element ops split each row of D columns into runs of W columns, one run per item
+// (idx over rows·⌈D/W⌉): the backend picks W (K::kStreamWidth: 64 on the CPU, so the loop over
+// a run is contiguous, free of integer division and vectorizes; 1 on CUDA, a thread per element).
+template <int W>
+struct ColumnRun {
+  index_t row, j0, width;  // the run covers columns j0 .. j0+width-1 of row `row`
+  HE_INLINE static index_t items(index_t rows, index_t D) { return rows * ((D + W - 1) / W); }
+  HE_INLINE ColumnRun(index_t idx, index_t D) {
+    const index_t runs = (D + W - 1) / W;
+    row = idx / runs;
+    j0 = (idx - row * runs) * W;
+    width = D - j0 < W ? D - j0 : W;
+  }
+};
+
 // exp/log of the accumulation type (float or double) on host and device.
 HE_INLINE float he_exp(float x) { return expf(x); }
 HE_INLINE double he_exp(double x) { return exp(x); }

@@ -34,21 +34,20 @@ struct ProbeKeysOp {
   HE_INLINE void operator()(index_t b) const { keys[b] = rademacher_probe_key(seed, uint64_t(k0 + b)); }
 };
 
-// The chunk's probes as a (B, T, D) block: V[b, c, j] = v_{k0+b}[c0+c, j], from the chunk's keys.
-// One item fills W consecutive columns (idx over B·T·⌈D/W⌉; W as in ProbeDiagAccumulateOp), so
-// the CPU's loop over j has no integer division and vectorizes.
+// The chunk's probes as a (B, T, D) block: V[b, c, j] = v_{k0+b}[c0+c, j], from the chunk's keys
+// (idx over the ColumnRun<W> items of its B·T rows).
 template <class scalar_t, int W>
 struct RademacherFillOp {
   const uint64_t* keys;  // (B,) from ProbeKeysOp
   index_t c0, T, D;
   scalar_t* V;
-  HE_INLINE static index_t items(index_t B, index_t T, index_t D) { return B * T * ((D + W - 1) / W); }
+  HE_INLINE static index_t items(index_t B, index_t T, index_t D) { return ColumnRun<W>::items(B * T, D); }
   HE_INLINE void operator()(index_t idx) const {
-    const index_t blocks = (D + W - 1) / W, row = idx / blocks, j0 = (idx - row * blocks) * W;
-    const index_t b = row / T, c = row - b * T, w = D - j0 < W ? D - j0 : W;
-    const uint64_t key = keys[b], base = uint64_t((c0 + c) * D + j0);
-    scalar_t* v = V + row * D + j0;
-    for (index_t jj = 0; jj < w; ++jj) v[jj] = rademacher_sign<scalar_t>(key, base + uint64_t(jj));
+    const ColumnRun<W> run(idx, D);
+    const index_t b = run.row / T, c = run.row - b * T;
+    const uint64_t key = keys[b], base = uint64_t((c0 + c) * D + run.j0);
+    scalar_t* v = V + run.row * D + run.j0;
+    for (index_t jj = 0; jj < run.width; ++jj) v[jj] = rademacher_sign<scalar_t>(key, base + uint64_t(jj));
   }
 };
 
