@@ -27,7 +27,9 @@ Providers (``PROVIDERS``):
   estimators (called on chunks of probes and averaged: it vmaps all probes at once).
 - Penalty steps (``hgp_step``, ``hutchinson_step`` with K probes, ``hutchinson_exact_step``):
   ``kernel`` and ``autograd``, the two backends of ``hessalign_ext.penalties``; a step is the
-  penalty's forward plus its backward into features, weight and bias.
+  penalty's forward plus its backward into features, weight and bias. For HGP also
+  ``kernel_gram`` and ``kernel_ops``, the kernel backend's two exact forms (``kernel`` is
+  ``method="auto"``, which picks one of them).
 
 Probes: ``ours`` draws counter-based probes inside the op. The other Hutchinson providers draw
 Rademacher probes with ``torch.randint`` inside ``run`` (as the paper's code does), one set per
@@ -658,15 +660,16 @@ def _step_inputs(p: Problem):
     return Z, W, b
 
 
-def _penalty_call(p: Problem, case: Case, Z, W, b, backend: str):
+def _penalty_call(p: Problem, case: Case, Z, W, b, backend: str, method: str):
     if case.op == "hgp_step":
-        return penalties.hgp(Z, W, b, p.labels, p.offsets, alpha=HGP_ALPHA, beta=HGP_BETA, backend=backend)
+        return penalties.hgp(Z, W, b, p.labels, p.offsets, alpha=HGP_ALPHA, beta=HGP_BETA, backend=backend,
+                             method=method)
     K = case.K if case.op == "hutchinson_step" else None
     return penalties.hutchinson(Z, W, b, p.labels, p.offsets, alpha=HUTCH_ALPHA, beta=HUTCH_BETA, num_probes=K,
                                 seed=p.seed, backend=backend)
 
 
-def _step(backend: str):
+def _step(backend: str, method: str = "auto"):
     def build(problem: Problem, case: Case, probes=None):
         p = problem
         Z, W, b = _step_inputs(p)
@@ -674,7 +677,7 @@ def _step(backend: str):
 
         def run():
             with _penalty_probes(p, case.K, exact_probes):
-                pen = _penalty_call(p, case, Z, W, b, backend)
+                pen = _penalty_call(p, case, Z, W, b, backend, method)
             gZ, gW, gb = autograd.grad(pen, (Z, W, b))
             return {"penalty": pen.detach(), "features": gZ, "weight": gW, "bias": gb}
         return run
@@ -710,10 +713,14 @@ PROVIDERS: Dict[str, Provider] = {
 }
 STEP_PROVIDERS: Dict[str, Provider] = {
     "kernel": Provider("kernel", _step("kernel"), _na_step("kernel"), uses_probes=True),
+    # HGP's kernel backend has two exact forms; "kernel" takes the cheaper (method="auto").
+    "kernel_gram": Provider("kernel_gram", _step("kernel", "gram"), _na_step("kernel"), uses_probes=True),
+    "kernel_ops": Provider("kernel_ops", _step("kernel", "ops"), _na_step("kernel"), uses_probes=True),
     "autograd": Provider("autograd", _step("autograd"), _na_step("autograd"), uses_probes=True),
 }
 OP_PROVIDER_ORDER = ["ours", "closed_form", "autograd", "torch_func", "backpack", "curvlinops"]
-STEP_PROVIDER_ORDER = ["kernel", "autograd"]
+STEP_PROVIDER_ORDER = ["kernel", "autograd", "kernel_gram", "kernel_ops"]
+HGP_ONLY_PROVIDERS = ("kernel_gram", "kernel_ops")
 
 
 def available(name: str) -> Optional[str]:
@@ -731,7 +738,9 @@ def available(name: str) -> Optional[str]:
 
 
 def providers_for(case: Case) -> Dict[str, Provider]:
-    return STEP_PROVIDERS if case.is_step else {k: PROVIDERS[k] for k in OP_PROVIDER_ORDER}
+    if case.is_step:
+        return {k: v for k, v in STEP_PROVIDERS.items() if case.op == "hgp_step" or k not in HGP_ONLY_PROVIDERS}
+    return {k: PROVIDERS[k] for k in OP_PROVIDER_ORDER}
 
 
 def reason_not_applicable(provider: Provider, problem: Problem, case: Case) -> Optional[str]:

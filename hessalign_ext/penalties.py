@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import autograd
 
+from hessalign_ext import hgp_gram
+
 __all__ = [
     "hgp",
     "hutchinson",
@@ -42,6 +44,7 @@ __all__ = [
 
 BACKENDS = ("kernel", "autograd")
 _MEAN_TARGETS = ("mean_loss", "mean_of_domains")
+_HGP_METHODS = ("auto", "gram", "ops")
 _LOSS_OPTION_NAMES = ("ignore_index", "class_weight", "label_smoothing", "reduction")
 
 
@@ -195,7 +198,7 @@ def _autograd_full_hessian(grad_parts, params) -> torch.Tensor:
 def hgp(features: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], labels: torch.Tensor,
         offsets: torch.Tensor, alpha: float = 1e-4, beta: float = 5e-3, *, backend: str = "kernel",
         mean_target: str = "mean_loss", return_terms: bool = False, ignore_index: int = -100,
-        class_weight=None, label_smoothing: float = 0.0, reduction: str = "mean"):
+        class_weight=None, label_smoothing: float = 0.0, reduction: str = "mean", method: str = "auto"):
     """Hessian-gradient-product penalty (DESIGN.md §2):
 
     ``(1/E) Σ_e [ α ‖H_e g_e − (H̄ḡ)_detached‖² + β ‖g_e − ḡ_detached‖² ]``
@@ -206,6 +209,11 @@ def hgp(features: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
     reference code's target). ``mean_target="mean_of_domains"`` uses ``(1/E) Σ_e H_e g_e``
     instead (not the same vector; documented option).
 
+    The kernel backend has two exact forms (``method``): ``"gram"``, the row-space closed
+    form through the features' Gram matrix (:mod:`hessalign_ext.hgp_gram`; its N×N part in
+    float64), and ``"ops"``, the (E, C, D) blocks of ``head_grad`` and ``head_hvp``.
+    ``"auto"`` takes the one with fewer multiply-adds (``hgp_gram.choose``).
+
     Returns a scalar (0-dim tensor), or ``(penalty, {"hessian": …, "gradient": …})`` with
     the two unweighted mean terms (detached) when ``return_terms``.
     """
@@ -214,9 +222,17 @@ def hgp(features: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
         raise ValueError("hgp: labels are required")
     if mean_target not in _MEAN_TARGETS:
         raise ValueError(f"mean_target must be one of {_MEAN_TARGETS}; got {mean_target!r}")
+    if method not in _HGP_METHODS:
+        raise ValueError(f"method must be one of {_HGP_METHODS}; got {method!r}")
     opts = loss_options(ignore_index, class_weight, label_smoothing, reduction, like=features)
     E = len(offs) - 1
+    if method == "auto":
+        method = hgp_gram.choose(features.shape[0], weight.shape[0], features.shape[1] + (bias is not None))
 
+    if backend == "kernel" and method == "gram":
+        hess_terms, grad_terms = hgp_gram.hgp_terms(features, weight, bias, labels, offs, opts, mean_target)
+        penalty = ((alpha * hess_terms + beta * grad_terms).sum() / E).to(features.dtype)
+        return _result(penalty, hess_terms.to(features.dtype), grad_terms.to(features.dtype), return_terms)
     if backend == "kernel":
         ops = _ops()
         g = ops.head_grad(features, weight, bias, labels, offsets, **opts)               # (E, C, D)

@@ -14,7 +14,7 @@ import pytest
 import torch
 from conftest import TOL, assert_close
 
-from hessalign_ext import penalties, reference
+from hessalign_ext import hgp_gram, penalties, reference
 from single_thread import one_torch_thread  # noqa: F401  (autouse fixture)
 
 F64 = torch.float64
@@ -59,15 +59,65 @@ def assert_same(kernel_value, autograd_value, inputs):
         assert_close(gk, ga)
 
 
+@pytest.mark.parametrize("method", ["gram", "ops"])
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "no_bias"])
 @pytest.mark.parametrize("mean_target", ["mean_loss", "mean_of_domains"])
-def test_hgp_backends_agree(bias, mean_target):
+def test_hgp_backends_agree(bias, mean_target, method):
     z, W, b, y, off = problem(bias=bias)
     kw = dict(alpha=0.7, beta=0.3, mean_target=mean_target)
-    kernel = penalties.hgp(z, W, b, y, off, backend="kernel", **kw)
+    kernel = penalties.hgp(z, W, b, y, off, backend="kernel", method=method, **kw)
     auto = penalties.hgp(z, W, b, y, off, backend="autograd", **kw)
     assert kernel.item() > 0
     assert_same(kernel, auto, (z, W, b))
+
+
+@pytest.mark.parametrize("sizes", [(4, 4, 4), (3, 0, 5), (7,)], ids=["equal", "empty_domain", "one_domain"])
+@pytest.mark.parametrize("mean_target", ["mean_loss", "mean_of_domains"])
+def test_hgp_gram_form_equals_ops_form(sizes, mean_target):
+    """The two exact forms of the kernel backend: equal domains (the Gram form's batched
+    blocks), an empty domain (both count it, with g_e = 0, in the mean) and one domain; the
+    per-domain terms too, with ignored rows and label smoothing."""
+    z, W, b, y, off = problem(seed=5, sizes=sizes)
+    y[1] = -100
+    kw = dict(alpha=0.6, beta=0.4, mean_target=mean_target, label_smoothing=0.1, return_terms=True)
+    gram, gram_terms = penalties.hgp(z, W, b, y, off, method="gram", **kw)
+    ops, ops_terms = penalties.hgp(z, W, b, y, off, method="ops", **kw)
+    assert_same(gram, ops, (z, W, b))
+    for key in ("hessian", "gradient"):
+        assert_close(gram_terms[key], ops_terms[key])
+
+
+def test_hgp_auto_method_picks_the_cheaper_form():
+    # DomainBed heads: 3×32 rows, D = 2049: few classes -> ops, many -> Gram; too many rows -> ops
+    assert hgp_gram.choose(96, 7, 2049) == "ops" and hgp_gram.choose(96, 65, 2049) == "gram"
+    assert hgp_gram.choose(hgp_gram.MAX_ROWS + 1, 10**6, 10**4) == "ops"
+    for C, method in ((40, "gram"), (2, "ops")):
+        z, W, b, y, off = problem(seed=6, C=C, d=40, sizes=(30, 34))
+        assert hgp_gram.choose(64, C, 41) == method
+        assert torch.equal(penalties.hgp(z, W, b, y, off), penalties.hgp(z, W, b, y, off, method=method))
+
+
+def test_hgp_gram_form_exact_when_domains_align():
+    """Near-identical domains make ‖H_e g_e − H̄ḡ‖² a small difference of large sums: the
+    regime training drives towards. With float32 inputs the Gram form (its N×N part in
+    float64) stays within 1e-3 of the float64 truth, value and gradients."""
+    g = torch.Generator().manual_seed(7)
+    n, d, C = 16, 64, 10
+    base = torch.relu(torch.randn(n, d, generator=g, dtype=F64) + 0.5) * 2
+    z64 = torch.cat([base + 1e-3 * torch.randn(n, d, generator=g, dtype=F64) for _ in range(3)])
+    W64 = torch.randn(C, d, generator=g, dtype=F64) * d**-0.5
+    b64 = torch.randn(C, generator=g, dtype=F64) * 0.1
+    y = torch.randint(0, C, (n,), generator=g).repeat(3)
+    off = torch.tensor([0, n, 2 * n, 3 * n])
+
+    def run(dtype):
+        inputs = [t.to(dtype).requires_grad_(True) for t in (z64, W64, b64)]
+        value = penalties.hgp(*inputs, y, off, 1.0, 1.0, method="gram")
+        return [value, *torch.autograd.grad(value, inputs)]
+
+    for got, truth in zip(run(torch.float32), run(F64)):
+        assert got.dtype == torch.float32
+        assert ((got.double() - truth).norm() / truth.norm()).item() < 1e-3
 
 
 def test_hgp_mean_targets_differ():
@@ -83,8 +133,8 @@ def test_loss_options_pass_through(case):
     """Every loss option reaches both backends the same way, and changes the penalty."""
     z, W, b, y, off = problem(seed=1)
     labels, opts = options(case, y, W.shape[0])
-    for fn, kw in ((penalties.hgp, {}), (penalties.hutchinson, {"num_probes": None}),
-                   (penalties.hessian_alignment_full, {})):
+    for fn, kw in ((penalties.hgp, {"method": "gram"}), (penalties.hgp, {"method": "ops"}),
+                   (penalties.hutchinson, {"num_probes": None}), (penalties.hessian_alignment_full, {})):
         kernel = fn(z, W, b, labels, off, 0.5, 0.5, backend="kernel", **kw, **opts)
         auto = fn(z, W, b, labels, off, 0.5, 0.5, backend="autograd", **kw, **opts)
         assert_same(kernel, auto, (z, W, b))
@@ -213,7 +263,13 @@ def test_gradient_variance_matches_per_sample_gradients():
     (lambda z, W, b, y, off: penalties.hutchinson(z, W, b, y, off, num_probes=0), "num_probes"),
     (lambda z, W, b, y, off: penalties.hgp(z, W, b, y, off, mean_target="median"), "mean_target"),
     (lambda z, W, b, y, off: penalties.hgp(z, W, b, y, off, reduction="none"), "reduction"),
-], ids=["backend", "offsets", "num_probes", "mean_target", "reduction"])
+    (lambda z, W, b, y, off: penalties.hgp(z, W, b, y, off, method="fast"), "method"),
+    (lambda z, W, b, y, off: penalties.hgp(z, W, b, y.clamp(max=3) + 1, off, method="gram"), "labels"),
+    (lambda z, W, b, y, off: penalties.hgp(z, W, b, y.int(), off, method="gram"), "labels"),
+    (lambda z, W, b, y, off: penalties.hgp(z, W, b, y, off, method="gram", class_weight=[1.0, 2.0]),
+     "class_weight"),
+], ids=["backend", "offsets", "num_probes", "mean_target", "reduction", "method", "gram_label_range",
+        "gram_label_dtype", "gram_class_weight"])
 def test_bad_arguments(call, message):
     with pytest.raises(ValueError, match=message):
         call(*problem())

@@ -1,0 +1,146 @@
+"""The HGP penalty in row space: its closed form through the Gram matrix of the features.
+
+Every parameter-shaped quantity of HGP is a sum of outer products over the rows,
+``X = Σ_i x_i z̃_iᵀ`` with a C-vector ``x_i`` per row and ``z̃_i = [z_i | 1]`` (DESIGN.md §1):
+
+- ``g_e = Σ_{i∈e} r_i z̃_iᵀ`` with ``r_i = c_i p_i − t_i`` (the logits gradient),
+- ``H_e V = Σ_{i∈e} H_i (V z̃_i) z̃_iᵀ`` with ``H_i = c_i (diag p_i − p_i p_iᵀ)``,
+
+so ``V z̃_i`` and ``⟨X, Y⟩`` only need ``K = Z̃ Z̃ᵀ`` (N×N): ``g_e z̃_i = Σ_{j∈e} K_ij r_j``,
+``⟨Σ x_i z̃_iᵀ, Σ y_j z̃_jᵀ⟩ = Σ_ij K_ij x_i·y_j``. The penalty then costs one N×N×D Gram
+GEMM and N×N×C products instead of a dozen N×C×D GEMMs through (E, C, D) blocks: far
+cheaper unless the head has few classes (``choose``: at 3×32 rows and d = 2048, from C ≈ 25).
+
+The N×N part runs in float64: the squared distances are differences of near-equal sums when
+the domains are aligned, which is where training drives them; float64 there is cheap (N²)
+and keeps the penalty exact to the rounding of the inputs. Its gradient is autograd through
+these expressions; the Gram matrix has its own backward (one GEMM).
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional
+
+import torch
+import torch.nn.functional as F
+
+_WORK = torch.float64
+# method="auto" takes the Gram form when it needs fewer multiply-adds (``choose``) and
+# N <= MAX_ROWS (its N×N float64 buffers).
+MAX_ROWS = 8192
+
+
+def choose(num_rows: int, num_classes: int, width: int) -> str:
+    """The exact form with fewer multiply-adds for N rows, C classes and D = width columns:
+    ``"gram"`` (logits and their backward, 3·N·C·D, plus about 6·N²·C + 4·N²·D in the Gram
+    space) or ``"ops"`` (about 20 GEMMs of N·C·D through the (E, C, D) blocks)."""
+    N, C, D = num_rows, num_classes, width
+    return "gram" if N <= MAX_ROWS and N * (6 * C + 4 * D) <= 17 * C * D else "ops"
+
+
+class _Gram(torch.autograd.Function):
+    """``K = Z Zᵀ`` of (…, n, D) rows, returned as a function of both row sets and again as
+    one of the left rows only (the right rows detached: the penalty's detached targets); one
+    GEMM each way."""
+
+    @staticmethod
+    def forward(ctx, Z: torch.Tensor):
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(Z)
+        K = Z @ Z.transpose(-1, -2)
+        return K, K.clone()
+
+    @staticmethod
+    def backward(ctx, dK: Optional[torch.Tensor], dK_left: Optional[torch.Tensor]):
+        (Z,) = ctx.saved_tensors
+        total = None
+        for part in (dK, None if dK is None else dK.transpose(-1, -2), dK_left):
+            if part is not None:
+                total = part if total is None else total + part
+        return None if total is None else total @ Z
+
+
+def _check_labels(labels: torch.Tensor, num_classes: int, ignore_index: int, class_weight) -> None:
+    if labels.dtype != torch.int64:
+        raise ValueError(f"hgp: labels must be int64; got {labels.dtype}")
+    bad = ((labels < 0) | (labels >= num_classes)) & (labels != ignore_index)
+    if bool(bad.any()):
+        raise ValueError(f"hgp: labels must lie in [0, C={num_classes}) or equal ignore_index={ignore_index}; "
+                         f"got {labels[bad][0].item()}")
+    if class_weight is not None and tuple(class_weight.shape) != (num_classes,):
+        raise ValueError(f"hgp: class_weight must be 1-D of length C = {num_classes}; "
+                         f"got shape {tuple(class_weight.shape)}")
+
+
+def _ce_rows(labels: torch.Tensor, domain: torch.Tensor, E: int, C: int, opts: dict):
+    """Per-row Hessian scale ``c`` (N,) and targets ``t`` (N, C) of the loss options
+    (math/cross_entropy.h): ``a_i = (1-ε) w_{y_i} / D_e``, ``b_i = ε / (C D_e)``,
+    ``c_i = a_i + b_i Σ_c w_c``, ``t_ic = a_i [c = y_i] + b_i w_c``; ignored rows and the rows
+    of a domain whose denominator ``D_e`` is 0 get zeros."""
+    keep = (labels != opts["ignore_index"]).to(_WORK)
+    y = torch.where(keep > 0, labels, torch.zeros_like(labels))
+    w = None if opts["class_weight"] is None else opts["class_weight"].to(_WORK)
+    wy = keep if w is None else w[y] * keep
+    if opts["reduction"] == "sum":
+        inv = torch.ones_like(wy)
+    else:
+        den = torch.zeros(E, dtype=_WORK, device=labels.device).index_add_(0, domain, wy)
+        inv = torch.where(den > 0, 1 / den, torch.zeros_like(den))[domain]
+    eps = opts["label_smoothing"]
+    a = (1 - eps) * wy * inv
+    b = eps * keep * inv / C
+    c = a + b * (C if w is None else w.sum())
+    t = torch.zeros(labels.shape[0], C, dtype=_WORK, device=labels.device).scatter_(1, y[:, None], a[:, None])
+    if eps:
+        t = t + b[:, None] * (1.0 if w is None else w[None, :])
+    return c, t
+
+
+def _hessian_apply(c: torch.Tensor, p: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Rows of ``H_i u_i = c_i (p_i ⊙ u_i − p_i (p_i · u_i))``."""
+    return c[:, None] * (p * u - p * (p * u).sum(1, keepdim=True))
+
+
+def _within_domains(K: torch.Tensor, domain: torch.Tensor, offs: List[int]):
+    """``X -> (Σ_{j∈e(i)} K_ij x_j)_i``: one batched GEMM over the diagonal blocks when the
+    domains hold equal rows, else one GEMM with the pairs across domains masked out."""
+    E, N = len(offs) - 1, K.shape[0]
+    n = N // E if E > 1 and N % E == 0 and all(t - s == N // E for s, t in zip(offs, offs[1:])) else 0
+    if n:
+        blocks = torch.stack([K[s:s + n, s:s + n] for s in offs[:-1]])
+        return lambda X: torch.bmm(blocks, X.view(E, n, -1)).view(N, -1)
+    masked = K * (domain[:, None] == domain[None, :])
+    return lambda X: masked @ X
+
+
+def hgp_terms(features: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], labels: torch.Tensor,
+              offs: List[int], opts: dict, mean_target: str):
+    """Per-domain ``(‖H_e g_e − T‖², ‖g_e − ḡ‖²)``, each (E,) in float64, differentiable with
+    respect to features, weight and bias, with ``T`` and ``ḡ`` detached (penalties.hgp)."""
+    N, C, E = features.shape[0], weight.shape[0], len(offs) - 1
+    _check_labels(labels, C, opts["ignore_index"], opts["class_weight"])
+    device = features.device
+    counts = torch.tensor([t - s for s, t in zip(offs, offs[1:])], device=device)
+    domain = torch.repeat_interleave(torch.arange(E, device=device), counts, output_size=N)
+
+    p = torch.softmax(F.linear(features, weight, bias).to(_WORK), 1)
+    c, t = _ce_rows(labels, domain, E, C, opts)
+    R = c[:, None] * p - t                                   # rows of g_e
+    Zt = features.to(_WORK)
+    if bias is not None:
+        Zt = torch.cat([Zt, torch.ones_like(Zt[:, :1])], 1)
+    K, K_left = _Gram.apply(Zt)
+    within = _within_domains(K, domain, offs)
+    U = within(R)                                            # g_e z̃_i
+    S = _hessian_apply(c, p, U)                              # rows of H_e g_e
+    with torch.no_grad():
+        rho = R / E                                          # rows of ḡ
+        g_bar_z = K @ rho                                    # ḡ z̃_i
+        tau = (_hessian_apply(c, p, g_bar_z) if mean_target == "mean_loss" else S) / E  # rows of T
+        norms = torch.stack([(tau * (K @ tau)).sum(), (rho * g_bar_z).sum()])            # ‖T‖², ‖ḡ‖²
+    targets_z = K_left @ torch.cat([tau, rho], 1)            # (T z̃_i, ḡ z̃_i), only z̃_i attached
+    # ‖X_e − Y‖² = Σ_{i,j∈e} K_ij x_i·x_j − 2 Σ_{i∈e} x_i·(Y z̃_i) + ‖Y‖²
+    per_row = torch.stack([(S * (within(S) - 2 * targets_z[:, :C])).sum(1),
+                           (R * (U - 2 * targets_z[:, C:])).sum(1)], 1)
+    terms = torch.zeros(E, 2, dtype=_WORK, device=device).index_add_(0, domain, per_row) + norms
+    return terms[:, 0], terms[:, 1]
