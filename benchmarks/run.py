@@ -758,6 +758,7 @@ def main(argv=None):
                         ("_smoke" if args.smoke else "") +
                         ("" if only_tags is None else "_" + "_".join(sorted(only_tags))) +
                         ("" if only_shapes is None else "_shapes") +
+                        ("" if not args.only else "_" + "_".join(sorted(args.only.split(",")))) +
                         ("" if dtypes == [torch.float32] or (args.dtype is None) else "_" + "_".join(
                             str(d).replace("torch.", "") for d in dtypes)))
     clock = Clock(args.device)

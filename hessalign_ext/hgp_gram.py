@@ -28,14 +28,27 @@ _WORK = torch.float64
 # method="auto" takes the Gram form when it needs fewer multiply-adds (``choose``) and
 # N <= MAX_ROWS (its N×N float64 buffers).
 MAX_ROWS = 8192
+# GPUs whose float64 runs at half the float32 rate (P100, V100, A100, H100, B100/B200);
+# on the others it runs at 1/32 to 1/64 of it.
+_FULL_FP64_CUDA = {(6, 0), (7, 0), (8, 0), (9, 0), (10, 0)}
 
 
-def choose(num_rows: int, num_classes: int, width: int) -> str:
+def float64_cost(device: torch.device) -> int:
+    """Weight of a float64 multiply-add against the ops form's float32 one on ``device``
+    (1: the CPU and datacenter GPUs, measured on the CPU: the ops form's extra passes offset
+    float64's half rate)."""
+    if device.type != "cuda" or torch.cuda.get_device_capability(device) in _FULL_FP64_CUDA:
+        return 1
+    return 32
+
+
+def choose(num_rows: int, num_classes: int, width: int, fp64_cost: int = 1) -> str:
     """The exact form with fewer multiply-adds for N rows, C classes and D = width columns:
-    ``"gram"`` (logits and their backward, 3·N·C·D, plus about 6·N²·C + 4·N²·D in the Gram
-    space) or ``"ops"`` (about 20 GEMMs of N·C·D through the (E, C, D) blocks)."""
+    ``"gram"`` (logits and their backward, 3·N·C·D, plus about 6·N²·C + 4·N²·D in float64
+    in the Gram space, weighted by ``fp64_cost``) or ``"ops"`` (about 20 GEMMs of N·C·D
+    through the (E, C, D) blocks)."""
     N, C, D = num_rows, num_classes, width
-    return "gram" if N <= MAX_ROWS and N * (6 * C + 4 * D) <= 17 * C * D else "ops"
+    return "gram" if N <= MAX_ROWS and fp64_cost * N * (6 * C + 4 * D) <= 17 * C * D else "ops"
 
 
 class _Gram(torch.autograd.Function):

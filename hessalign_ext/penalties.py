@@ -227,7 +227,8 @@ def hgp(features: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
     opts = loss_options(ignore_index, class_weight, label_smoothing, reduction, like=features)
     E = len(offs) - 1
     if method == "auto":
-        method = hgp_gram.choose(features.shape[0], weight.shape[0], features.shape[1] + (bias is not None))
+        method = hgp_gram.choose(features.shape[0], weight.shape[0], features.shape[1] + (bias is not None),
+                                 hgp_gram.float64_cost(features.device))
 
     if backend == "kernel" and method == "gram":
         hess_terms, grad_terms = hgp_gram.hgp_terms(features, weight, bias, labels, offs, opts, mean_target)

@@ -91,6 +91,8 @@ def test_hgp_auto_method_picks_the_cheaper_form():
     # DomainBed heads: 3×32 rows, D = 2049: few classes -> ops, many -> Gram; too many rows -> ops
     assert hgp_gram.choose(96, 7, 2049) == "ops" and hgp_gram.choose(96, 65, 2049) == "gram"
     assert hgp_gram.choose(hgp_gram.MAX_ROWS + 1, 10**6, 10**4) == "ops"
+    assert hgp_gram.choose(96, 65, 2049, fp64_cost=32) == "ops"  # a GPU with slow float64
+    assert hgp_gram.float64_cost(torch.device("cpu")) == 1
     for C, method in ((40, "gram"), (2, "ops")):
         z, W, b, y, off = problem(seed=6, C=C, d=40, sizes=(30, 34))
         assert hgp_gram.choose(64, C, 41) == method
