@@ -32,13 +32,17 @@ def cuda_include_dirs():
 
 def cpu_isa_flags():
     """AVX2 + FMA (x86-64-v3) for the CPU kernels when the building machine has them: their
-    elementwise and row loops then vectorize (the default x86-64 baseline is SSE2).
+    elementwise and row loops then vectorize (the default x86-64 baseline is SSE2), and so do
+    the softmax statistics written with ATen's Vectorized.
     HESSALIGN_PORTABLE=1 keeps the baseline, for a build that must run on older x86 CPUs."""
     if flag("HESSALIGN_PORTABLE") or not os.path.exists("/proc/cpuinfo"):
         return []
     with open("/proc/cpuinfo") as f:
         cpu_flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
-    return ["-march=x86-64-v3"] if {"avx2", "fma", "bmi2", "movbe"} <= set(cpu_flags) else []
+    if not {"avx2", "fma", "bmi2", "movbe"} <= set(cpu_flags):
+        return []
+    # ATen's Vectorized<T> in its AVX2 form (exp by Sleef, which libtorch_cpu exports)
+    return ["-march=x86-64-v3", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"]
 
 
 def extension():

@@ -2,6 +2,11 @@
 // a time inside at::parallel_for, the same functors the CUDA kernels run a warp per row.
 #pragma once
 #include <ATen/Parallel.h>
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+
+#include <cmath>
+#include <type_traits>
 
 #include <vector>
 
@@ -40,12 +45,25 @@ struct CpuKernels {
     });
   }
 
-  // Merges each row of an N×T logits tile into the running (M, S) pairs.
+  // Merges each row of an N×T logits tile into the running (M, S) pairs: the row's max,
+  // then Σ exp(l - max), each one vectorized pass (ATen's Vectorized: AVX2 + Sleef's exp
+  // when built for x86-64-v3), where the streaming form of softmax.h branches per element.
   template <class scalar_t, class acc_t>
   void softmax_stats(const scalar_t* L, index_t N, index_t T, acc_t* M, acc_t* S) const {
-    at::parallel_for(0, N, 16, [&](index_t b, index_t e) {
+    static_assert(std::is_same_v<scalar_t, acc_t>, "the CPU kernels accumulate in their own dtype");
+    using Vec = at::vec::Vectorized<acc_t>;
+    at::parallel_for(0, N, std::max<index_t>(1, 16384 / std::max<index_t>(T, 1)), [&](index_t b, index_t e) {
       for (index_t i = b; i < e; ++i) {
-        const auto p = softmax_merge(SoftmaxPair<acc_t>{M[i], S[i]}, softmax_row_stats<scalar_t, acc_t>(L + i * T, T, 0, 1));
+        const acc_t* row = L + i * T;
+        const acc_t m = at::vec::reduce_all<acc_t>([](Vec& x, Vec& y) { return at::vec::maximum(x, y); }, row, T);
+        SoftmaxPair<acc_t> tile{m, acc_t(0)};
+        if (m != -INFINITY && !std::isnan(m)) {
+          tile.s = at::vec::map_reduce_all<acc_t>([m](Vec x) { return (x - Vec(m)).exp(); },
+                                                  [](Vec x, Vec y) { return x + y; }, row, T);
+        } else if (std::isnan(m)) {
+          tile.s = m;
+        }
+        const auto p = softmax_merge(SoftmaxPair<acc_t>{M[i], S[i]}, tile);
         M[i] = p.m;
         S[i] = p.s;
       }

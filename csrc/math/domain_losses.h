@@ -8,7 +8,9 @@
 
 namespace hessalign {
 
-// Adds Σ_{c in tile} t_ic (lse_i - l_ic) to row_loss[i].
+// Adds Σ_{c in tile} t_ic (lse_i - l_ic) to row_loss[i]: the label's term a_i (lse_i - l_iy)
+// once, in finish (when y_i is in the tile), and the smoothing terms b_i w_c (lse_i - l_ic)
+// over the columns only when b_i ≠ 0, so an unsmoothed loss reads one logit per row.
 template <class scalar_t, class acc_t>
 struct LossRowOp : RowOpBase<acc_t> {
   static constexpr int kSums = 1;
@@ -17,10 +19,19 @@ struct LossRowOp : RowOpBase<acc_t> {
   acc_t* row_loss;
   HE_INLINE index_t cols() const { return lt.T; }
   HE_INLINE void partial(index_t i, index_t c, acc_t* s) const {
-    const acc_t t = ce.target(i, lt.c0 + c);
-    if (t != acc_t(0)) s[0] += t * (lt.lse[i] - lt.logit(i, c));
+    const acc_t b = ce.b[i];
+    if (b == acc_t(0)) return;
+    const acc_t w = ce.class_weight ? ce.class_weight[lt.c0 + c] : acc_t(1);
+    s[0] += b * w * (lt.lse[i] - lt.logit(i, c));
   }
-  HE_INLINE void finish(index_t i, const acc_t* s) const { row_loss[i] += s[0]; }
+  HE_INLINE void finish(index_t i, const acc_t* s) const {
+    acc_t loss = s[0];
+    if (ce.labels && ce.a[i] != acc_t(0)) {
+      const index_t c = index_t(ce.labels[i]) - lt.c0;
+      if (c >= 0 && c < lt.T) loss += ce.a[i] * (lt.lse[i] - lt.logit(i, c));
+    }
+    row_loss[i] += loss;
+  }
 };
 
 }  // namespace hessalign
