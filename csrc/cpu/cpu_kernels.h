@@ -17,6 +17,9 @@ namespace hessalign {
 
 struct CpuKernels {
   static constexpr bool kReducedPrecision = false;  // float and double only on the CPU
+  // The softmax probabilities of a one-tile head are computed once, vectorized, and read by
+  // every later pass (a scalar exp per element and pass otherwise).
+  static constexpr bool kCacheProbs = true;
   static constexpr int kStreamWidth = 64;  // columns per item of the streaming ops: SIMD-friendly loops
   static int guard(const at::Tensor&) { return 0; }
   static CpuKernels current() { return {}; }
@@ -27,7 +30,7 @@ struct CpuKernels {
   void rows(index_t rows, const Op& op) const {
     using acc_t = typename Op::acc_type;
     const index_t cols = op.cols();
-    at::parallel_for(0, rows, std::max<index_t>(1, 32768 / std::max<index_t>(cols, 1)), [&](index_t b, index_t e) {
+    at::parallel_for(0, rows, std::max<index_t>(1, 4096 / std::max<index_t>(cols, 1)), [&](index_t b, index_t e) {
       for (index_t r = b; r < e; ++r) {
         acc_t s[Op::kSums > 0 ? Op::kSums : 1] = {};
         if constexpr (Op::kSums > 0)

@@ -26,6 +26,7 @@ int launch_ce_coeffs(const CeParams<acc_t>& p, const int64_t* offsets, index_t E
 template <bool kReduced>
 struct CudaKernelsT {
   static constexpr bool kReducedPrecision = kReduced;  // float16/bfloat16 where the GPU runs them
+  static constexpr bool kCacheProbs = false;  // the GPU's exp is cheaper than a pass over N×C
   static constexpr int kStreamWidth = 1;  // columns per thread of the streaming ops: coalesced loads
   // The memory rule's default budget (host/head_problem.h); CudaKernels takes its GPU's share.
   static int64_t default_tile_bytes(const at::Tensor&) { return int64_t(256) << 20; }

@@ -90,6 +90,7 @@ struct Head {
   at::Tensor c, a, b, labels, class_weight;
   at::Tensor lse;           // (N,) acc dtype
   at::Tensor logits_cache;  // (N, C) when one tile covers all classes
+  at::Tensor probs_cache;   // (N, C) softmax of logits_cache, acc dtype, when K::kCacheProbs
 
   int64_t num_tiles() const { return (C + tile - 1) / tile; }
   int64_t rows(int64_t e) const { return off[e + 1] - off[e]; }
@@ -109,7 +110,8 @@ struct Head {
 
   template <class scalar_t, class acc_t>
   LogitsTile<scalar_t, acc_t> view(const at::Tensor& L, int64_t c0, int64_t T) const {
-    return {L.const_data_ptr<scalar_t>(), T, c0, lse.const_data_ptr<acc_t>()};
+    return {L.const_data_ptr<scalar_t>(), T, c0, lse.const_data_ptr<acc_t>(),
+            probs_cache.defined() && T == C ? probs_cache.const_data_ptr<acc_t>() : nullptr};
   }
 
   template <class acc_t>
@@ -175,7 +177,8 @@ Head make_head(const char* op, const at::Tensor& features, const at::Tensor& wei
   h.wt = h.has_bias ? at::cat({weight, bias->unsqueeze(1)}, 1) : weight.contiguous();
   h.off_dev = at::tensor(h.off, at::TensorOptions().dtype(at::kLong)).to(features.device());
   h.budget = tile_budget_bytes(K::default_tile_bytes(features));
-  h.tile = choose_class_tile(h.N, h.C, features.element_size(), buffers, class_tile, h.budget);
+  h.tile = choose_class_tile(h.N, h.C, features.element_size(), buffers + (K::kCacheProbs ? 1 : 0), class_tile,
+                             h.budget);
   if (ce.labels) h.labels = ce.labels->contiguous();
   if (ce.class_weight) h.class_weight = ce.class_weight->to(h.acc_type).contiguous();
   return h;
@@ -207,6 +210,10 @@ void prepare(Head& h, const K& k, const CeOptions& ce) {
       if (T == h.C) h.logits_cache = L;
     }
     at::add_out(h.lse, M, S.log());
+    // One vectorized exp pass (ATen's) for every later pass's probabilities; below ~4k
+    // elements the scalar exps cost less than the extra ATen call.
+    if constexpr (K::kCacheProbs)
+      if (h.logits_cache.defined() && h.N * h.C >= 4096) h.probs_cache = h.logits_cache.to(h.acc_type).sub(h.lse.unsqueeze(1)).exp_();
   });
 }
 

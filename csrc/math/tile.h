@@ -18,8 +18,11 @@ struct LogitsTile {
   index_t T;           // columns in the tile
   index_t c0;          // global index of the tile's first class
   const acc_t* lse;    // N row log-sum-exps over all C classes
+  const acc_t* P = nullptr;  // N×T probabilities when the backend keeps them (K::kCacheProbs)
   HE_INLINE acc_t logit(index_t i, index_t c) const { return acc_t(L[i * T + c]); }
-  HE_INLINE acc_t prob(index_t i, index_t c) const { return softmax_prob(logit(i, c), lse[i]); }
+  HE_INLINE acc_t prob(index_t i, index_t c) const {
+    return P ? P[i * T + c] : softmax_prob(logit(i, c), lse[i]);
+  }
 };
 
 // Base of row functors without a map or finish step.
