@@ -14,7 +14,8 @@ import pytest
 import torch
 from conftest import TOL, assert_close
 
-from hessalign_ext import hgp_gram, penalties, reference
+from hessalign_ext import penalties, reference
+from hessalign_ext.penalties import hgp_gram
 from single_thread import one_torch_thread  # noqa: F401  (autouse fixture)
 
 F64 = torch.float64

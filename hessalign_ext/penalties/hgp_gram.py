@@ -24,6 +24,8 @@ from typing import List, Optional
 import torch
 import torch.nn.functional as F
 
+from .common import check_labels, loss_rows
+
 _WORK = torch.float64
 # method="auto" takes the Gram form when it needs fewer multiply-adds (``choose``) and
 # N <= MAX_ROWS (its N×N float64 buffers).
@@ -73,42 +75,6 @@ class _Gram(torch.autograd.Function):
         return None if total is None else total @ Z
 
 
-def _check_labels(labels: torch.Tensor, num_classes: int, ignore_index: int, class_weight) -> None:
-    if labels.dtype != torch.int64:
-        raise ValueError(f"hgp: labels must be int64; got {labels.dtype}")
-    bad = ((labels < 0) | (labels >= num_classes)) & (labels != ignore_index)
-    if bool(bad.any()):
-        raise ValueError(f"hgp: labels must lie in [0, C={num_classes}) or equal ignore_index={ignore_index}; "
-                         f"got {labels[bad][0].item()}")
-    if class_weight is not None and tuple(class_weight.shape) != (num_classes,):
-        raise ValueError(f"hgp: class_weight must be 1-D of length C = {num_classes}; "
-                         f"got shape {tuple(class_weight.shape)}")
-
-
-def _ce_rows(labels: torch.Tensor, domain: torch.Tensor, E: int, C: int, opts: dict):
-    """Per-row Hessian scale ``c`` (N,) and targets ``t`` (N, C) of the loss options
-    (math/cross_entropy.h): ``a_i = (1-ε) w_{y_i} / D_e``, ``b_i = ε / (C D_e)``,
-    ``c_i = a_i + b_i Σ_c w_c``, ``t_ic = a_i [c = y_i] + b_i w_c``; ignored rows and the rows
-    of a domain whose denominator ``D_e`` is 0 get zeros."""
-    keep = (labels != opts["ignore_index"]).to(_WORK)
-    y = torch.where(keep > 0, labels, torch.zeros_like(labels))
-    w = None if opts["class_weight"] is None else opts["class_weight"].to(_WORK)
-    wy = keep if w is None else w[y] * keep
-    if opts["reduction"] == "sum":
-        inv = torch.ones_like(wy)
-    else:
-        den = torch.zeros(E, dtype=_WORK, device=labels.device).index_add_(0, domain, wy)
-        inv = torch.where(den > 0, 1 / den, torch.zeros_like(den))[domain]
-    eps = opts["label_smoothing"]
-    a = (1 - eps) * wy * inv
-    b = eps * keep * inv / C
-    c = a + b * (C if w is None else w.sum())
-    t = torch.zeros(labels.shape[0], C, dtype=_WORK, device=labels.device).scatter_(1, y[:, None], a[:, None])
-    if eps:
-        t = t + b[:, None] * (1.0 if w is None else w[None, :])
-    return c, t
-
-
 def _hessian_apply(c: torch.Tensor, p: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     """Rows of ``H_i u_i = c_i (p_i ⊙ u_i − p_i (p_i · u_i))``."""
     return c[:, None] * (p * u - p * (p * u).sum(1, keepdim=True))
@@ -130,14 +96,11 @@ def hgp_terms(features: torch.Tensor, weight: torch.Tensor, bias: Optional[torch
               offs: List[int], opts: dict, mean_target: str):
     """Per-domain ``(‖H_e g_e − T‖², ‖g_e − ḡ‖²)``, each (E,) in float64, differentiable with
     respect to features, weight and bias, with ``T`` and ``ḡ`` detached (penalties.hgp)."""
-    N, C, E = features.shape[0], weight.shape[0], len(offs) - 1
-    _check_labels(labels, C, opts["ignore_index"], opts["class_weight"])
+    C, E = weight.shape[0], len(offs) - 1
+    check_labels("hgp", labels, C, opts)
     device = features.device
-    counts = torch.tensor([t - s for s, t in zip(offs, offs[1:])], device=device)
-    domain = torch.repeat_interleave(torch.arange(E, device=device), counts, output_size=N)
-
     p = torch.softmax(F.linear(features, weight, bias).to(_WORK), 1)
-    c, t = _ce_rows(labels, domain, E, C, opts)
+    c, t, domain = loss_rows(labels, offs, C, opts, _WORK, device)
     R = c[:, None] * p - t                                   # rows of g_e
     Zt = features.to(_WORK)
     if bias is not None:

@@ -1,0 +1,140 @@
+"""What every penalty shares: argument checks, loss options, (C, D) block helpers."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+BACKENDS = ("kernel", "autograd")
+
+
+def _ops():
+    from hessalign_ext import ops  # the compiled extension; imported on first use
+
+    return ops
+
+
+def loss_options(ignore_index: int = -100, class_weight=None, label_smoothing: float = 0.0,
+                 reduction: str = "mean", *, like: Optional[torch.Tensor] = None) -> dict:
+    """Validated loss options as the ops take them (``class_weight`` as a tensor)."""
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"reduction must be 'mean' or 'sum'; got {reduction!r}")
+    if not 0.0 <= float(label_smoothing) <= 1.0:
+        raise ValueError(f"label_smoothing must lie in [0, 1]; got {label_smoothing}")
+    if class_weight is not None and not torch.is_tensor(class_weight):
+        class_weight = torch.as_tensor(class_weight, dtype=torch.float64)
+    if class_weight is not None and like is not None:
+        class_weight = class_weight.to(dtype=like.dtype, device=like.device)
+    return {"ignore_index": int(ignore_index), "class_weight": class_weight,
+            "label_smoothing": float(label_smoothing), "reduction": reduction}
+
+
+def _check(features, weight, bias, labels, offsets, backend):
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}; got {backend!r}")
+    if features.dim() != 2:
+        raise ValueError(f"features must be (N, d); got shape {tuple(features.shape)}")
+    if weight.dim() != 2 or weight.shape[1] != features.shape[1]:
+        raise ValueError(f"weight must be (C, d={features.shape[1]}); got shape {tuple(weight.shape)}")
+    if bias is not None and tuple(bias.shape) != (weight.shape[0],):
+        raise ValueError(f"bias must be (C={weight.shape[0]},) or None; got shape {tuple(bias.shape)}")
+    if offsets.dim() != 1 or offsets.numel() < 2 or offsets.dtype != torch.int64:
+        raise ValueError(f"offsets must be an int64 (E+1,) tensor with E >= 1; got "
+                         f"{offsets.dtype} of shape {tuple(offsets.shape)}")
+    offs = offsets.tolist()
+    if offs[0] != 0 or offs[-1] != features.shape[0] or any(b < a for a, b in zip(offs, offs[1:])):
+        raise ValueError(f"offsets must be sorted, start at 0 and end at N={features.shape[0]}; got {offs}")
+    if labels is not None and tuple(labels.shape) != (features.shape[0],):
+        raise ValueError(f"labels must be (N={features.shape[0]},); got shape {tuple(labels.shape)}")
+    return offs
+
+
+def _params(weight, bias):
+    """Tensors to differentiate against: the inputs themselves when they require grad."""
+    W = weight if weight.requires_grad else weight.detach().requires_grad_(True)
+    b = None
+    if bias is not None:
+        b = bias if bias.requires_grad else bias.detach().requires_grad_(True)
+    return W, b, [W] if b is None else [W, b]
+
+
+def _flat(parts) -> torch.Tensor:
+    """(grad_W, grad_b) -> one (C, D) block, bias as the last column."""
+    if len(parts) == 1:
+        return parts[0]
+    return torch.cat([parts[0], parts[1][:, None]], dim=1)
+
+
+def _split(block: torch.Tensor, has_bias: bool):
+    return [block[:, :-1], block[:, -1]] if has_bias else [block]
+
+
+def _ce(logits, labels, opts) -> torch.Tensor:
+    return F.cross_entropy(logits, labels, weight=opts["class_weight"], ignore_index=opts["ignore_index"],
+                           label_smoothing=opts["label_smoothing"], reduction=opts["reduction"])
+
+
+def _sqrt_safe(sq: torch.Tensor) -> torch.Tensor:
+    return torch.sqrt(sq + torch.finfo(sq.dtype).tiny)
+
+
+def _sqdist(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Σ over the parameter block of (a - b)², per leading index."""
+    return (a - b).pow(2).flatten(1).sum(1)
+
+
+def _result(penalty, hess_terms, grad_terms, return_terms):
+    if not return_terms:
+        return penalty
+    return penalty, {"hessian": hess_terms.detach().mean(), "gradient": grad_terms.detach().mean()}
+
+
+def check_labels(op: str, labels: torch.Tensor, num_classes: int, opts: dict) -> None:
+    """Labels and class weights as the compiled ops check them, for the penalties' plain-torch
+    forms (they index with the labels)."""
+    if labels.dtype != torch.int64:
+        raise ValueError(f"{op}: labels must be int64; got {labels.dtype}")
+    ignore_index = opts["ignore_index"]
+    bad = ((labels < 0) | (labels >= num_classes)) & (labels != ignore_index)
+    if bool(bad.any()):
+        raise ValueError(f"{op}: labels must lie in [0, C={num_classes}) or equal ignore_index={ignore_index}; "
+                         f"got {labels[bad][0].item()}")
+    w = opts["class_weight"]
+    if w is not None and tuple(w.shape) != (num_classes,):
+        raise ValueError(f"{op}: class_weight must be 1-D of length C = {num_classes}; got shape {tuple(w.shape)}")
+
+
+def loss_rows(labels: Optional[torch.Tensor], offs, num_classes: int, opts: dict, dtype: torch.dtype,
+              device: torch.device):
+    """Per-row Hessian scale ``c`` (N,), targets ``t`` (N, C) and domain index (N,) of the loss
+    options with each domain's denominator ``D_e`` (math/cross_entropy.h, as the compiled ops):
+    ``a_i = (1-ε) w_{y_i} / D_e``, ``b_i = ε / (C D_e)``, ``c_i = a_i + b_i Σ_c w_c``,
+    ``t_ic = a_i [c = y_i] + b_i w_c``. Ignored rows, and the rows of a domain whose ``D_e``
+    is 0, get zeros. Without labels every row has weight 1: ``c_i = 1/D_e``, ``t = 0``."""
+    E, N, C = len(offs) - 1, offs[-1], num_classes
+    counts = torch.tensor([t - s for s, t in zip(offs, offs[1:])], device=device)
+    domain = torch.repeat_interleave(torch.arange(E, device=device), counts, output_size=N)
+    if labels is None:
+        keep, y, w = torch.ones(N, dtype=dtype, device=device), None, None
+    else:
+        keep = (labels != opts["ignore_index"]).to(dtype)
+        y = torch.where(keep > 0, labels, torch.zeros_like(labels))
+        w = None if opts["class_weight"] is None else opts["class_weight"].to(dtype)
+    wy = keep if w is None else w[y] * keep
+    if opts["reduction"] == "sum":
+        inv = torch.ones_like(wy)
+    else:
+        den = torch.zeros(E, dtype=dtype, device=device).index_add_(0, domain, wy)
+        inv = torch.where(den > 0, 1 / den, torch.zeros_like(den))[domain]
+    eps = opts["label_smoothing"]
+    a = (1 - eps) * wy * inv
+    b = eps * keep * inv / C
+    c = a + b * (C if w is None else w.sum())
+    t = torch.zeros(N, C, dtype=dtype, device=device)
+    if y is not None:
+        t.scatter_(1, y[:, None], a[:, None])
+        if eps:
+            t = t + b[:, None] * (1.0 if w is None else w[None, :])
+    return c, t, domain

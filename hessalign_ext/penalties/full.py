@@ -1,0 +1,104 @@
+"""Whole-Hessian alignment: exact (1/E) Σ_e ‖H_e − H̄‖_F² from Frobenius inner products."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from .autograd_reference import _autograd_domain_grads, _autograd_full_hessian
+from .common import _check, _flat, _ops, _params, _result, _sqdist, loss_options, loss_rows
+
+
+def head_hessian_inner_torch(features: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                             offsets: torch.Tensor, *, labels: Optional[torch.Tensor] = None,
+                             method: str = "auto", ignore_index: int = -100, class_weight=None,
+                             label_smoothing: float = 0.0, reduction: str = "mean") -> torch.Tensor:
+    """E×E matrix of Frobenius inner products ⟨H_a, H_b⟩_F of the domains' head Hessians.
+
+    Plain torch, differentiable by autograd, no Hessian formed (DESIGN.md §1). Two exact
+    routes, picked by cost when ``method="auto"``:
+
+    - ``"samples"``: ``Σ_{i∈a, j∈b} c_i c_j T_ij (z̃_i·z̃_j)²`` with
+      ``T = P_aP_bᵀ − P_a(P_b⊙P_b)ᵀ − (P_a⊙P_a)P_bᵀ + (P_aP_bᵀ)⊙(P_aP_bᵀ)``; O(n_a n_b (C+D)),
+      memory n_a·n_b per pair.
+    - ``"features"``: ``Σ_{c,c'} ⟨M^a_{cc'}, M^b_{cc'}⟩`` with the D×D blocks
+      ``M^e_{cc'} = Z̃_eᵀ diag(c_i A_i[c,c']) Z̃_e``; O(N C² D²), memory E·C²·D². Cheaper for
+      few classes and large domains (ColoredMNIST full batch).
+
+    ``labels`` only carry the loss options (as for the curvature ops).
+    """
+    offs = _check(features, weight, bias, labels, offsets, "kernel")
+    if method not in ("auto", "samples", "features"):
+        raise ValueError(f"method must be 'auto', 'samples' or 'features'; got {method!r}")
+    opts = loss_options(ignore_index, class_weight, label_smoothing, reduction, like=features)
+    E = len(offs) - 1
+    N, C = features.shape[0], weight.shape[0]
+    logits = F.linear(features, weight, bias)
+    P = logits.softmax(dim=1)
+    c = loss_rows(labels, offs, C, opts, logits.dtype, logits.device)[0]
+    Zt = features if bias is None else torch.cat([features, features.new_ones(N, 1)], dim=1)
+    D = Zt.shape[1]
+    if method == "auto":
+        cost_samples = N * N * (C + D)
+        cost_features = N * C * (C + 1) // 2 * D * D + E * E * C * C * D * D
+        fits = E * C * C * D * D <= 2**25
+        method = "features" if fits and cost_features < cost_samples else "samples"
+
+    if method == "features":
+        blocks = []
+        eye = torch.eye(C, dtype=P.dtype, device=P.device)
+        for s, t in zip(offs, offs[1:]):
+            p, z, ce = P[s:t], Zt[s:t], c[s:t]
+            # A_i[c,c'] = p_c δ_cc' − p_c p_c'  →  coefficient per row and class pair
+            a = (p[:, :, None] * eye - p[:, :, None] * p[:, None, :]) * ce[:, None, None]   # (n, C, C)
+            blocks.append(torch.einsum("nkl,nd,nf->kldf", a, z, z))                     # (C, C, D, D)
+        M = torch.stack(blocks).flatten(1)                                               # (E, C²D²)
+        return M @ M.T
+
+    rows = []
+    for sa, ta in zip(offs, offs[1:]):
+        row = []
+        for sb, tb in zip(offs, offs[1:]):
+            pa, pb = P[sa:ta], P[sb:tb]
+            pp = pa @ pb.T
+            T = pp - pa @ (pb * pb).T - (pa * pa) @ pb.T + pp * pp
+            K = (Zt[sa:ta] @ Zt[sb:tb].T).pow(2)
+            row.append((c[sa:ta][:, None] * c[sb:tb][None, :] * T * K).sum())
+        rows.append(torch.stack(row))
+    return torch.stack(rows)
+
+
+def hessian_alignment_full(features: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                           labels: torch.Tensor, offsets: torch.Tensor, alpha: float = 1e-3, beta: float = 5e-3,
+                           *, backend: str = "kernel", return_terms: bool = False,
+                           ignore_index: int = -100, class_weight=None, label_smoothing: float = 0.0,
+                           reduction: str = "mean"):
+    """Exact whole-Hessian alignment: ``(1/E) Σ_e [α ‖H_e − H̄‖_F² + β ‖g_e − ḡ‖²]``.
+
+    ``‖H_e − H̄‖_F² = G_ee − (2/E) Σ_b G_eb + (1/E²) Σ_ab G_ab`` from the E×E matrix
+    ``G_ab = ⟨H_a, H_b⟩_F``: the compiled op ``ops.head_hessian_inner`` when the extension
+    has it, else :func:`head_hessian_inner_torch`. H̄ and ḡ are exact means of the per-domain
+    terms, so detaching them changes neither the value nor the gradient (Σ_e (H_e − H̄) = 0);
+    the closed form keeps them attached. ``backend="autograd"`` forms the Hessians
+    explicitly (small heads only; the oracle).
+    """
+    offs = _check(features, weight, bias, labels, offsets, backend)
+    opts = loss_options(ignore_index, class_weight, label_smoothing, reduction, like=features)
+    E = len(offs) - 1
+    if backend == "kernel":
+        ops = _ops()
+        g = ops.head_grad(features, weight, bias, labels, offsets, **opts)
+        inner = getattr(ops, "head_hessian_inner", head_hessian_inner_torch)
+        G = inner(features, weight, bias, offsets, labels=labels, **opts)
+        hess_terms = torch.diagonal(G) - 2.0 / E * G.sum(1) + G.sum() / E**2
+    else:
+        W, b, params = _params(weight, bias)
+        losses, grads = _autograd_domain_grads(features, W, b, params, labels, offs, opts)
+        g = torch.stack([_flat(p) for p in grads])
+        H = torch.stack([_autograd_full_hessian(p, params) for p in grads])
+        hess_terms = (H - H.mean(0, keepdim=True)).pow(2).flatten(1).sum(1)
+    grad_terms = _sqdist(g, g.mean(0, keepdim=True))
+    penalty = (alpha * hess_terms + beta * grad_terms).sum() / E
+    return _result(penalty, hess_terms, grad_terms, return_terms)
