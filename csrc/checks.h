@@ -74,6 +74,10 @@ inline void check_labels(const char* op, const at::Tensor& labels, const at::Ten
   TORCH_CHECK_VALUE(labels.device() == features.device(), op, ": labels must be on the device of features (",
                     features.device(), "); got ", labels.device());
   if (labels.numel() == 0) return;
+  // Fast path, one reduction and one read-back: every label in [0, C).
+  const auto [lo, hi] = at::aminmax(labels);
+  const at::Tensor range = at::stack({lo, hi}).cpu();
+  if (range[0].item<int64_t>() >= 0 && range[1].item<int64_t>() < C) return;
   const at::Tensor bad = (labels != ignore_index).logical_and_(labels.lt(0).logical_or_(labels.ge(C)));
   if (bad.any().item<bool>()) {
     const int64_t i = bad.nonzero()[0][0].item<int64_t>();

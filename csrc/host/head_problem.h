@@ -1,5 +1,6 @@
 // Device-generic host side of every op: validates and prepares the head (augmented features
-// Z̃ = [Z | 1] and weight W̃ = [W | b]), the per-row loss coefficients, the class tiling, the
+// Z̃ = [Z | 1], so parameter blocks carry the bias as column D; logits Z Wᵀ + b, whose
+// gradient to W̃ = [W | b] is dlᵀ Z̃), the per-row loss coefficients, the class tiling, the
 // row log-sum-exps, and the per-domain GEMMs (ATen: MKL/OpenBLAS on the CPU, cuBLAS on CUDA).
 // The elementwise and reduction work goes to the backend K (cpu/cpu_kernels.h or
 // cuda/cuda_kernels.h), which runs the row functors of math/.
@@ -8,6 +9,7 @@
 #include <ATen/OpMathType.h>
 #include <ATen/Dispatch.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <optional>
 #include <string>
@@ -76,10 +78,21 @@ inline int64_t choose_class_tile(int64_t N, int64_t C, int64_t elem, int64_t buf
   return std::min(C, std::max<int64_t>(64, fit / 64 * 64));
 }
 
+// The validated offsets on the device of features. On CUDA they go through pinned memory,
+// so the copy is asynchronous: a copy from pageable memory would block the host on every call.
+inline at::Tensor offsets_on_device(const std::vector<int64_t>& off, const at::Tensor& features) {
+  const bool cuda = features.is_cuda();
+  at::Tensor host = at::empty({int64_t(off.size())}, at::TensorOptions().dtype(at::kLong).pinned_memory(cuda));
+  std::copy(off.begin(), off.end(), host.mutable_data_ptr<int64_t>());
+  return cuda ? host.to(features.device(), at::kLong, /*non_blocking=*/true) : host;
+}
+
 struct Head {
   const char* op;
   at::Tensor zt;   // (N, D) features, with a ones column when there is a bias
-  at::Tensor wt;   // (C, D) weight, with the bias as last column
+  at::Tensor w;     // (C, d) weight
+  at::Tensor bias;  // (C,) or undefined: added to the logits by the GEMM (no augmented
+                    // copy of the weight)
   std::vector<int64_t> off;
   at::Tensor off_dev;  // offsets on the device of features
   int64_t N, d, D, C, E, tile;
@@ -105,7 +118,8 @@ struct Head {
 
   at::Tensor logits(int64_t c0, int64_t T) const {
     if (logits_cache.defined()) return logits_cache;
-    return at::mm(zt, wt.narrow(0, c0, T).t());
+    const at::Tensor z = zt.narrow(1, 0, d), wc = w.narrow(0, c0, T).t();
+    return bias.defined() ? at::addmm(bias.narrow(0, c0, T), z, wc) : at::mm(z, wc);
   }
 
   template <class scalar_t, class acc_t>
@@ -174,8 +188,9 @@ Head make_head(const char* op, const at::Tensor& features, const at::Tensor& wei
   h.acc_type = at::toOpMathType(features.scalar_type());
   // Non-contiguous and expanded inputs are copied here, once.
   h.zt = h.has_bias ? at::cat({features, at::ones({h.N, 1}, features.options())}, 1) : features.contiguous();
-  h.wt = h.has_bias ? at::cat({weight, bias->unsqueeze(1)}, 1) : weight.contiguous();
-  h.off_dev = at::tensor(h.off, at::TensorOptions().dtype(at::kLong)).to(features.device());
+  h.w = weight.contiguous();
+  if (h.has_bias) h.bias = bias->contiguous();
+  h.off_dev = offsets_on_device(h.off, features);
   h.budget = tile_budget_bytes(K::default_tile_bytes(features));
   h.tile = choose_class_tile(h.N, h.C, features.element_size(), buffers + (K::kCacheProbs ? 1 : 0), class_tile,
                              h.budget);
@@ -185,9 +200,10 @@ Head make_head(const char* op, const at::Tensor& features, const at::Tensor& wei
 }
 
 // Fills the per-row coefficients and the row log-sum-exps (pass 1 over the class tiles;
-// with one tile its logits are kept for the op's later passes).
+// with one tile its logits, and where the backend keeps them and the op reads them
+// (keep_probs), its probabilities are kept for the op's later passes).
 template <class K>
-void prepare(Head& h, const K& k, const CeOptions& ce) {
+void prepare(Head& h, const K& k, const CeOptions& ce, bool keep_probs = true) {
   const auto opts = h.zt.options().dtype(h.acc_type);
   h.c = at::empty({h.N}, opts);
   h.a = at::empty({h.N}, opts);
@@ -213,7 +229,7 @@ void prepare(Head& h, const K& k, const CeOptions& ce) {
     // One vectorized exp pass (ATen's) for every later pass's probabilities; below ~4k
     // elements the scalar exps cost less than the extra ATen call.
     if constexpr (K::kCacheProbs)
-      if (h.logits_cache.defined() && h.N * h.C >= 4096) h.probs_cache = h.logits_cache.to(h.acc_type).sub(h.lse.unsqueeze(1)).exp_();
+      if (keep_probs && h.logits_cache.defined() && h.N * h.C >= 4096) h.probs_cache = h.logits_cache.to(h.acc_type).sub(h.lse.unsqueeze(1)).exp_();
   });
 }
 
@@ -277,9 +293,9 @@ struct HeadGrads {
       : dzt(at::zeros({h.N, h.D}, h.zt.options().dtype(h.acc_type))),
         dwt(at::zeros({h.C, h.D}, h.zt.options().dtype(h.acc_type))) {}
 
-  // Chain rule through logits = Z̃ W̃ᵀ for the logits gradient dl of classes c0 .. c0+T-1.
+  // Chain rule through logits = Z Wᵀ + b = Z̃ W̃ᵀ for the logits gradient dl of classes c0 .. c0+T-1.
   void add_logits_grad(const Head& h, const at::Tensor& dl, int64_t c0, int64_t T) {
-    add_mm(dzt, dl, h.wt.narrow(0, c0, T));
+    add_mm(dzt.narrow(1, 0, h.d), dl, h.w.narrow(0, c0, T));  // the ones column's gradient is dropped
     add_mm(dwt.narrow(0, c0, T), dl.t(), h.zt);
   }
 
