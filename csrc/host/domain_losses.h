@@ -11,7 +11,8 @@ template <class K>
 at::Tensor domain_losses_forward(HE_HEAD_PARAMS, const at::Tensor& labels, const at::Tensor& offsets,
     HE_CE_PARAMS) {
   HE_ENTRY(K, labels);
-  Head h = make_head<K>("domain_losses", features, weight, bias, offsets, ce, true, class_tile, 1);
+  Head h = make_head<K>("domain_losses", features, weight, bias, offsets, ce, true, class_tile, 1,
+                        /*augment=*/false);
   prepare(h, k, ce, /*keep_probs=*/false);  // the loss reads logits, not probabilities
   at::Tensor row_loss = at::zeros({h.N}, h.zt.options().dtype(h.acc_type));
   HE_DISPATCH(K, h.zt.scalar_type(), [&] {

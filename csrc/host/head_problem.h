@@ -89,7 +89,8 @@ inline at::Tensor offsets_on_device(const std::vector<int64_t>& off, const at::T
 
 struct Head {
   const char* op;
-  at::Tensor zt;   // (N, D) features, with a ones column when there is a bias
+  at::Tensor zt;   // (N, D) features, with a ones column when there is a bias; (N, d) for an
+                   // op without parameter blocks (make_head's augment = false: no N×D copy)
   at::Tensor w;     // (C, d) weight
   at::Tensor bias;  // (C,) or undefined: added to the logits by the GEMM (no augmented
                     // copy of the weight)
@@ -168,11 +169,12 @@ inline void check_class_tile(const char* op, int64_t class_tile) {
 }
 
 // Validates everything and builds the head. `buffers` is the op's count of N×T working
-// buffers (for the tile rule). Coefficients and log-sum-exps are filled by prepare().
+// buffers (for the tile rule); `augment` = false skips the ones column of Z̃ for an op that
+// only needs the logits. Coefficients and log-sum-exps are filled by prepare().
 template <class K>
 Head make_head(const char* op, const at::Tensor& features, const at::Tensor& weight,
                const std::optional<at::Tensor>& bias, const at::Tensor& offsets, const CeOptions& ce,
-               bool labels_required, int64_t class_tile, int64_t buffers) {
+               bool labels_required, int64_t class_tile, int64_t buffers, bool augment = true) {
   check_head(op, features, weight, bias, K::kReducedPrecision);
   Head h;
   h.op = op;
@@ -187,7 +189,8 @@ Head make_head(const char* op, const at::Tensor& features, const at::Tensor& wei
   h.D = h.d + (h.has_bias ? 1 : 0);
   h.acc_type = at::toOpMathType(features.scalar_type());
   // Non-contiguous and expanded inputs are copied here, once.
-  h.zt = h.has_bias ? at::cat({features, at::ones({h.N, 1}, features.options())}, 1) : features.contiguous();
+  h.zt = h.has_bias && augment ? at::cat({features, at::ones({h.N, 1}, features.options())}, 1)
+                               : features.contiguous();
   h.w = weight.contiguous();
   if (h.has_bias) h.bias = bias->contiguous();
   h.off_dev = offsets_on_device(h.off, features);
