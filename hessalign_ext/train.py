@@ -40,12 +40,12 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Subset, TensorDataset
 
-from . import diagnostics
+from . import checkpoints, diagnostics
 from . import hparams as hparams_registry
 from . import runfiles
 from .algorithms import get_algorithm_class
 from .datasets import get_dataset_class
-from .runfiles import ConfigError, CorruptFileError
+from .runfiles import ConfigError
 
 __all__ = ["RunArgs", "train", "run_hparams", "is_done", "check_args", "open_dataset"]
 
@@ -239,70 +239,6 @@ def _hessian_gaps(algorithm, parts: Dict[int, _Part], train_envs: Sequence[int])
     return {f"hessian_gap_env{train_envs[a]}_env{train_envs[b]}": v for (a, b), v in gaps.items()}
 
 
-# ------------------------------------------------------------------------ checkpoints
-
-
-def _rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _save_checkpoint(path: Path, algorithm, next_step: int, args: RunArgs, hparams: dict) -> None:
-    runfiles.save_checkpoint(path, {
-        "model_dict": algorithm.state_dict(), "step": next_step, "rng": _rng_state(),
-        "args": dataclasses.asdict(args), "model_hparams": hparams,
-        "model_input_shape": algorithm.input_shape, "model_num_classes": algorithm.num_classes,
-        "model_num_domains": algorithm.num_domains})
-
-
-# what makes a run this run: a checkpoint that differs in any of them is not continued
-_IDENTITY = ("algorithm", "dataset", "test_envs", "hparams_seed", "trial_seed", "seed", "holdout_fraction",
-             "dataset_kwargs")
-
-
-def _resume(path: Path, algorithm, args: RunArgs, hparams: dict) -> int:
-    """Load the checkpoint into ``algorithm`` and the global generators; the step to resume at."""
-    ckpt = runfiles.load_checkpoint(path, ["model_dict", "step", "rng", "args", "model_hparams"])
-    saved = dict(ckpt["args"], test_envs=sorted(ckpt["args"]["test_envs"]))
-    ours = dict(dataclasses.asdict(args), test_envs=sorted(args.test_envs))
-    differ = [k for k in _IDENTITY if saved.get(k) != ours[k]]
-    differ += [f"hparams[{k!r}]" for k in sorted(set(hparams) | set(ckpt["model_hparams"]))
-               if hparams.get(k) != ckpt["model_hparams"].get(k)]
-    if differ:
-        raise ConfigError(f"{path} is from another run (it differs in {', '.join(differ)}); "
-                          f"use another --output-dir, or delete {path.parent} to start over")
-    try:
-        algorithm.load_state_dict(ckpt["model_dict"])
-    except RuntimeError as exc:  # missing, unexpected or misshapen tensors
-        raise CorruptFileError(f"{path}: its model does not load ({' '.join(str(exc).split())}); "
-                               "delete it to restart the run from step 0") from None
-    _set_rng_state(ckpt["rng"])
-    return int(ckpt["step"])
-
-
-def _keep_records(results: Path, last_step: int) -> None:
-    """Drop lines written after the checkpoint we resume from (a crash between the two); the
-    record of ``last_step``, written just before the checkpoint, must be there."""
-    if not results.exists():
-        raise CorruptFileError(f"{results} is missing but a checkpoint follows step {last_step}; "
-                               "delete the checkpoint to restart the run from step 0")
-    records = [r for r in runfiles.read_records(results) if r["step"] <= last_step]
-    if not records or records[-1]["step"] != last_step:
-        raise CorruptFileError(f"{results} has no record of step {last_step}, which the checkpoint follows; "
-                               "delete the checkpoint to restart the run from step 0")
-    runfiles.write_records(results, records)
-
-
 # ------------------------------------------------------------------------------ train
 
 
@@ -347,8 +283,8 @@ def train(args: RunArgs) -> Path:
     ckpt_path, results_path = out / "checkpoint.pt", out / "results.jsonl"
     start = 0
     if ckpt_path.exists():
-        start = _resume(ckpt_path, algorithm, args, hparams)
-        _keep_records(results_path, start - 1)
+        start = checkpoints.resume(ckpt_path, algorithm, args, hparams)
+        checkpoints.keep_records(results_path, start - 1)
         print(f"{out}: resuming at step {start}")
     else:
         results_path.unlink(missing_ok=True)
@@ -381,7 +317,7 @@ def train(args: RunArgs) -> Path:
             record["mem_gb"] = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else 0.0
             record.update({"hparams": hparams, "args": record_args})
             runfiles.append_record(results_path, record)
-            _save_checkpoint(ckpt_path, algorithm, step + 1, args, hparams)
+            checkpoints.save(ckpt_path, algorithm, step + 1, args, hparams)
             bar.set_postfix(_postfix(record, test_envs), refresh=False)
             vals = {}
         step_start = time.time()

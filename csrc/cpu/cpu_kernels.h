@@ -59,14 +59,11 @@ struct CpuKernels {
       for (index_t i = b; i < e; ++i) {
         const acc_t* row = L + i * T;
         const acc_t m = at::vec::reduce_all<acc_t>([](Vec& x, Vec& y) { return at::vec::maximum(x, y); }, row, T);
-        SoftmaxPair<acc_t> tile{m, acc_t(0)};
-        if (m != -INFINITY && !std::isnan(m)) {
-          tile.s = at::vec::map_reduce_all<acc_t>([m](Vec x) { return (x - Vec(m)).exp(); },
-                                                  [](Vec x, Vec y) { return x + y; }, row, T);
-        } else if (std::isnan(m)) {
-          tile.s = m;
-        }
-        const auto p = softmax_merge(SoftmaxPair<acc_t>{M[i], S[i]}, tile);
+        // An all -inf row is an empty pair (softmax_merge's identity); a NaN max gives NaN sums.
+        const acc_t s = m == -INFINITY ? acc_t(0)
+                                       : at::vec::map_reduce_all<acc_t>([m](Vec x) { return (x - Vec(m)).exp(); },
+                                                                        [](Vec x, Vec y) { return x + y; }, row, T);
+        const auto p = softmax_merge(SoftmaxPair<acc_t>{M[i], S[i]}, SoftmaxPair<acc_t>{m, s});
         M[i] = p.m;
         S[i] = p.s;
       }

@@ -9,7 +9,7 @@ Every parameter-shaped quantity of HGP is a sum of outer products over the rows,
 so ``V z̃_i`` and ``⟨X, Y⟩`` only need ``K = Z̃ Z̃ᵀ`` (N×N): ``g_e z̃_i = Σ_{j∈e} K_ij r_j``,
 ``⟨Σ x_i z̃_iᵀ, Σ y_j z̃_jᵀ⟩ = Σ_ij K_ij x_i·y_j``. The penalty then costs one N×N×D Gram
 GEMM and N×N×C products instead of a dozen N×C×D GEMMs through (E, C, D) blocks: far
-cheaper unless the head has few classes (``choose``: at 3×32 rows and d = 2048, from C ≈ 25).
+cheaper unless the head has few classes (``choose``: at 3×32 rows and d = 2048, from C = 23).
 
 The N×N part runs in float64: the squared distances are differences of near-equal sums when
 the domains are aligned, which is where training drives them; float64 there is cheap (N²)
@@ -54,25 +54,19 @@ def choose(num_rows: int, num_classes: int, width: int, fp64_cost: int = 1) -> s
 
 
 class _Gram(torch.autograd.Function):
-    """``K = Z Zᵀ`` of (…, n, D) rows, returned as a function of both row sets and again as
-    one of the left rows only (the right rows detached: the penalty's detached targets); one
-    GEMM each way."""
+    """``K = Z Zᵀ``, returned as a function of both row sets and again as one of the left rows
+    only (the right rows detached: the penalty's detached targets); one GEMM each way."""
 
     @staticmethod
     def forward(ctx, Z: torch.Tensor):
-        ctx.set_materialize_grads(False)
         ctx.save_for_backward(Z)
-        K = Z @ Z.transpose(-1, -2)
+        K = Z @ Z.t()
         return K, K.clone()
 
     @staticmethod
-    def backward(ctx, dK: Optional[torch.Tensor], dK_left: Optional[torch.Tensor]):
+    def backward(ctx, dK: torch.Tensor, dK_left: torch.Tensor):
         (Z,) = ctx.saved_tensors
-        total = None
-        for part in (dK, None if dK is None else dK.transpose(-1, -2), dK_left):
-            if part is not None:
-                total = part if total is None else total + part
-        return None if total is None else total @ Z
+        return (dK + dK.t() + dK_left) @ Z
 
 
 def _hessian_apply(c: torch.Tensor, p: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
