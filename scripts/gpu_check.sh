@@ -5,12 +5,16 @@
 #   2. builds the extension in place against the installed torch, for this GPU's arch;
 #   3. runs every CUDA test (pytest -m cuda: CUDA == CPU for every op, dtype, loss option and
 #      class tile, same probes per seed, fp16/bf16 bounds, opcheck and torch.compile on CUDA);
-#   4. benchmarks: --quick (the targets: two DomainBed heads, the large head, bf16 HVP, fusion),
-#      then all DomainBed heads, then the scaling series, each with the time that is left.
+#   4. profiles the launches of every op and step at three DomainBed heads (profile.md:
+#      kernels, copies and syncs per call; device, event and host time);
+#   5. benchmarks: --quick (the targets: two DomainBed heads, the large head, bf16 HVP, fusion),
+#      then the penalty steps at all 16 DomainBed heads, then every op at five more heads,
+#      each with its share of the time that is left (the scaling series: run.py --only-tags
+#      scaling-C,scaling-N,scaling-K,scaling-E on a longer lease).
 # Results go to $OUT (device tool) or benchmarks/results/gpu_<date>/ (at most 8 files, so the
 # device tool returns them all; plots are rebuilt from the JSON with run.py --report):
 #   gpu_check.md (device, versions, date, build time, test counts), build.log, cuda_tests.log,
-#   benchmark.log (each run's markdown at its end), and each benchmark run's JSON.
+#   profile.md, benchmark.log (each run's markdown at its end), and each benchmark run's JSON.
 # Usage: [DEADLINE_S=540] bash scripts/gpu_check.sh   (DEADLINE_S: seconds for the whole script)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -58,6 +62,11 @@ tests_rc=$?
 tail -30 "$RESULTS/cuda_tests.log"
 echo "- CUDA tests (pytest -m cuda $workers): $(tail -1 "$RESULTS/cuda_tests.log") [exit $tests_rc, $(( $(date +%s) - start )) s]" >> "$SUMMARY"
 
+start=$(date +%s)
+timeout 90 $PY benchmarks/profile_launches.py --device cuda --out "$RESULTS/profile.md" \
+  --shape 3,32,512,65 3,32,2048,345 5,32,2048,7 > /tmp/profile.log 2>&1
+echo "- launch profile (benchmarks/profile_launches.py, profile.md): exit $?, $(( $(date +%s) - start )) s" >> "$SUMMARY"
+
 # Each benchmark run starts no new job once its budget is spent (margin for the job in flight).
 bench() {
   local budget=$(( $(left) - 45 ))
@@ -73,10 +82,13 @@ bench() {
 }
 bench_rc=0
 ALL=$DEADLINE_S
+# The ops at DomainBed heads that --quick leaves out (its heads are 3×32, d = 2048, C = 7 and 345).
+OPS=domain_losses,head_grad,head_hvp,head_hessian_diag,head_hessian_trace,head_hessian_inner,hutchinson_diag,hutchinson_trace
 phase_end() { echo $(( ALL - (ALL - ($(date +%s) - T0)) * $1 / 100 )); }  # keep $1 % of what is left for later
-DEADLINE_S=$(phase_end 45); bench --quick --dtype bfloat16,float32
-DEADLINE_S=$(phase_end 40); bench --only-tags domainbed --dtype float32
-DEADLINE_S=$ALL; bench --only-tags scaling-C,scaling-N,scaling-K,scaling-E --dtype float32
+DEADLINE_S=$(phase_end 55); bench --quick --dtype bfloat16,float32
+DEADLINE_S=$(phase_end 40); bench --only-tags domainbed --only hgp_step,hutchinson_step,hutchinson_exact_step --dtype float32
+DEADLINE_S=$ALL; bench --only-tags domainbed --dtype float32 --only $OPS \
+  --only-shapes E3xn32_d2048_C65,E5xn32_d512_C345,E5xn32_d2048_C7,E5xn32_d2048_C345,E3xn32_d512_C2
 grep -A14 "^## Targets" "$RESULTS/benchmark.log" | head -60
 cat "$SUMMARY"
 [ "$tests_rc" -eq 0 ] && [ "$bench_rc" -eq 0 ]

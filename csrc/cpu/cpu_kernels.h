@@ -52,7 +52,7 @@ struct CpuKernels {
   // then Σ exp(l - max), each one vectorized pass (ATen's Vectorized: AVX2 + Sleef's exp
   // when built for x86-64-v3), where the streaming form of softmax.h branches per element.
   template <class scalar_t, class acc_t>
-  void softmax_stats(const scalar_t* L, index_t N, index_t T, acc_t* M, acc_t* S) const {
+  void softmax_stats(const scalar_t* L, index_t N, index_t T, acc_t* M, acc_t* S, bool first, acc_t* lse) const {
     static_assert(std::is_same_v<scalar_t, acc_t>, "the CPU kernels accumulate in their own dtype");
     using Vec = at::vec::Vectorized<acc_t>;
     at::parallel_for(0, N, std::max<index_t>(1, 16384 / std::max<index_t>(T, 1)), [&](index_t b, index_t e) {
@@ -63,9 +63,8 @@ struct CpuKernels {
         const acc_t s = m == -INFINITY ? acc_t(0)
                                        : at::vec::map_reduce_all<acc_t>([m](Vec x) { return (x - Vec(m)).exp(); },
                                                                         [](Vec x, Vec y) { return x + y; }, row, T);
-        const auto p = softmax_merge(SoftmaxPair<acc_t>{M[i], S[i]}, SoftmaxPair<acc_t>{m, s});
-        M[i] = p.m;
-        S[i] = p.s;
+        const SoftmaxPair<acc_t> p{m, s};
+        softmax_store(first ? p : softmax_merge(SoftmaxPair<acc_t>{M[i], S[i]}, p), i, M, S, lse);
       }
     });
   }

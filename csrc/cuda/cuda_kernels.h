@@ -16,7 +16,8 @@ namespace hessalign {
 template <class Op> int launch_rows(index_t rows, const Op& op, cudaStream_t stream);
 template <class Op> int launch_elements(index_t n, const Op& op, cudaStream_t stream);
 template <class scalar_t, class acc_t>
-int launch_softmax_stats(const scalar_t* L, index_t N, index_t T, acc_t* M, acc_t* S, cudaStream_t stream);
+int launch_softmax_stats(const scalar_t* L, index_t N, index_t T, acc_t* M, acc_t* S, bool first, acc_t* lse,
+                         cudaStream_t stream);
 template <class acc_t>
 int launch_segment_sum(const acc_t* vals, const int64_t* offsets, index_t E, acc_t* out, cudaStream_t stream);
 template <class acc_t>
@@ -41,8 +42,8 @@ struct CudaKernelsT {
     if (n > 0) check(launch_elements(n, op, stream), "elements_kernel");
   }
   template <class scalar_t, class acc_t>
-  void softmax_stats(const scalar_t* L, index_t N, index_t T, acc_t* M, acc_t* S) const {
-    if (N > 0) check(launch_softmax_stats(L, N, T, M, S, stream), "softmax_stats_kernel");
+  void softmax_stats(const scalar_t* L, index_t N, index_t T, acc_t* M, acc_t* S, bool first, acc_t* lse) const {
+    if (N > 0) check(launch_softmax_stats(L, N, T, M, S, first, lse, stream), "softmax_stats_kernel");
   }
   template <class acc_t>
   void segment_sum(const acc_t* vals, const int64_t* offsets, index_t E, acc_t* out) const {

@@ -1,5 +1,7 @@
 // Row softmax statistics (math/softmax.h) over one class tile: a warp per row, each lane's
-// running (max, Σexp) pair merged across lanes by shuffles, then into the row's state.
+// running (max, Σexp) pair merged across lanes by shuffles, then into the row's state (from
+// empty on the first tile); the last tile writes the log-sum-exp instead of the pair, so one
+// tile of all C classes is one launch, with no pair buffers to fill or finish.
 #pragma once
 #include "../math/softmax.h"
 #include "common.cuh"
@@ -8,7 +10,7 @@ namespace hessalign {
 
 template <class scalar_t, class acc_t>
 __global__ void __launch_bounds__(kBlock) softmax_stats_kernel(const scalar_t* L, index_t N, index_t T, acc_t* M,
-                                                               acc_t* S) {
+                                                               acc_t* S, bool first, acc_t* lse) {
   const index_t r = index_t(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kWarp;
   const int lane = threadIdx.x % kWarp;
   if (r >= N) return;
@@ -17,16 +19,14 @@ __global__ void __launch_bounds__(kBlock) softmax_stats_kernel(const scalar_t* L
     const SoftmaxPair<acc_t> q{__shfl_xor_sync(kFullMask, p.m, o), __shfl_xor_sync(kFullMask, p.s, o)};
     p = softmax_merge(p, q);
   }
-  if (lane == 0) {
-    const SoftmaxPair<acc_t> t = softmax_merge(SoftmaxPair<acc_t>{M[r], S[r]}, p);
-    M[r] = t.m;
-    S[r] = t.s;
-  }
+  if (lane == 0) softmax_store(first ? p : softmax_merge(SoftmaxPair<acc_t>{M[r], S[r]}, p), r, M, S, lse);
 }
 
 template <class scalar_t, class acc_t>
-int launch_softmax_stats(const scalar_t* L, index_t N, index_t T, acc_t* M, acc_t* S, cudaStream_t stream) {
-  CUDA_LAUNCH((softmax_stats_kernel<scalar_t, acc_t>), blocks_for_rows(N), kBlock, 0, stream, L, N, T, M, S);
+int launch_softmax_stats(const scalar_t* L, index_t N, index_t T, acc_t* M, acc_t* S, bool first, acc_t* lse,
+                         cudaStream_t stream) {
+  CUDA_LAUNCH((softmax_stats_kernel<scalar_t, acc_t>), blocks_for_rows(N), kBlock, 0, stream, L, N, T, M, S, first,
+              lse);
   return int(cudaGetLastError());
 }
 

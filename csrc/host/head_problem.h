@@ -78,13 +78,13 @@ inline int64_t choose_class_tile(int64_t N, int64_t C, int64_t elem, int64_t buf
   return std::min(C, std::max<int64_t>(64, fit / 64 * 64));
 }
 
-// The validated offsets on the device of features. On CUDA they go through pinned memory,
-// so the copy is asynchronous: a copy from pageable memory would block the host on every call.
-inline at::Tensor offsets_on_device(const std::vector<int64_t>& off, const at::Tensor& features) {
-  const bool cuda = features.is_cuda();
-  at::Tensor host = at::empty({int64_t(off.size())}, at::TensorOptions().dtype(at::kLong).pinned_memory(cuda));
-  std::copy(off.begin(), off.end(), host.mutable_data_ptr<int64_t>());
-  return cuda ? host.to(features.device(), at::kLong, /*non_blocking=*/true) : host;
+// Host int64 values on the device of `like`. On CUDA they go through pinned memory, so the
+// copy is asynchronous: a copy from pageable memory would block the host on every call.
+inline at::Tensor host_to_device(const std::vector<int64_t>& vals, const at::Tensor& like) {
+  const bool cuda = like.is_cuda();
+  at::Tensor host = at::empty({int64_t(vals.size())}, at::TensorOptions().dtype(at::kLong).pinned_memory(cuda));
+  std::copy(vals.begin(), vals.end(), host.mutable_data_ptr<int64_t>());
+  return cuda ? host.to(like.device(), at::kLong, /*non_blocking=*/true) : host;
 }
 
 struct Head {
@@ -137,10 +137,11 @@ struct Head {
   }
 
   // Per-row value of a per-domain tensor (E,): x[e(i)].
+  // One gather by each row's domain index (an asynchronous copy, no read-back).
   at::Tensor per_row(const at::Tensor& x) const {
-    std::vector<int64_t> counts(E);
-    for (int64_t e = 0; e < E; ++e) counts[e] = rows(e);
-    return x.to(acc_type).repeat_interleave(at::tensor(counts).to(x.device()), 0, N);
+    std::vector<int64_t> domain(N);
+    for (int64_t e = 0; e < E; ++e) std::fill(domain.begin() + off[e], domain.begin() + off[e + 1], e);
+    return x.to(acc_type).index_select(0, host_to_device(domain, x));
   }
 };
 
@@ -193,7 +194,7 @@ Head make_head(const char* op, const at::Tensor& features, const at::Tensor& wei
                                : features.contiguous();
   h.w = weight.contiguous();
   if (h.has_bias) h.bias = bias->contiguous();
-  h.off_dev = offsets_on_device(h.off, features);
+  h.off_dev = host_to_device(h.off, features);
   h.budget = tile_budget_bytes(K::default_tile_bytes(features));
   h.tile = choose_class_tile(h.N, h.C, features.element_size(), buffers + (K::kCacheProbs ? 1 : 0), class_tile,
                              h.budget);
@@ -202,9 +203,10 @@ Head make_head(const char* op, const at::Tensor& features, const at::Tensor& wei
   return h;
 }
 
-// Fills the per-row coefficients and the row log-sum-exps (pass 1 over the class tiles;
-// with one tile its logits, and where the backend keeps them and the op reads them
-// (keep_probs), its probabilities are kept for the op's later passes).
+// Fills the per-row coefficients and the row log-sum-exps (pass 1 over the class tiles, the
+// last tile's kernel writing the log-sum-exps; with one tile its logits, and where the
+// backend keeps them and the op reads them (keep_probs), its probabilities are kept for the
+// op's later passes).
 template <class K>
 void prepare(Head& h, const K& k, const CeOptions& ce, bool keep_probs = true) {
   const auto opts = h.zt.options().dtype(h.acc_type);
@@ -221,14 +223,17 @@ void prepare(Head& h, const K& k, const CeOptions& ce, bool keep_probs = true) {
     if (h.N == 0) return;
     k.ce_coeffs(p, h.off_dev.const_data_ptr<int64_t>(), h.E, h.c.mutable_data_ptr<acc_t>(),
                 h.a.mutable_data_ptr<acc_t>(), h.b.mutable_data_ptr<acc_t>());
-    at::Tensor M = at::full({h.N}, -INFINITY, opts), S = at::zeros({h.N}, opts);
+    // The running pair (M, S) of the rows, needed only between class tiles.
+    at::Tensor M, S;
+    if (h.num_tiles() > 1) M = at::empty({h.N}, opts), S = at::empty({h.N}, opts);
     for (int64_t c0 = 0; c0 < h.C; c0 += h.tile) {
       const int64_t T = std::min(h.tile, h.C - c0);
       at::Tensor L = h.logits(c0, T);
-      k.softmax_stats(L.const_data_ptr<scalar_t>(), h.N, T, M.mutable_data_ptr<acc_t>(), S.mutable_data_ptr<acc_t>());
+      k.softmax_stats(L.const_data_ptr<scalar_t>(), h.N, T, M.defined() ? M.mutable_data_ptr<acc_t>() : nullptr,
+                      S.defined() ? S.mutable_data_ptr<acc_t>() : nullptr, /*first=*/c0 == 0,
+                      c0 + T == h.C ? h.lse.mutable_data_ptr<acc_t>() : nullptr);
       if (T == h.C) h.logits_cache = L;
     }
-    at::add_out(h.lse, M, S.log());
     // One vectorized exp pass (ATen's) for every later pass's probabilities; below ~4k
     // elements the scalar exps cost less than the extra ATen call.
     if constexpr (K::kCacheProbs)

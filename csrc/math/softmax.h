@@ -41,6 +41,18 @@ HE_INLINE SoftmaxPair<acc_t> softmax_row_stats(const scalar_t* row, index_t n, i
   return p;
 }
 
+// Row r's result of a tile pass: the running pair (M, S), or, after the last tile (lse
+// given), the log-sum-exp M + log S (-inf for an all -inf row).
+template <class acc_t>
+HE_INLINE void softmax_store(SoftmaxPair<acc_t> p, index_t r, acc_t* M, acc_t* S, acc_t* lse) {
+  if (lse) {
+    lse[r] = p.m + he_log(p.s);
+  } else {
+    M[r] = p.m;
+    S[r] = p.s;
+  }
+}
+
 // Probability of logit l given the row's log-sum-exp.
 template <class acc_t>
 HE_INLINE acc_t softmax_prob(acc_t l, acc_t lse) { return he_exp(l - lse); }

@@ -41,7 +41,7 @@ namespace hessalign {
   HE_ELEMENTS(RademacherFillOp<T, 1>)                                                                         \
   HE_ELEMENTS(ProbeDiagAccumulateOp<T, T, 1>)                                                                 \
   HE_ELEMENTS(ProbeUpstreamOp<T, T, 1>)                                                                       \
-  template int launch_softmax_stats<T, T>(const T*, index_t, index_t, T*, T*, cudaStream_t);                  \
+  template int launch_softmax_stats<T, T>(const T*, index_t, index_t, T*, T*, bool, T*, cudaStream_t);       \
   template int launch_segment_sum<T>(const T*, const int64_t*, index_t, T*, cudaStream_t);                    \
   template int launch_ce_coeffs<T>(const CeParams<T>&, const int64_t*, index_t, T*, T*, T*, cudaStream_t);
 
