@@ -131,13 +131,12 @@ def main(argv=None):
              f"- command: `python benchmarks/profile_launches.py {' '.join(sys.argv[1:])}`",
              "- host us: back-to-back calls, one sync at the end; event us: one call between CUDA events "
              "(median); device us: the call's kernels and copies (profiler); syncs: host waits inside the call"]
-    for spec in args.shape:
+    for spec in args.shape:  # written after each shape: a run cut short keeps what it measured
         lines += profile_shape(P.Shape(*(int(x) for x in spec.split(",")), "profile"), args.device, args.calls)
-    text = "\n".join(lines) + "\n"
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text)
-    print(text)
+        if args.out:
+            with open(args.out, "w") as f:
+                f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
 
 
 if __name__ == "__main__":

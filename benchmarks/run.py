@@ -25,7 +25,7 @@ For each (case, shape, dtype) it
    not counted, so it can undercount);
 4. counts each op's FLOPs (DESIGN.md §4: every GEMM is N·D·C multiply-adds, 2·N·D·C FLOPs)
    and reports GFLOP/s and the multiple of the floor, i.e. the time of those GEMMs at the rate
-   of a ``torch.mm`` of the same (N, D, C) measured in the same run.
+   of a ``torch.mm`` of (N, d) by (d, C) (the caller's aligned layout) measured in the same run.
 
 Outputs in ``--out``: ``<date>_<device>[_quick][_<dtype>].json`` (a ``meta`` block and one
 record per op/case, provider, mode, shape and dtype), the same name ``.md`` (the command,
@@ -421,13 +421,16 @@ _GEMM_CACHE = {}
 
 
 def gemm_gflops(clock, shape: P.Shape, device, dtype, args):
-    """GFLOP/s of torch.mm of (N, D) by (D, C): the rate the floor is taken at (same run)."""
-    key = (shape.N, shape.D, shape.C, dtype)
+    """GFLOP/s of torch.mm of (N, d) by (d, C), the layout of the caller's features and weight:
+    the rate the floor is taken at (same run). Not (N, D = d + 1): rows of d + 1 elements are
+    misaligned, and on the H200 run of 2026-11-26 such a bf16 mm ran at 130 TFLOP/s, a fraction
+    of the aligned rate, which made a floor taken at it flatter the op against its peers."""
+    key = (shape.N, shape.d, shape.C, dtype)
     if key not in _GEMM_CACHE:
-        a = torch.randn(shape.N, shape.D, device=device).to(dtype)
-        b = torch.randn(shape.C, shape.D, device=device).to(dtype)
+        a = torch.randn(shape.N, shape.d, device=device).to(dtype)
+        b = torch.randn(shape.C, shape.d, device=device).to(dtype)
         s = measure(clock, {"mm": lambda: torch.mm(a, b.T)}, args.rounds, args.burst)["mm"]
-        _GEMM_CACHE[key] = 2 * shape.N * shape.D * shape.C / statistics.median(s) / 1e9
+        _GEMM_CACHE[key] = 2 * shape.N * shape.d * shape.C / statistics.median(s) / 1e9
     return _GEMM_CACHE[key]
 
 

@@ -63,7 +63,7 @@ tail -30 "$RESULTS/cuda_tests.log"
 echo "- CUDA tests (pytest -m cuda $workers): $(tail -1 "$RESULTS/cuda_tests.log") [exit $tests_rc, $(( $(date +%s) - start )) s]" >> "$SUMMARY"
 
 start=$(date +%s)
-timeout 90 $PY benchmarks/profile_launches.py --device cuda --out "$RESULTS/profile.md" \
+timeout 90 $PY benchmarks/profile_launches.py --device cuda --calls 50 --out "$RESULTS/profile.md" \
   --shape 3,32,512,65 3,32,2048,345 5,32,2048,7 > /tmp/profile.log 2>&1
 echo "- launch profile (benchmarks/profile_launches.py, profile.md): exit $?, $(( $(date +%s) - start )) s" >> "$SUMMARY"
 

@@ -91,6 +91,9 @@ struct Head {
   const char* op;
   at::Tensor zt;   // (N, D) features, with a ones column when there is a bias; (N, d) for an
                    // op without parameter blocks (make_head's augment = false: no N×D copy)
+  at::Tensor z;    // (N, d) features, contiguous: the logits GEMM's operand, whose rows keep
+                   // the caller's alignment (Z̃'s rows of d + 1 elements would misalign them,
+                   // which sends cuBLAS to its slow unaligned kernels)
   at::Tensor w;     // (C, d) weight
   at::Tensor bias;  // (C,) or undefined: added to the logits by the GEMM (no augmented
                     // copy of the weight)
@@ -119,7 +122,7 @@ struct Head {
 
   at::Tensor logits(int64_t c0, int64_t T) const {
     if (logits_cache.defined()) return logits_cache;
-    const at::Tensor z = zt.narrow(1, 0, d), wc = w.narrow(0, c0, T).t();
+    const at::Tensor wc = w.narrow(0, c0, T).t();
     return bias.defined() ? at::addmm(bias.narrow(0, c0, T), z, wc) : at::mm(z, wc);
   }
 
@@ -190,8 +193,8 @@ Head make_head(const char* op, const at::Tensor& features, const at::Tensor& wei
   h.D = h.d + (h.has_bias ? 1 : 0);
   h.acc_type = at::toOpMathType(features.scalar_type());
   // Non-contiguous and expanded inputs are copied here, once.
-  h.zt = h.has_bias && augment ? at::cat({features, at::ones({h.N, 1}, features.options())}, 1)
-                               : features.contiguous();
+  h.z = features.contiguous();
+  h.zt = h.has_bias && augment ? at::cat({h.z, at::ones({h.N, 1}, features.options())}, 1) : h.z;
   h.w = weight.contiguous();
   if (h.has_bias) h.bias = bias->contiguous();
   h.off_dev = host_to_device(h.off, features);
