@@ -29,6 +29,7 @@ struct CudaKernelsT {
   static constexpr bool kReducedPrecision = kReduced;  // float16/bfloat16 where the GPU runs them
   static constexpr bool kCacheProbs = false;  // the GPU's exp is cheaper than a pass over N×C
   static constexpr int kStreamWidth = 1;  // columns per thread of the streaming ops: coalesced loads
+  static constexpr bool kAlignRows = true;  // cuBLAS's fast kernels need aligned rows (head_problem.h)
   // The memory rule's default budget (host/head_problem.h); CudaKernels takes its GPU's share.
   static int64_t default_tile_bytes(const at::Tensor&) { return int64_t(256) << 20; }
   cudaStream_t stream;

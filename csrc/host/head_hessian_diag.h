@@ -6,13 +6,19 @@
 
 namespace hessalign {
 
+// Z̃ ⊙ Z̃, a GEMM operand (rows aligned like Z̃'s).
+inline at::Tensor squared_features(const Head& h) {
+  at::Tensor z2 = h.rows_buffer({h.N, h.D}, h.zt.options());
+  return at::mul_out(z2, h.zt, h.zt);
+}
+
 template <class K>
 at::Tensor head_hessian_diag_forward(HE_HEAD_PARAMS, const at::Tensor& offsets,
     const std::optional<at::Tensor>& labels, HE_CE_PARAMS) {
   HE_ENTRY(K, labels);
   Head h = make_head<K>("head_hessian_diag", features, weight, bias, offsets, ce, false, class_tile, 2);
   prepare(h, k, ce);
-  const at::Tensor z2 = h.zt.square();
+  const at::Tensor z2 = squared_features(h);
   at::Tensor out = at::empty({h.E, h.C, h.D}, h.zt.options());
   HE_DISPATCH(K, h.zt.scalar_type(), [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -38,13 +44,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> head_hessian_diag_backward(
   Head h = make_head<K>("head_hessian_diag_backward", features, weight, bias, offsets, ce, false, class_tile, 3);
   check_param_block(h.op, "grad", grad, features, h.E, h.C, h.D, false);
   prepare(h, k, ce);
-  const at::Tensor G = grad.contiguous(), z2 = h.zt.square();
+  const at::Tensor G = grad.contiguous(), z2 = squared_features(h);
   HeadGrads g(h);
   if (h.N == 0) return g.finish(h);
   HE_DISPATCH(K, h.zt.scalar_type(), [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const auto acc = h.zt.options().dtype(h.acc_type);
-    at::Tensor rho = at::zeros({h.N}, acc), Y = at::zeros({h.N, h.D}, acc);
+    at::Tensor rho = at::zeros({h.N}, acc), Y = h.rows_buffer({h.N, h.D}, acc, /*zero=*/true);
     at::Tensor dQ1;
     for (int64_t c0 = 0; c0 < h.C; c0 += h.tile) {  // pass 2: ρ
       const int64_t T = std::min(h.tile, h.C - c0);

@@ -10,6 +10,7 @@
 #include <ATen/Dispatch.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <cstdlib>
 #include <optional>
 #include <string>
@@ -87,6 +88,25 @@ inline at::Tensor host_to_device(const std::vector<int64_t>& vals, const at::Ten
   return cuda ? host.to(like.device(), at::kLong, /*non_blocking=*/true) : host;
 }
 
+// Rows of a GEMM operand or result start 16 bytes apart and 16-byte aligned: what cuBLAS's
+// tensor-core kernels need. With a bias, Z̃ and the (E, C, D) blocks have D = d + 1 columns,
+// so their rows are misaligned, and cuBLAS runs them with kernels that reached 130 TFLOP/s
+// for a bf16 mm on the H200 (2026-11-26), against the 790 of the aligned one.
+inline bool rows_aligned(const at::Tensor& t) {
+  return t.stride(-1) == 1 && (t.dim() < 2 || t.stride(-2) * t.element_size() % 16 == 0) &&
+         reinterpret_cast<uintptr_t>(t.const_data_ptr()) % 16 == 0;
+}
+
+// Whether a head keeps its GEMMs' rows aligned (Head::align_rows): where the backend needs it
+// (K::kAlignRows), the rows are misaligned, and the GEMMs are large enough (N·D·C ≥ 2^32
+// multiply-adds) with domains of ≥ 256 rows (the aligned copies of the (E, C, D) blocks scale
+// with E·C·D, the GEMMs with N·C·D). HESSALIGN_ALIGN_ROWS=1 or 0 forces it on or off on any
+// backend (tests, A/B timing).
+inline bool align_rows_for(bool backend_needs, int64_t N, int64_t D, int64_t C, int64_t E, int64_t elem) {
+  if (const char* env = std::getenv("HESSALIGN_ALIGN_ROWS")) return env[0] == '1';
+  return backend_needs && D * elem % 16 != 0 && double(N) * double(D) * double(C) >= 4294967296.0 && N >= 256 * E;
+}
+
 struct Head {
   const char* op;
   at::Tensor zt;   // (N, D) features, with a ones column when there is a bias; (N, d) for an
@@ -102,6 +122,7 @@ struct Head {
   int64_t N, d, D, C, E, tile;
   int64_t budget;  // bytes of working buffers (the memory rule)
   bool has_bias;
+  bool align_rows;  // GEMM buffers of D columns have aligned rows (align_rows_for)
   at::ScalarType acc_type;
   // per-row loss coefficients (math/cross_entropy.h), acc dtype
   at::Tensor c, a, b, labels, class_weight;
@@ -140,6 +161,23 @@ struct Head {
   }
 
   // Per-row value of a per-domain tensor (E,): x[e(i)].
+  // A buffer of `shape` (last dimension D) for GEMMs: contiguous, or with align_rows a view of
+  // rows padded to a multiple of 16 bytes.
+  at::Tensor rows_buffer(std::vector<int64_t> shape, const at::TensorOptions& o, bool zero = false) const {
+    if (!align_rows) return zero ? at::zeros(shape, o) : at::empty(shape, o);
+    const int64_t width = shape.back(), per16 = 16 / int64_t(c10::elementSize(o.dtype().toScalarType()));
+    shape.back() = (width + per16 - 1) / per16 * per16;
+    return (zero ? at::zeros(shape, o) : at::empty(shape, o)).narrow(-1, 0, width);
+  }
+
+  // t as a GEMM operand: itself, or with align_rows and misaligned rows, an aligned copy.
+  at::Tensor aligned(const at::Tensor& t) const {
+    if (!align_rows || rows_aligned(t)) return t;
+    at::Tensor copy = rows_buffer(t.sizes().vec(), t.options());
+    copy.copy_(t);
+    return copy;
+  }
+
   // One gather by each row's domain index (an asynchronous copy, no read-back).
   at::Tensor per_row(const at::Tensor& x) const {
     std::vector<int64_t> domain(N);
@@ -193,8 +231,14 @@ Head make_head(const char* op, const at::Tensor& features, const at::Tensor& wei
   h.D = h.d + (h.has_bias ? 1 : 0);
   h.acc_type = at::toOpMathType(features.scalar_type());
   // Non-contiguous and expanded inputs are copied here, once.
-  h.z = features.contiguous();
-  h.zt = h.has_bias && augment ? at::cat({h.z, at::ones({h.N, 1}, features.options())}, 1) : h.z;
+  h.align_rows = align_rows_for(K::kAlignRows, h.N, h.D, h.C, h.E, features.element_size());
+  h.z = h.aligned(features.contiguous());
+  h.zt = h.z;
+  if (h.has_bias && augment) {
+    h.zt = h.rows_buffer({h.N, h.D}, features.options());
+    h.zt.narrow(1, 0, h.d).copy_(h.z);
+    h.zt.select(1, h.d).fill_(1);
+  }
   h.w = weight.contiguous();
   if (h.has_bias) h.bias = bias->contiguous();
   h.off_dev = host_to_device(h.off, features);
@@ -252,7 +296,14 @@ inline void add_mm(at::Tensor acc, const at::Tensor& a, const at::Tensor& b) {
 
 // out[e] = X_eᵀ Y_e for every domain (rows of e); out is (E, M, D') or a view with
 // contiguous rows. An empty domain gives zeros.
-inline void seg_tn(const Head& h, const at::Tensor& X, const at::Tensor& Y, const at::Tensor& out) {
+inline void seg_tn(const Head& h, const at::Tensor& X, const at::Tensor& Y_in, const at::Tensor& out) {
+  if (h.align_rows && !rows_aligned(out)) {  // the GEMM writes an aligned buffer, then one copy
+    const at::Tensor tmp = h.rows_buffer(out.sizes().vec(), out.options());
+    seg_tn(h, X, Y_in, tmp);
+    out.copy_(tmp);
+    return;
+  }
+  const at::Tensor Y = h.aligned(Y_in);
   if (const int64_t n = h.equal_rows()) {
     at::Tensor o = out.view({h.E, out.size(1), out.size(2)});
     at::bmm_out(o, X.view({h.E, n, X.size(1)}).transpose(1, 2), Y.view({h.E, n, Y.size(1)}));
@@ -266,7 +317,8 @@ inline void seg_tn(const Head& h, const at::Tensor& X, const at::Tensor& Y, cons
 }
 
 // U_e = Y_e V_eᵀ for every domain: V is (E, M, D') per domain, or (M, D') shared by all.
-inline at::Tensor seg_nt(const Head& h, const at::Tensor& Y, const at::Tensor& V) {
+inline at::Tensor seg_nt(const Head& h, const at::Tensor& Y_in, const at::Tensor& V_in) {
+  const at::Tensor Y = h.aligned(Y_in), V = h.aligned(V_in);
   if (V.dim() == 2) return at::mm(Y, V.t());
   at::Tensor U = at::empty({h.N, V.size(1)}, Y.options());
   if (const int64_t n = h.equal_rows()) {
@@ -283,7 +335,8 @@ inline at::Tensor seg_nt(const Head& h, const at::Tensor& Y, const at::Tensor& V
 }
 
 // acc_e += X_e V_e for every domain: V is (E, M, D') per domain, or (M, D') shared.
-inline void seg_nn_add(const Head& h, const at::Tensor& X, const at::Tensor& V, at::Tensor acc) {
+inline void seg_nn_add(const Head& h, const at::Tensor& X, const at::Tensor& V_in, at::Tensor acc) {
+  const at::Tensor V = h.aligned(V_in);
   if (V.dim() == 2) { add_mm(acc, X, V); return; }
   if (const int64_t n = h.equal_rows()) {
     at::Tensor a = acc.view({h.E, n, acc.size(1)});
@@ -301,8 +354,8 @@ inline void seg_nn_add(const Head& h, const at::Tensor& X, const at::Tensor& V, 
 struct HeadGrads {
   at::Tensor dzt, dwt;
   explicit HeadGrads(const Head& h)
-      : dzt(at::zeros({h.N, h.D}, h.zt.options().dtype(h.acc_type))),
-        dwt(at::zeros({h.C, h.D}, h.zt.options().dtype(h.acc_type))) {}
+      : dzt(h.rows_buffer({h.N, h.D}, h.zt.options().dtype(h.acc_type), /*zero=*/true)),
+        dwt(h.rows_buffer({h.C, h.D}, h.zt.options().dtype(h.acc_type), /*zero=*/true)) {}
 
   // Chain rule through logits = Z Wᵀ + b = Z̃ W̃ᵀ for the logits gradient dl of classes c0 .. c0+T-1.
   void add_logits_grad(const Head& h, const at::Tensor& dl, int64_t c0, int64_t T) {
