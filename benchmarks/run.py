@@ -756,7 +756,8 @@ def main(argv=None):
     command = " ".join([os.path.relpath(sys.executable) if sys.executable.startswith(os.getcwd()) else "python"] +
                        [os.path.relpath(sys.argv[0])] + sys.argv[1:])
     meta = {"device": args.device, **device_meta(args.device), "torch": torch.__version__, "git_sha": git_sha(),
-            "command": command, "timestamp": now.isoformat(timespec="seconds")}
+            "command": command, "timestamp": now.isoformat(timespec="seconds"),
+            "env": {k: v for k, v in sorted(os.environ.items()) if k.startswith("HESSALIGN_")}}
     stem = os.path.join(args.out, f"{now:%Y-%m-%d}_{args.device}" + ("_quick" if args.quick else "") +
                         ("_smoke" if args.smoke else "") +
                         ("" if only_tags is None else "_" + "_".join(sorted(only_tags))) +
@@ -852,7 +853,8 @@ def report(meta, records, pngs, quick=False):
     """The markdown report of a run (also rebuilt from its JSON by ``--report``)."""
     dev = meta["device"]
     md = [f"# hessalign_ext benchmarks: {dev}{' (quick)' if quick else ''}", "",
-          f"- command: `{meta['command']}`", f"- date: {meta['timestamp']}", f"- device: {meta['device_name']}",
+          f"- command: `{' '.join(f'{k}={v}' for k, v in meta.get('env', {}).items())}"
+          f"{' ' if meta.get('env') else ''}{meta['command']}`", f"- date: {meta['timestamp']}", f"- device: {meta['device_name']}",
           f"- torch {meta['torch']}" + (f", CUDA {meta['cuda']}" if meta.get("cuda") else ""),
           f"- git: {meta['git_sha']}",
           f"- load average (1, 5, 15 min) at start {tuple(round(x, 2) for x in meta['loadavg_start'])}, "

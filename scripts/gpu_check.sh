@@ -8,13 +8,15 @@
 #   4. profiles the launches of every op and step at three DomainBed heads (profile.md:
 #      kernels, copies and syncs per call; device, event and host time);
 #   5. benchmarks: --quick (the targets: two DomainBed heads, the large head, bf16 HVP, fusion),
+#      the bf16 large-head HVP again with the aligned GEMM rows off (HESSALIGN_ALIGN_ROWS=0),
 #      then the penalty steps at all 16 DomainBed heads, then every op at five more heads,
 #      each with its share of the time that is left (the scaling series: run.py --only-tags
 #      scaling-C,scaling-N,scaling-K,scaling-E on a longer lease).
 # Results go to $OUT (device tool) or benchmarks/results/gpu_<date>/ (at most 8 files, so the
 # device tool returns them all; plots are rebuilt from the JSON with run.py --report):
-#   gpu_check.md (device, versions, date, build time, test counts), build.log, cuda_tests.log,
-#   profile.md, benchmark.log (each run's markdown at its end), and each benchmark run's JSON.
+#   gpu_check.md (device, versions, date, build time, test counts), cuda_tests.log, profile.md,
+#   benchmark.log (each run's markdown at its end), and each benchmark run's JSON (build.log
+#   only when the build fails).
 # Usage: [DEADLINE_S=540] bash scripts/gpu_check.sh   (DEADLINE_S: seconds for the whole script)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -47,8 +49,9 @@ export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
 } > "$SUMMARY"
 
 start=$(date +%s)
-if ! MAX_JOBS=$(nproc) $PY setup.py build_ext --inplace > "$RESULTS/build.log" 2>&1; then
-  echo "- build: FAILED (build.log)" >> "$SUMMARY"; tail -60 "$RESULTS/build.log"; cat "$SUMMARY"; exit 1
+if ! MAX_JOBS=$(nproc) $PY setup.py build_ext --inplace > /tmp/build.log 2>&1; then
+  cp /tmp/build.log "$RESULTS/build.log"
+  echo "- build: FAILED (build.log)" >> "$SUMMARY"; tail -60 /tmp/build.log; cat "$SUMMARY"; exit 1
 fi
 echo "- build: $(( $(date +%s) - start )) s" >> "$SUMMARY"
 
@@ -86,6 +89,8 @@ ALL=$DEADLINE_S
 OPS=domain_losses,head_grad,head_hvp,head_hessian_diag,head_hessian_trace,head_hessian_inner,hutchinson_diag,hutchinson_trace
 phase_end() { echo $(( ALL - (ALL - ($(date +%s) - T0)) * $1 / 100 )); }  # keep $1 % of what is left for later
 DEADLINE_S=$(phase_end 55); bench --quick --dtype bfloat16,float32
+# A/B of the aligned GEMM rows (head_problem.h) at the large bf16 head: the same HVP with them off.
+DEADLINE_S=$(phase_end 75); HESSALIGN_ALIGN_ROWS=0 bench --quick --dtype bfloat16 --only head_hvp --only-tags large
 DEADLINE_S=$(phase_end 40); bench --only-tags domainbed --only hgp_step,hutchinson_step,hutchinson_exact_step --dtype float32
 DEADLINE_S=$ALL; bench --only-tags domainbed --dtype float32 --only $OPS \
   --only-shapes E3xn32_d2048_C65,E5xn32_d512_C345,E5xn32_d2048_C7,E5xn32_d2048_C345,E3xn32_d512_C2
