@@ -54,19 +54,22 @@ def choose(num_rows: int, num_classes: int, width: int, fp64_cost: int = 1) -> s
 
 
 class _Gram(torch.autograd.Function):
-    """``K = Z Zᵀ``, returned as a function of both row sets and again as one of the left rows
-    only (the right rows detached: the penalty's detached targets); one GEMM each way."""
+    """``K = Z̃ Z̃ᵀ`` with ``Z̃ = [Z | 1]`` when ``ones`` (a bias), i.e. ``Z Zᵀ + 1``: no augmented
+    copy of the features. Returned as a function of both row sets and again as one of the left
+    rows only (the right rows detached: the penalty's detached targets); one GEMM each way."""
 
     @staticmethod
-    def forward(ctx, Z: torch.Tensor):
+    def forward(ctx, Z: torch.Tensor, ones: bool):
         ctx.save_for_backward(Z)
         K = Z @ Z.t()
+        if ones:
+            K += 1
         return K, K.clone()
 
     @staticmethod
     def backward(ctx, dK: torch.Tensor, dK_left: torch.Tensor):
         (Z,) = ctx.saved_tensors
-        return (dK + dK.t() + dK_left) @ Z
+        return (dK + dK.t() + dK_left) @ Z, None
 
 
 def _hessian_apply(c: torch.Tensor, p: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
@@ -96,10 +99,7 @@ def hgp_terms(features: torch.Tensor, weight: torch.Tensor, bias: Optional[torch
     p = torch.softmax(F.linear(features, weight, bias).to(_WORK), 1)
     c, t, domain = loss_rows(labels, offs, C, opts, _WORK, device)
     R = c[:, None] * p - t                                   # rows of g_e
-    Zt = features.to(_WORK)
-    if bias is not None:
-        Zt = torch.cat([Zt, torch.ones_like(Zt[:, :1])], 1)
-    K, K_left = _Gram.apply(Zt)
+    K, K_left = _Gram.apply(features.to(_WORK), bias is not None)
     within = _within_domains(K, domain, offs)
     U = within(R)                                            # g_e z̃_i
     S = _hessian_apply(c, p, U)                              # rows of H_e g_e
