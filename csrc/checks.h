@@ -74,9 +74,12 @@ inline void check_labels(const char* op, const at::Tensor& labels, const at::Ten
   TORCH_CHECK_VALUE(labels.device() == features.device(), op, ": labels must be on the device of features (",
                     features.device(), "); got ", labels.device());
   if (labels.numel() == 0) return;
-  // Fast path, one reduction and one read-back: every label in [0, C).
-  const auto [lo, hi] = at::aminmax(labels);
-  const at::Tensor range = at::stack({lo, hi}).cpu();
+  // Fast path, one reduction (into one buffer: no stacking launch) and one read-back: every
+  // label in [0, C).
+  at::Tensor range = at::empty({2}, labels.options());
+  at::Tensor lo = range.select(0, 0), hi = range.select(0, 1);
+  at::aminmax_out(lo, hi, labels);
+  range = range.cpu();
   if (range[0].item<int64_t>() >= 0 && range[1].item<int64_t>() < C) return;
   const at::Tensor bad = (labels != ignore_index).logical_and_(labels.lt(0).logical_or_(labels.ge(C)));
   if (bad.any().item<bool>()) {

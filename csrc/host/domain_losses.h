@@ -14,14 +14,14 @@ at::Tensor domain_losses_forward(HE_HEAD_PARAMS, const at::Tensor& labels, const
   Head h = make_head<K>("domain_losses", features, weight, bias, offsets, ce, true, class_tile, 1,
                         /*augment=*/false);
   prepare(h, k, ce, /*keep_probs=*/false);  // the loss reads logits, not probabilities
-  at::Tensor row_loss = at::zeros({h.N}, h.zt.options().dtype(h.acc_type));
+  at::Tensor row_loss = at::empty({h.N}, h.zt.options().dtype(h.acc_type));
   HE_DISPATCH(K, h.zt.scalar_type(), [&] {
     using acc_t = at::opmath_type<scalar_t>;
     for (int64_t c0 = 0; c0 < h.C && h.N > 0; c0 += h.tile) {
       const int64_t T = std::min(h.tile, h.C - c0);
       const at::Tensor L = h.logits(c0, T);
       k.rows(h.N, LossRowOp<scalar_t, acc_t>{{}, h.view<scalar_t, acc_t>(L, c0, T), h.ce_rows<acc_t>(),
-                                             row_loss.mutable_data_ptr<acc_t>()});
+                                             row_loss.mutable_data_ptr<acc_t>(), /*first_tile=*/c0 == 0});
     }
   });
   return segment_sum(h, k, row_loss).to(features.scalar_type());

@@ -8,7 +8,8 @@
 
 namespace hessalign {
 
-// Adds Σ_{c in tile} t_ic (lse_i - l_ic) to row_loss[i]: the label's term a_i (lse_i - l_iy)
+// Adds Σ_{c in tile} t_ic (lse_i - l_ic) to row_loss[i] (writes it on the first tile, so the
+// buffer needs no zeroing launch): the label's term a_i (lse_i - l_iy)
 // once, in finish (when y_i is in the tile), and the smoothing terms b_i w_c (lse_i - l_ic)
 // over the columns only when b_i ≠ 0, so an unsmoothed loss reads one logit per row.
 template <class scalar_t, class acc_t>
@@ -17,6 +18,7 @@ struct LossRowOp : RowOpBase<acc_t> {
   LogitsTile<scalar_t, acc_t> lt;
   CeRows<acc_t> ce;
   acc_t* row_loss;
+  bool first_tile;
   HE_INLINE index_t cols() const { return lt.T; }
   HE_INLINE void partial(index_t i, index_t c, acc_t* s) const {
     const acc_t b = ce.b[i];
@@ -30,7 +32,7 @@ struct LossRowOp : RowOpBase<acc_t> {
       const index_t c = index_t(ce.labels[i]) - lt.c0;
       if (c >= 0 && c < lt.T) loss += ce.a[i] * (lt.lse[i] - lt.logit(i, c));
     }
-    row_loss[i] += loss;
+    row_loss[i] = first_tile ? loss : row_loss[i] + loss;
   }
 };
 
