@@ -97,13 +97,28 @@ def check_labels(op: str, labels: torch.Tensor, num_classes: int, opts: dict) ->
     if labels.dtype != torch.int64:
         raise ValueError(f"{op}: labels must be int64; got {labels.dtype}")
     ignore_index = opts["ignore_index"]
-    bad = ((labels < 0) | (labels >= num_classes)) & (labels != ignore_index)
-    if bool(bad.any()):
+    # Fast path, one reduction and one read-back (as the C++ check): every label in [0, C).
+    lo, hi = torch.stack(torch.aminmax(labels)).tolist() if labels.numel() else (0, 0)
+    if lo >= 0 and hi < num_classes:
+        bad = None
+    else:
+        bad = ((labels < 0) | (labels >= num_classes)) & (labels != ignore_index)
+    if bad is not None and bool(bad.any()):
         raise ValueError(f"{op}: labels must lie in [0, C={num_classes}) or equal ignore_index={ignore_index}; "
                          f"got {labels[bad][0].item()}")
     w = opts["class_weight"]
     if w is not None and tuple(w.shape) != (num_classes,):
         raise ValueError(f"{op}: class_weight must be 1-D of length C = {num_classes}; got shape {tuple(w.shape)}")
+
+
+def _row_domains(offs, device: torch.device) -> torch.Tensor:
+    """Each row's domain index (N,), built on the host and copied once (asynchronously on CUDA:
+    from pinned memory, where a device-side repeat_interleave takes a blocking copy and a scan)."""
+    counts = torch.tensor([t - s for s, t in zip(offs, offs[1:])])
+    domain = torch.repeat_interleave(torch.arange(len(offs) - 1), counts, output_size=offs[-1])
+    if device.type == "cuda":
+        return domain.pin_memory().to(device, non_blocking=True)
+    return domain.to(device)
 
 
 def loss_rows(labels: Optional[torch.Tensor], offs, num_classes: int, opts: dict, dtype: torch.dtype,
@@ -114,8 +129,7 @@ def loss_rows(labels: Optional[torch.Tensor], offs, num_classes: int, opts: dict
     ``t_ic = a_i [c = y_i] + b_i w_c``. Ignored rows, and the rows of a domain whose ``D_e``
     is 0, get zeros. Without labels every row has weight 1: ``c_i = 1/D_e``, ``t = 0``."""
     E, N, C = len(offs) - 1, offs[-1], num_classes
-    counts = torch.tensor([t - s for s, t in zip(offs, offs[1:])], device=device)
-    domain = torch.repeat_interleave(torch.arange(E, device=device), counts, output_size=N)
+    domain = _row_domains(offs, device)
     if labels is None:
         keep, y, w = torch.ones(N, dtype=dtype, device=device), None, None
     else:
