@@ -111,6 +111,27 @@ def test_class_tiles_match_cpu(op, tile):
     scaled_close(call(op, gpu, class_tile=tile, **gopts), call(op, cpu, **opts), TOL[torch.float64])
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("op", OPS)
+def test_aligned_rows_match_plain_cuda(op, dtype, monkeypatch):
+    """The aligned-row GEMMs of large heads (head_problem.h; forced here with
+    HESSALIGN_ALIGN_ROWS=1) against the plain layout on the GPU, forward and backward, every
+    loss option, 1000 classes in tiles of 64."""
+    p = to(make_problem(SHAPE["c1000"], torch.float32, "cpu"), "cuda", dtype)
+    inputs = [t.requires_grad_() for t in (p.features, p.weight, p.bias)]
+    opts = LOSS_CASES["all_together_mean"](p)  # labels and class weights already on the GPU
+    results = []
+    for flag in ("0", "1"):
+        monkeypatch.setenv("HESSALIGN_ALIGN_ROWS", flag)
+        out = call(op, p, class_tile=64, **opts)
+        up = torch.randn(out.shape, device="cuda", generator=torch.Generator("cuda").manual_seed(5)).to(dtype)
+        results.append((out, torch.autograd.grad(out, inputs, up)))
+    tol = TOL[torch.float32] if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2)
+    scaled_close(results[1][0], results[0][0], tol)
+    for a, b in zip(results[1][1], results[0][1]):
+        scaled_close(a, b, tol)
+
+
 class _FirstOpCall(TorchDispatchMode):
     """Records the first hessalign_ext op the public function dispatches (overload, args, kwargs)."""
 
