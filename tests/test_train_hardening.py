@@ -43,7 +43,8 @@ CHILD_ENV = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
 SMALL = {"n_per_domain": 150}
 HPARAMS = {"mlp_width": 16, "num_probes": 4, "penalty_anneal_iters": 2}
 SHORT = {"steps": 8, "checkpoint_freq": 2}     # records and checkpoints after steps 0, 2, 4, 6, 7
-LONG = {"steps": 150, "checkpoint_freq": 5}    # long enough for three kills mid-training
+LONG = {"steps": 400, "checkpoint_freq": 5}    # long enough for three kills mid-training (150 steps
+#                                               ran in under a second, and a kill could land after the last step)
 
 
 def run_args(folder, algorithm="Hutchinson", **kw):
