@@ -109,8 +109,9 @@ inline bool align_rows_for(bool backend_needs, int64_t N, int64_t D, int64_t C, 
 
 struct Head {
   const char* op;
-  at::Tensor zt;   // (N, D) features, with a ones column when there is a bias; (N, d) for an
-                   // op without parameter blocks (make_head's augment = false: no N×D copy)
+  at::Tensor zt;   // (N, D) features, with a ones column when there is a bias (rows padded
+                   // when align_rows); (N, d) for an op without parameter blocks (make_head's
+                   // augment = false: no N×D copy)
   at::Tensor z;    // (N, d) features, contiguous: the logits GEMM's operand, whose rows keep
                    // the caller's alignment (Z̃'s rows of d + 1 elements would misalign them,
                    // which sends cuBLAS to its slow unaligned kernels)
@@ -160,7 +161,6 @@ struct Head {
             class_weight.defined() ? class_weight.const_data_ptr<acc_t>() : nullptr};
   }
 
-  // Per-row value of a per-domain tensor (E,): x[e(i)].
   // A buffer of `shape` (last dimension D) for GEMMs: contiguous, or with align_rows a view of
   // rows padded to a multiple of 16 bytes.
   at::Tensor rows_buffer(std::vector<int64_t> shape, const at::TensorOptions& o, bool zero = false) const {
@@ -178,7 +178,8 @@ struct Head {
     return copy;
   }
 
-  // One gather by each row's domain index (an asynchronous copy, no read-back).
+  // Per-row value of a per-domain tensor (E,): x[e(i)], one gather by each row's domain index
+  // (an asynchronous copy, no read-back).
   at::Tensor per_row(const at::Tensor& x) const {
     std::vector<int64_t> domain(N);
     for (int64_t e = 0; e < E; ++e) std::fill(domain.begin() + off[e], domain.begin() + off[e + 1], e);
