@@ -99,13 +99,11 @@ def check_labels(op: str, labels: torch.Tensor, num_classes: int, opts: dict) ->
     ignore_index = opts["ignore_index"]
     # Fast path, one reduction and one read-back (as the C++ check): every label in [0, C).
     lo, hi = torch.stack(torch.aminmax(labels)).tolist() if labels.numel() else (0, 0)
-    if lo >= 0 and hi < num_classes:
-        bad = None
-    else:
+    if lo < 0 or hi >= num_classes:
         bad = ((labels < 0) | (labels >= num_classes)) & (labels != ignore_index)
-    if bad is not None and bool(bad.any()):
-        raise ValueError(f"{op}: labels must lie in [0, C={num_classes}) or equal ignore_index={ignore_index}; "
-                         f"got {labels[bad][0].item()}")
+        if bool(bad.any()):
+            raise ValueError(f"{op}: labels must lie in [0, C={num_classes}) or equal ignore_index={ignore_index}; "
+                             f"got {labels[bad][0].item()}")
     w = opts["class_weight"]
     if w is not None and tuple(w.shape) != (num_classes,):
         raise ValueError(f"{op}: class_weight must be 1-D of length C = {num_classes}; got shape {tuple(w.shape)}")
