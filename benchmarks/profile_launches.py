@@ -31,6 +31,7 @@ from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import providers as P  # noqa: E402
+import run  # noqa: E402  (its Clock: one call between CUDA events)
 
 CASES = [P.Case(op) for op in ("domain_losses", "head_grad", "head_hvp", "head_hessian_diag", "head_hessian_trace",
                                "head_hessian_inner")]
@@ -55,15 +56,8 @@ def host_us(fn, cuda: bool, calls: int) -> float:
 
 
 def event_us(fn, calls: int) -> float:
-    times = []
-    for _ in range(calls):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b) * 1e3)
-    return statistics.median(times)
+    clock = run.Clock("cuda")
+    return statistics.median(clock.once(fn) for _ in range(calls)) * 1e6
 
 
 def trace(fn, cuda: bool):
@@ -117,7 +111,8 @@ def profile_shape(shape: P.Shape, device: str, calls: int) -> list:
             if P.reason_not_applicable(provider, problem, case):
                 continue
             fn = provider.build(problem, case)
-            once = host_us(fn, cuda, 1) + host_us(fn, cuda, 1)  # warm-up, and the cost of one call
+            host_us(fn, cuda, 1)  # warm-up
+            once = host_us(fn, cuda, 1)
             n = int(min(calls, max(3, 0.25e6 / once)))  # about a quarter second per measurement
             k, c, s, busy, names = call_syncs(fn, cuda)
             ev = f"{event_us(fn, min(n, 50)):.1f}" if cuda else "-"

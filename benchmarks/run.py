@@ -853,8 +853,7 @@ def report(meta, records, pngs, quick=False):
     """The markdown report of a run (also rebuilt from its JSON by ``--report``)."""
     dev = meta["device"]
     md = [f"# hessalign_ext benchmarks: {dev}{' (quick)' if quick else ''}", "",
-          f"- command: `{' '.join(f'{k}={v}' for k, v in meta.get('env', {}).items())}"
-          f"{' ' if meta.get('env') else ''}{meta['command']}`", f"- date: {meta['timestamp']}", f"- device: {meta['device_name']}",
+          f"- command: `{' '.join([*(f'{k}={v}' for k, v in meta.get('env', {}).items()), meta['command']])}`", f"- date: {meta['timestamp']}", f"- device: {meta['device_name']}",
           f"- torch {meta['torch']}" + (f", CUDA {meta['cuda']}" if meta.get("cuda") else ""),
           f"- git: {meta['git_sha']}",
           f"- load average (1, 5, 15 min) at start {tuple(round(x, 2) for x in meta['loadavg_start'])}, "

@@ -14,7 +14,7 @@ at::Tensor head_hvp_forward(HE_HEAD_PARAMS, const at::Tensor& vectors, const at:
   Head h = make_head<K>("head_hvp", features, weight, bias, offsets, ce, false, class_tile, 2);
   check_param_block(h.op, "vectors", vectors, features, h.E, h.C, h.D, true);
   prepare(h, k, ce);
-  const at::Tensor V = vectors.contiguous();
+  const at::Tensor V = h.aligned(vectors.contiguous());  // once, not per tile and pass
   at::Tensor out = at::empty({h.E, h.C, h.D}, h.zt.options());
   HE_DISPATCH(K, h.zt.scalar_type(), [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -52,7 +52,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> head_hvp_backward(
   check_param_block(h.op, "vectors", vectors, features, h.E, h.C, h.D, true);
   check_param_block(h.op, "grad", grad, features, h.E, h.C, h.D, false);
   prepare(h, k, ce);
-  const at::Tensor V = vectors.contiguous(), G = grad.contiguous();
+  const at::Tensor V = h.aligned(vectors.contiguous()), G = h.aligned(grad.contiguous());
   HeadGrads g(h);
   at::Tensor dV = at::zeros({h.E, h.C, h.D}, h.zt.options().dtype(h.acc_type));
   HE_DISPATCH(K, h.zt.scalar_type(), [&] {
