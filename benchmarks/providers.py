@@ -28,8 +28,8 @@ Providers (``PROVIDERS``):
 - Penalty steps (``hgp_step``, ``hutchinson_step`` with K probes, ``hutchinson_exact_step``):
   ``kernel`` and ``autograd``, the two backends of ``hessalign_ext.penalties``; a step is the
   penalty's forward plus its backward into features, weight and bias. For HGP also
-  ``kernel_gram`` and ``kernel_ops``, the kernel backend's two exact forms (``kernel`` is
-  ``method="auto"``, which picks one of them).
+  ``kernel_gram``, ``kernel_fused`` and ``kernel_ops``, the kernel backend's three exact forms
+  (``kernel`` is ``method="auto"``, which picks gram or fused).
 
 Probes: ``ours`` draws counter-based probes inside the op. The other Hutchinson providers draw
 Rademacher probes with ``torch.randint`` inside ``run`` (as the paper's code does), one set per
@@ -714,14 +714,15 @@ PROVIDERS: Dict[str, Provider] = {
 }
 STEP_PROVIDERS: Dict[str, Provider] = {
     "kernel": Provider("kernel", _step("kernel"), _na_step("kernel"), uses_probes=True),
-    # HGP's kernel backend has two exact forms; "kernel" takes the cheaper (method="auto").
+    # HGP's kernel backend has three exact forms; "kernel" takes gram or fused (method="auto").
     "kernel_gram": Provider("kernel_gram", _step("kernel", "gram"), _na_step("kernel"), uses_probes=True),
+    "kernel_fused": Provider("kernel_fused", _step("kernel", "fused"), _na_step("kernel"), uses_probes=True),
     "kernel_ops": Provider("kernel_ops", _step("kernel", "ops"), _na_step("kernel"), uses_probes=True),
     "autograd": Provider("autograd", _step("autograd"), _na_step("autograd"), uses_probes=True),
 }
 OP_PROVIDER_ORDER = ["ours", "closed_form", "autograd", "torch_func", "backpack", "curvlinops"]
-STEP_PROVIDER_ORDER = ["kernel", "autograd", "kernel_gram", "kernel_ops"]
-HGP_ONLY_PROVIDERS = ("kernel_gram", "kernel_ops")
+STEP_PROVIDER_ORDER = ["kernel", "autograd", "kernel_gram", "kernel_fused", "kernel_ops"]
+HGP_ONLY_PROVIDERS = ("kernel_gram", "kernel_fused", "kernel_ops")
 
 
 def available(name: str) -> Optional[str]:

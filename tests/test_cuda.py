@@ -222,10 +222,10 @@ def _plain_closed_form(op, p, labels):
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=str)
-@pytest.mark.parametrize("method", ["gram", "ops"])
+@pytest.mark.parametrize("method", ["gram", "fused", "ops"])
 def test_hgp_penalty_cuda_matches_cpu(method, dtype):
-    """penalties.hgp's two exact forms on CUDA (cuBLAS, the Gram form's float64 N×N part)
-    equal the CPU in float64/float32, value and gradients; bfloat16 (ops: CUDA only) within
+    """penalties.hgp's three exact forms on CUDA (cuBLAS, the Gram form's float64 N×N part)
+    equal the CPU in float64/float32, value and gradients; bfloat16 (fused, ops: CUDA only) within
     a bfloat16 bound of the float64 CPU value."""
     from hessalign_ext import penalties
 

@@ -8,11 +8,12 @@ import torch
 from torch import autograd
 
 from . import hgp_gram
+from .hgp_fused import hgp_fused
 from .autograd_reference import _autograd_domain_grads, _autograd_hvp_by_norm
 from .common import _check, _flat, _ops, _params, _result, _sqdist, loss_options
 
 _MEAN_TARGETS = ("mean_loss", "mean_of_domains")
-_HGP_METHODS = ("auto", "gram", "ops")
+_HGP_METHODS = ("auto", "gram", "fused", "ops")
 
 
 def hgp(features: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], labels: torch.Tensor,
@@ -29,10 +30,15 @@ def hgp(features: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
     reference code's target). ``mean_target="mean_of_domains"`` uses ``(1/E) Σ_e H_e g_e``
     instead (not the same vector; documented option).
 
-    The kernel backend has two exact forms (``method``): ``"gram"``, the row-space closed
-    form through the features' Gram matrix (:mod:`hessalign_ext.hgp_gram`; its N×N part in
-    float64), and ``"ops"``, the (E, C, D) blocks of ``head_grad`` and ``head_hvp``.
-    ``"auto"`` takes the one with fewer multiply-adds (``hgp_gram.choose``).
+    The kernel backend has three exact forms (``method``): ``"gram"``, the row-space closed
+    form through the features' Gram matrix (:mod:`.hgp_gram`; its N×N part in float64);
+    ``"fused"``, the (C, D)-space closed form with a hand-written backward, nine passes over
+    the features (:mod:`.hgp_fused`); and ``"ops"``, the composition of the ``head_grad`` and
+    ``head_hvp`` ops with autograd through their backwards. ``"auto"`` takes the cheaper of
+    ``"gram"`` and ``"fused"`` (``hgp_gram.choose``). Near-aligned domains, the head's
+    gradient is a sum over domains that nearly cancels: in float32 only the Gram form (float64
+    inside) keeps it to 1e-3; fused and ops, like the autograd backend, compute in the inputs'
+    dtype (``tests/test_penalties.py::test_hgp_exact_when_domains_align``).
 
     Returns a scalar (0-dim tensor), or ``(penalty, {"hessian": …, "gradient": …})`` with
     the two unweighted mean terms (detached) when ``return_terms``.
@@ -54,6 +60,10 @@ def hgp(features: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
         hess_terms, grad_terms = hgp_gram.hgp_terms(features, weight, bias, labels, offs, opts, mean_target)
         penalty = ((alpha * hess_terms + beta * grad_terms).sum() / E).to(features.dtype)
         return _result(penalty, hess_terms.to(features.dtype), grad_terms.to(features.dtype), return_terms)
+    if backend == "kernel" and method == "fused":
+        penalty, hess_terms, grad_terms = hgp_fused(features, weight, bias, labels, offs, opts, alpha, beta,
+                                                    mean_target)
+        return _result(penalty, hess_terms, grad_terms, return_terms)
     if backend == "kernel":
         ops = _ops()
         g = ops.head_grad(features, weight, bias, labels, offsets, **opts)               # (E, C, D)

@@ -8,8 +8,9 @@ Every parameter-shaped quantity of HGP is a sum of outer products over the rows,
 
 so ``V z̃_i`` and ``⟨X, Y⟩`` only need ``K = Z̃ Z̃ᵀ`` (N×N): ``g_e z̃_i = Σ_{j∈e} K_ij r_j``,
 ``⟨Σ x_i z̃_iᵀ, Σ y_j z̃_jᵀ⟩ = Σ_ij K_ij x_i·y_j``. The penalty then costs one N×N×D Gram
-GEMM and N×N×C products instead of a dozen N×C×D GEMMs through (E, C, D) blocks: far
-cheaper unless the head has few classes (``choose``: at 3×32 rows and d = 2048, from C = 23).
+GEMM and N×N×C products instead of nine passes of N×C×D and wider through (E, C, D) blocks
+(:mod:`.hgp_fused`): cheaper unless the head has few classes (``choose``: at 3×32 rows and
+d = 2048, from C = 33).
 
 The N×N part runs in float64: the squared distances are differences of near-equal sums when
 the domains are aligned, which is where training drives them; float64 there is cheap (N²)
@@ -27,7 +28,7 @@ import torch.nn.functional as F
 from .common import check_labels, loss_rows
 
 _WORK = torch.float64
-# method="auto" takes the Gram form when it needs fewer multiply-adds (``choose``) and
+# method="auto" takes the Gram form when it is the cheaper (``choose``) and
 # N <= MAX_ROWS (its N×N float64 buffers).
 MAX_ROWS = 8192
 # GPUs whose float64 runs at half the float32 rate (P100, V100, A100, H100, B100/B200);
@@ -36,21 +37,21 @@ _FULL_FP64_CUDA = {(6, 0), (7, 0), (8, 0), (9, 0), (10, 0)}
 
 
 def float64_cost(device: torch.device) -> int:
-    """Weight of a float64 multiply-add against the ops form's float32 one on ``device``
-    (1: the CPU and datacenter GPUs, measured on the CPU: the ops form's extra passes offset
-    float64's half rate)."""
+    """Weight of a float64 multiply-add against the fused form's float32 one on ``device``
+    (1: the CPU and datacenter GPUs; ``choose``'s bound was measured with it on the CPU)."""
     if device.type != "cuda" or torch.cuda.get_device_capability(device) in _FULL_FP64_CUDA:
         return 1
     return 32
 
 
 def choose(num_rows: int, num_classes: int, width: int, fp64_cost: int = 1) -> str:
-    """The exact form with fewer multiply-adds for N rows, C classes and D = width columns:
-    ``"gram"`` (logits and their backward, 3·N·C·D, plus about 6·N²·C + 4·N²·D in float64
-    in the Gram space, weighted by ``fp64_cost``) or ``"ops"`` (about 20 GEMMs of N·C·D
-    through the (E, C, D) blocks)."""
+    """The cheaper exact form for N rows, C classes and D = width columns: ``"gram"`` (logits
+    and their backward, 3·N·C·D, plus about 6·N²·C + 4·N²·D in float64 in the Gram space,
+    weighted by ``fp64_cost``) or ``"fused"`` (nine passes of N·C·D to N·4C·D,
+    :mod:`.hgp_fused`). The bound, 12·C·D, is where the two crossed on the CPU: at N·(6C +
+    4D) / (C·D) between 9 and 16 over the DomainBed heads and 3×256 rows at d = 2048."""
     N, C, D = num_rows, num_classes, width
-    return "gram" if N <= MAX_ROWS and fp64_cost * N * (6 * C + 4 * D) <= 17 * C * D else "ops"
+    return "gram" if N <= MAX_ROWS and fp64_cost * N * (6 * C + 4 * D) <= 12 * C * D else "fused"
 
 
 class _Gram(torch.autograd.Function):
