@@ -32,13 +32,13 @@ def hgp(features: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
 
     The kernel backend has three exact forms (``method``): ``"gram"``, the row-space closed
     form through the features' Gram matrix (:mod:`.hgp_gram`; its N×N part in float64);
-    ``"fused"``, the (C, D)-space closed form with a hand-written backward, nine passes over
+    ``"fused"``, the (C, D)-space closed form with a hand-written backward, ten passes over
     the features (:mod:`.hgp_fused`); and ``"ops"``, the composition of the ``head_grad`` and
     ``head_hvp`` ops with autograd through their backwards. ``"auto"`` takes the cheaper of
     ``"gram"`` and ``"fused"`` (``hgp_gram.choose``). Near-aligned domains, the head's
-    gradient is a sum over domains that nearly cancels: in float32 only the Gram form (float64
-    inside) keeps it to 1e-3; fused and ops, like the autograd backend, compute in the inputs'
-    dtype (``tests/test_penalties.py::test_hgp_exact_when_domains_align``).
+    gradient is a sum over domains that nearly cancels: from float32 inputs the Gram and fused
+    forms keep it within 1e-3 of float64; the ops form, like the autograd backend, does not
+    (``tests/test_penalties.py::test_hgp_exact_when_domains_align``).
 
     Returns a scalar (0-dim tensor), or ``(penalty, {"hessian": …, "gradient": …})`` with
     the two unweighted mean terms (detached) when ``return_terms``.

@@ -8,7 +8,7 @@ Every parameter-shaped quantity of HGP is a sum of outer products over the rows,
 
 so ``V z̃_i`` and ``⟨X, Y⟩`` only need ``K = Z̃ Z̃ᵀ`` (N×N): ``g_e z̃_i = Σ_{j∈e} K_ij r_j``,
 ``⟨Σ x_i z̃_iᵀ, Σ y_j z̃_jᵀ⟩ = Σ_ij K_ij x_i·y_j``. The penalty then costs one N×N×D Gram
-GEMM and N×N×C products instead of nine passes of N×C×D and wider through (E, C, D) blocks
+GEMM and N×N×C products instead of ten passes of N×C×D and wider through (E, C, D) blocks
 (:mod:`.hgp_fused`): cheaper unless the head has few classes (``choose``: at 3×32 rows and
 d = 2048, from C = 36).
 
@@ -47,7 +47,7 @@ def float64_cost(device: torch.device) -> int:
 def choose(num_rows: int, num_classes: int, width: int, fp64_cost: int = 1) -> str:
     """The cheaper exact form for N rows, C classes and D = width columns: ``"gram"`` (logits
     and their backward, 3·N·C·D, plus about 6·N²·C + 4·N²·D in float64 in the Gram space,
-    weighted by ``fp64_cost``) or ``"fused"`` (nine passes of N·C·D to N·4C·D,
+    weighted by ``fp64_cost``) or ``"fused"`` (ten passes of N·C·D to N·4C·D,
     :mod:`.hgp_fused`). The bound, 11·C·D, is where the two crossed on the CPU: at N·(6C +
     4D) / (C·D) near 16 at d = 2048 and between 9 and 12 at d = 512 (DomainBed heads, and 3×256
     rows at d = 2048, where the two tie at 11.2)."""
