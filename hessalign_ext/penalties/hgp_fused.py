@@ -108,7 +108,7 @@ def _centred(blocks: torch.Tensor) -> torch.Tensor:
     rounding: the head's gradient is ``Σ_e J_e (X_e − mean)``, whose common part ``J Σ_e``
     must cancel where the domains align."""
     dev = blocks - blocks.mean(0)
-    return dev - dev.mean(0)
+    return dev.sub_(dev.mean(0))
 
 
 def _hessian_apply(c: torch.Tensor, p: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
@@ -141,7 +141,7 @@ class _FusedHGP(torch.autograd.Function):
         U, S = U_bar + U_diff, S_bar + S_diff
         h_bar, h_gap = rows.outer(torch.cat([S_bar, S_diff], 1)).split(C, 1)   # H_e ḡ, H_e (g_e − ḡ)
         # H_e g_e − T with T = H̄ḡ = mean_e H_e ḡ (mean_loss) or mean_e H_e g_e (mean_of_domains)
-        h_diff = (h_gap if mean_loss else _centred(h_gap)) + _centred(h_bar)
+        h_diff = _centred(h_bar).add_(h_gap if mean_loss else _centred(h_gap))
         hess_terms = torch.linalg.vector_norm(h_diff, dim=(1, 2)).square()
         grad_terms = torch.linalg.vector_norm(g_diff, dim=(1, 2)).square()
         penalty = (alpha * hess_terms + beta * grad_terms).sum() / E
