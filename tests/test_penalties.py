@@ -93,6 +93,23 @@ def test_hgp_kernel_forms_agree(sizes, mean_target, C):
             assert_close(terms[key], ops_terms[key])
 
 
+@pytest.mark.parametrize("sizes", [(4, 4, 4), SIZES], ids=["equal", "unequal"])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_hgp_forms_agree_with_an_all_ignored_domain(sizes, reduction):
+    """A domain whose every label is ignore_index has D_e = 0 and contributes g_e = 0 (the
+    ops' convention, DESIGN.md §1); with class weights and label smoothing the per-row
+    coefficients of every form (penalties.common.loss_rows) match the compiled ops."""
+    z, W, b, y, off = problem(seed=11, sizes=sizes)
+    y[:sizes[0]] = -100
+    kw = dict(alpha=0.6, beta=0.4, label_smoothing=0.1, reduction=reduction,
+              class_weight=torch.rand(W.shape[0], generator=torch.Generator().manual_seed(2), dtype=F64) + 0.5)
+    for method in ("gram", "fused"):
+        ops = penalties.hgp(z, W, b, y, off, method="ops", **kw)
+        value = penalties.hgp(z, W, b, y, off, method=method, **kw)
+        assert value.item() > 0
+        assert_same(value, ops, (z, W, b))
+
+
 def test_hgp_fused_form_gradient_subsets_and_layouts():
     """Frozen features or a frozen head (only the asked-for gradients), and non-contiguous
     features, against the autograd backend."""

@@ -109,6 +109,13 @@ def check_labels(op: str, labels: torch.Tensor, num_classes: int, opts: dict) ->
         raise ValueError(f"{op}: class_weight must be 1-D of length C = {num_classes}; got shape {tuple(w.shape)}")
 
 
+def equal_rows(offs) -> int:
+    """n when each of the E domains holds the same n > 0 rows, else 0."""
+    E, N = len(offs) - 1, offs[-1]
+    n = N // E
+    return n if n and all(t - s == n for s, t in zip(offs, offs[1:])) else 0
+
+
 def _row_domains(offs, device: torch.device) -> torch.Tensor:
     """Each row's domain index (N,), built on the host and copied once (asynchronously on CUDA:
     from pinned memory, where a device-side repeat_interleave takes a blocking copy and a scan)."""
@@ -119,34 +126,64 @@ def _row_domains(offs, device: torch.device) -> torch.Tensor:
     return domain.to(device)
 
 
+class RowDomains:
+    """The domain of each row, for per-domain sums and per-row broadcasts: reshapes when every
+    domain holds n rows, an index (built on first use) otherwise."""
+
+    def __init__(self, offs, device: torch.device):
+        self.offs, self.device = offs, device
+        self.E, self.N, self.n = len(offs) - 1, offs[-1], equal_rows(offs)
+        self._index = None
+
+    @property
+    def index(self) -> torch.Tensor:
+        if self._index is None:
+            self._index = _row_domains(self.offs, self.device)
+        return self._index
+
+    def sum(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, ...) -> (E, ...): the sum over each domain's rows."""
+        if self.n:
+            return x.reshape(self.E, self.n, *x.shape[1:]).sum(1)
+        return x.new_zeros(self.E, *x.shape[1:]).index_add_(0, self.index, x)
+
+    def expand(self, v: torch.Tensor) -> torch.Tensor:
+        """(E,) -> (N,): each row gets its domain's value."""
+        return v.repeat_interleave(self.n) if self.n else v[self.index]
+
+
 def loss_rows(labels: Optional[torch.Tensor], offs, num_classes: int, opts: dict, dtype: torch.dtype,
               device: torch.device):
-    """Per-row Hessian scale ``c`` (N,), targets ``t`` (N, C) and domain index (N,) of the loss
-    options with each domain's denominator ``D_e`` (math/cross_entropy.h, as the compiled ops):
-    ``a_i = (1-ε) w_{y_i} / D_e``, ``b_i = ε / (C D_e)``, ``c_i = a_i + b_i Σ_c w_c``,
-    ``t_ic = a_i [c = y_i] + b_i w_c``. Ignored rows, and the rows of a domain whose ``D_e``
-    is 0, get zeros. Without labels every row has weight 1: ``c_i = 1/D_e``, ``t = 0``."""
-    E, N, C = len(offs) - 1, offs[-1], num_classes
-    domain = _row_domains(offs, device)
+    """Per-row Hessian scale ``c`` (N,), targets ``t`` (N, C) and the rows' domains
+    (``RowDomains``) of the loss options with each domain's denominator ``D_e``
+    (math/cross_entropy.h, as the compiled ops): ``a_i = (1-ε) w_{y_i} / D_e``,
+    ``b_i = ε / (C D_e)``, ``c_i = a_i + b_i Σ_c w_c``, ``t_ic = a_i [c = y_i] + b_i w_c``.
+    Ignored rows, and the rows of a domain whose ``D_e`` is 0, get zeros. Without labels every
+    row has weight 1: ``c_i = 1/D_e``, ``t = 0``. The labels must have passed ``check_labels``."""
+    N, C = offs[-1], num_classes
+    domains = RowDomains(offs, device)
     if labels is None:
         keep, y, w = torch.ones(N, dtype=dtype, device=device), None, None
     else:
         keep = (labels != opts["ignore_index"]).to(dtype)
-        y = torch.where(keep > 0, labels, torch.zeros_like(labels))
+        y = labels.clamp(0, C - 1)  # an ignored row's label may lie outside [0, C); its weight is 0
         w = None if opts["class_weight"] is None else opts["class_weight"].to(dtype)
     wy = keep if w is None else w[y] * keep
-    if opts["reduction"] == "sum":
-        inv = torch.ones_like(wy)
-    else:
-        den = torch.zeros(E, dtype=dtype, device=device).index_add_(0, domain, wy)
-        inv = torch.where(den > 0, 1 / den, torch.zeros_like(den))[domain]
+    inv = None
+    if opts["reduction"] == "mean":
+        den = domains.sum(wy)
+        inv = domains.expand(torch.where(den > 0, den.reciprocal(), 0.0))
     eps = opts["label_smoothing"]
-    a = (1 - eps) * wy * inv
-    b = eps * keep * inv / C
-    c = a + b * (C if w is None else w.sum())
+    a = wy if inv is None else wy * inv
+    if eps:
+        a = (1 - eps) * a
+        b = (eps / C) * (keep if inv is None else keep * inv)
+        c = a + b * (C if w is None else w.sum())
+    else:
+        c = a
     t = torch.zeros(N, C, dtype=dtype, device=device)
     if y is not None:
         t.scatter_(1, y[:, None], a[:, None])
-        if eps:
-            t = t + b[:, None] * (1.0 if w is None else w[None, :])
-    return c, t, domain
+    if eps:
+        t = t + b[:, None] * (1.0 if w is None else w[None, :])
+    return c, t, domains

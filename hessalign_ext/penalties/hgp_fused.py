@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from .common import check_labels, loss_rows
+from .common import check_labels, equal_rows, loss_rows
 
 
 class _Rows:
@@ -42,9 +42,7 @@ class _Rows:
 
     def __init__(self, X: torch.Tensor, offs: List[int], bias: bool):
         self.X, self.offs, self.bias = X, offs, bias
-        self.E, (self.N, self.d) = len(offs) - 1, X.shape
-        n = self.N // self.E
-        self.n = n if n and all(t - s == n for s, t in zip(offs, offs[1:])) else 0
+        self.E, (self.N, self.d), self.n = len(offs) - 1, X.shape, equal_rows(offs)
 
     def spans(self):
         return zip(self.offs, self.offs[1:])
@@ -111,12 +109,12 @@ def _centred(blocks: torch.Tensor) -> torch.Tensor:
     return dev.sub_(dev.mean(0))
 
 
-def _hessian_apply(c: torch.Tensor, p: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """Rows of ``H_i u_i = c_i (p_i ⊙ u_i − p_i (p_i · u_i))``; ``u`` may hold several C-blocks."""
+def _hessian_apply(cp: torch.Tensor, p: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Rows of ``H_i u_i = c_i p_i ⊙ (u_i − p_i · u_i)`` from ``cp = c ⊙ p``; ``u`` may hold
+    several C-blocks."""
     C = p.shape[1]
     u3 = u.view(u.shape[0], -1, C)
-    p3 = p[:, None, :]
-    return (c[:, None, None] * p3 * (u3 - (p3 * u3).sum(2, keepdim=True))).view(u.shape)
+    return (cp[:, None, :] * (u3 - (p[:, None, :] * u3).sum(2, keepdim=True))).view(u.shape)
 
 
 class _FusedHGP(torch.autograd.Function):
@@ -128,7 +126,8 @@ class _FusedHGP(torch.autograd.Function):
         features = features.contiguous()
         rows = _Rows(features, offs, bias is not None)
         p = torch.softmax(F.linear(features, weight, bias), 1)
-        R = c[:, None] * p - t
+        cp = c[:, None] * p
+        R = cp - t
         g = rows.outer(R)                                        # g_e
         g_bar = g.mean(0)
         g_diff = _centred(g)                                     # g_e − ḡ
@@ -137,7 +136,7 @@ class _FusedHGP(torch.autograd.Function):
         # dominate it where the domains align).
         g_bar_w, g_bar_b = (g_bar[:, :-1], g_bar[:, -1]) if bias is not None else (g_bar, None)
         U_bar, U_diff = F.linear(features, g_bar_w, g_bar_b), rows.apply(g_diff)
-        S_bar, S_diff = _hessian_apply(c, p, torch.cat([U_bar, U_diff], 1)).split(C, 1)
+        S_bar, S_diff = _hessian_apply(cp, p, torch.cat([U_bar, U_diff], 1)).split(C, 1)
         U, S = U_bar + U_diff, S_bar + S_diff
         h_bar, h_gap = rows.outer(torch.cat([S_bar, S_diff], 1)).split(C, 1)   # H_e ḡ, H_e (g_e − ḡ)
         # H_e g_e − T with T = H̄ḡ = mean_e H_e ḡ (mean_loss) or mean_e H_e g_e (mean_of_domains)
@@ -145,7 +144,7 @@ class _FusedHGP(torch.autograd.Function):
         hess_terms = torch.linalg.vector_norm(h_diff, dim=(1, 2)).square()
         grad_terms = torch.linalg.vector_norm(g_diff, dim=(1, 2)).square()
         penalty = (alpha * hess_terms + beta * grad_terms).sum() / E
-        ctx.save_for_backward(features, weight, bias, c, p, R, U, S, g, h_diff, g_diff)
+        ctx.save_for_backward(features, weight, bias, cp, p, R, U, S, g, h_diff, g_diff)
         ctx.offs, ctx.alpha, ctx.beta = offs, alpha, beta
         ctx.mark_non_differentiable(hess_terms, grad_terms)
         return penalty, hess_terms, grad_terms
@@ -153,17 +152,19 @@ class _FusedHGP(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, d_penalty, _hess_terms, _grad_terms):
-        features, weight, bias, c, p, R, U, S, g, h_diff, g_diff = ctx.saved_tensors
+        features, weight, bias, cp, p, R, U, S, g, h_diff, g_diff = ctx.saved_tensors
         E, d = len(ctx.offs) - 1, features.shape[1]
         rows = _Rows(features, ctx.offs, bias is not None)
         k = d_penalty * (2.0 / E)
         A = h_diff * (k * ctx.alpha)                             # ∂P/∂(H_e g_e)
         a = rows.apply(A)
-        h = _hessian_apply(c, p, a)
+        h = _hessian_apply(cp, p, a)
         pu, pa = (p * U).sum(1, keepdim=True), (p * a).sum(1, keepdim=True)
         G = rows.outer(h).add_(g_diff * (k * ctx.beta))          # ∂P/∂g_e
-        dp = c[:, None] * (a * U - a * pu - U * pa + rows.apply(G))
-        dl = p * (dp - (p * dp).sum(1, keepdim=True))            # ∂P/∂logits
+        # ∂P/∂p_i = c_i (a_i ⊙ (u_i − p_i·u_i) − u_i (p_i·a_i) + q_i), and the softmax's Jacobian
+        # times c_i is H_i: ∂P/∂logits_i = H_i (∂P/∂p_i / c_i)
+        dp = torch.addcmul(rows.apply(G), a, U - pu).addcmul_(U, pa, value=-1)
+        dl = _hessian_apply(cp, p, dp)
         d_features = d_weight = d_bias = None
         if ctx.needs_input_grad[0]:
             d_features = rows.weighted_sum([S, h, R, dl], [A[:, :, :d], g[:, :, :d], G[:, :, :d],

@@ -25,7 +25,7 @@ from typing import List, Optional
 import torch
 import torch.nn.functional as F
 
-from .common import check_labels, loss_rows
+from .common import RowDomains, check_labels, loss_rows
 
 _WORK = torch.float64
 # method="auto" takes the Gram form when it is the cheaper (``choose``) and
@@ -79,14 +79,14 @@ def _hessian_apply(c: torch.Tensor, p: torch.Tensor, u: torch.Tensor) -> torch.T
     return c[:, None] * (p * u - p * (p * u).sum(1, keepdim=True))
 
 
-def _within_domains(K: torch.Tensor, domain: torch.Tensor, offs: List[int]):
+def _within_domains(K: torch.Tensor, domains: RowDomains):
     """``X -> (Σ_{j∈e(i)} K_ij x_j)_i``: one batched GEMM over the diagonal blocks when the
     domains hold equal rows, else one GEMM with the pairs across domains masked out."""
-    E, N = len(offs) - 1, K.shape[0]
-    n = N // E if E > 1 and N % E == 0 and all(t - s == N // E for s, t in zip(offs, offs[1:])) else 0
+    E, N, n = domains.E, domains.N, domains.n
     if n:
-        blocks = torch.stack([K[s:s + n, s:s + n] for s in offs[:-1]])
+        blocks = torch.stack([K[s:s + n, s:s + n] for s in domains.offs[:-1]])
         return lambda X: torch.bmm(blocks, X.view(E, n, -1)).view(N, -1)
+    domain = domains.index
     masked = K * (domain[:, None] == domain[None, :])
     return lambda X: masked @ X
 
@@ -99,10 +99,10 @@ def hgp_terms(features: torch.Tensor, weight: torch.Tensor, bias: Optional[torch
     check_labels("hgp", labels, C, opts)
     device = features.device
     p = torch.softmax(F.linear(features, weight, bias).to(_WORK), 1)
-    c, t, domain = loss_rows(labels, offs, C, opts, _WORK, device)
+    c, t, domains = loss_rows(labels, offs, C, opts, _WORK, device)
     R = c[:, None] * p - t                                   # rows of g_e
     K, K_left = _Gram.apply(features.to(_WORK), bias is not None)
-    within = _within_domains(K, domain, offs)
+    within = _within_domains(K, domains)
     U = within(R)                                            # g_e z̃_i
     S = _hessian_apply(c, p, U)                              # rows of H_e g_e
     with torch.no_grad():
@@ -114,5 +114,5 @@ def hgp_terms(features: torch.Tensor, weight: torch.Tensor, bias: Optional[torch
     # ‖X_e − Y‖² = Σ_{i,j∈e} K_ij x_i·x_j − 2 Σ_{i∈e} x_i·(Y z̃_i) + ‖Y‖²
     per_row = torch.stack([(S * (within(S) - 2 * targets_z[:, :C])).sum(1),
                            (R * (U - 2 * targets_z[:, C:])).sum(1)], 1)
-    terms = torch.zeros(E, 2, dtype=_WORK, device=device).index_add_(0, domain, per_row) + norms
+    terms = domains.sum(per_row) + norms
     return terms[:, 0], terms[:, 1]
