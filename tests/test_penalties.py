@@ -110,6 +110,18 @@ def test_hgp_forms_agree_with_an_all_ignored_domain(sizes, reduction):
         assert_same(value, ops, (z, W, b))
 
 
+@pytest.mark.parametrize("method", ["gram", "fused"])
+def test_hgp_forms_pass_gradcheck(method):
+    """The hand-written backward of the fused form (and the Gram form's) against finite
+    differences of its own forward, in float64. With mean_target="mean_of_domains" the
+    detached targets are the means of g_e and H_e g_e, where Σ_e ‖x_e − mean‖² has zero
+    derivative in the mean, so detaching them changes nothing and finite differences apply
+    (with "mean_loss" they do not: test_hgp_backends_agree covers it)."""
+    z, W, b, y, off = problem(seed=12, C=3, d=4)
+    kw = dict(alpha=0.8, beta=0.2, mean_target="mean_of_domains", method=method, label_smoothing=0.1)
+    assert torch.autograd.gradcheck(lambda z, W, b: penalties.hgp(z, W, b, y, off, **kw), (z, W, b))
+
+
 def test_hgp_fused_form_gradient_subsets_and_layouts():
     """Frozen features or a frozen head (only the asked-for gradients), and non-contiguous
     features, against the autograd backend."""
