@@ -146,35 +146,59 @@ def test_hgp_auto_method_picks_the_cheaper_form():
         assert torch.equal(penalties.hgp(z, W, b, y, off), penalties.hgp(z, W, b, y, off, method=method))
 
 
-@pytest.mark.parametrize("mean_target", ["mean_loss", "mean_of_domains"])
-@pytest.mark.parametrize("method, head, grad_tol", [
-    ("gram", (16, 64, 10), 1e-3), ("fused", (16, 64, 10), 1e-3), ("ops", (16, 64, 10), 3e-2),
-    ("gram", (32, 512, 7), 1e-3), ("fused", (32, 512, 7), 1e-3)])
-def test_hgp_exact_when_domains_align(method, head, grad_tol, mean_target):
-    """Near-identical domains make ‖H_e g_e − T‖² small: the regime training drives towards.
-    The head's gradient there is a sum over domains that nearly cancels (Σ_e J_e (H_e g_e − T)
-    with Σ_e (H_e g_e − T) ≈ 0). From float32 inputs the Gram form (float64 inside) and the
-    fused form (H_e g_e − T formed from g_e − ḡ and centred blocks) stay within 1e-3 of the
-    float64 truth, value and gradients, at a small and at a DomainBed-sized head. The ops
-    form forms H_e g_e and T apart: its head gradient is off by 2.2e-2 on the small head
-    (and by 62-75% on the DomainBed one, as is the autograd backend's, by 180-210%)."""
-    n, d, C = head
-    g = torch.Generator().manual_seed(7)
+def aligned_problem(n, d, C, seed=7):
+    """Three nearly identical domains (features 1e-3 apart, same labels), float64: the regime
+    training drives the alignment penalties towards."""
+    g = torch.Generator().manual_seed(seed)
     base = torch.relu(torch.randn(n, d, generator=g, dtype=F64) + 0.5) * 2
     z64 = torch.cat([base + 1e-3 * torch.randn(n, d, generator=g, dtype=F64) for _ in range(3)])
     W64 = torch.randn(C, d, generator=g, dtype=F64) * d**-0.5
     b64 = torch.randn(C, generator=g, dtype=F64) * 0.1
     y = torch.randint(0, C, (n,), generator=g).repeat(3)
-    off = torch.tensor([0, n, 2 * n, 3 * n])
+    return (z64, W64, b64), y, torch.tensor([0, n, 2 * n, 3 * n])
+
+
+def float32_errors(penalty, head):
+    """Relative errors of the value and the gradients (features, weight, bias) from float32
+    inputs against the float64 computation."""
+    inputs64, y, off = aligned_problem(*head)
 
     def run(dtype):
-        inputs = [t.to(dtype).requires_grad_(True) for t in (z64, W64, b64)]
-        value = penalties.hgp(*inputs, y, off, 1.0, 1.0, method=method, mean_target=mean_target)
+        inputs = [t.to(dtype).requires_grad_(True) for t in inputs64]
+        value = penalty(*inputs, y, off)
         return [value, *torch.autograd.grad(value, inputs)]
 
-    errors = [((got.double() - truth).norm() / truth.norm()).item() for got, truth in zip(run(torch.float32), run(F64))]
+    return [((got.double() - truth).norm() / truth.norm()).item() for got, truth in zip(run(torch.float32), run(F64))]
+
+
+@pytest.mark.parametrize("mean_target", ["mean_loss", "mean_of_domains"])
+@pytest.mark.parametrize("method, head, grad_tol", [
+    ("gram", (16, 64, 10), 1e-3), ("fused", (16, 64, 10), 1e-3), ("ops", (16, 64, 10), 3e-2),
+    ("gram", (32, 512, 7), 1e-3), ("fused", (32, 512, 7), 1e-3)])
+def test_hgp_exact_when_domains_align(method, head, grad_tol, mean_target):
+    """Near-identical domains make ‖H_e g_e − T‖² small. The head's gradient there is a sum
+    over domains that nearly cancels (Σ_e J_e (H_e g_e − T) with Σ_e (H_e g_e − T) ≈ 0). From
+    float32 inputs the Gram form (float64 inside) and the fused form (H_e g_e − T formed from
+    g_e − ḡ and centred blocks) stay within 1e-3 of float64, value and gradients, at a small
+    and at a DomainBed-sized head. The ops form forms H_e g_e and T apart: its head gradient
+    is off by 2.2e-2 on the small head (by 62-75% on the DomainBed one; the autograd
+    backend's by 180-210%)."""
+    errors = float32_errors(lambda *a: penalties.hgp(*a, 1.0, 1.0, method=method, mean_target=mean_target), head)
     assert errors[0] < 1e-3 and errors[1] < 1e-3, errors      # value, features
     assert max(errors[2:]) < grad_tol, errors                  # weight, bias
+
+
+@pytest.mark.parametrize("head", [(16, 64, 10), (32, 512, 7)], ids=["small", "domainbed"])
+@pytest.mark.parametrize("penalty", ["hutchinson_exact", "full"])
+def test_exact_alignment_penalties_when_domains_align(penalty, head):
+    """The exact-diagonal Hutchinson penalty (its deviations by _sqdev: its head gradient was
+    off by 10-17% against a detached mean) and the whole-Hessian alignment (its E×E inner
+    products in float64: value off by 26-160% and gradients by 60-300% in float32) stay within
+    1e-3 of float64 from float32 inputs on nearly identical domains."""
+    fn = {"hutchinson_exact": lambda *a: penalties.hutchinson(*a, 1.0, 1.0, num_probes=None),
+          "full": lambda *a: penalties.hessian_alignment_full(*a, 1.0, 1.0)}[penalty]
+    errors = float32_errors(fn, head)
+    assert max(errors) < 1e-3, errors
 
 
 def test_hgp_mean_targets_differ():

@@ -85,6 +85,17 @@ def _sqdist(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a - b).pow(2).flatten(1).sum(1)
 
 
+def _sqdev(x: torch.Tensor) -> torch.Tensor:
+    """Σ over the parameter block of (x_e − mean_e x)², per leading index, with the mean attached
+    and taken twice: the value and gradient of ``_sqdist`` against a detached mean (the mean's
+    own derivative term vanishes), but a gradient whose sum over e cancels to the rounding of
+    the deviations. Near-aligned domains make the head's gradient ``Σ_e J_e (x_e − x̄)`` with
+    ``J_e`` nearly equal, so a common part left by rounding ``x̄`` alone would dominate it."""
+    dev = x - x.mean(0, keepdim=True)
+    dev = dev - dev.mean(0, keepdim=True)
+    return dev.pow(2).flatten(1).sum(1)
+
+
 def _result(penalty, hess_terms, grad_terms, return_terms):
     if not return_terms:
         return penalty

@@ -10,7 +10,7 @@ from torch import autograd
 from . import hgp_gram
 from .hgp_fused import hgp_fused
 from .autograd_reference import _autograd_domain_grads, _autograd_hvp_by_norm
-from .common import _check, _flat, _ops, _params, _result, _sqdist, loss_options
+from .common import _check, _flat, _ops, _params, _result, _sqdev, _sqdist, loss_options
 
 _MEAN_TARGETS = ("mean_loss", "mean_of_domains")
 _HGP_METHODS = ("auto", "gram", "fused", "ops")
@@ -88,7 +88,11 @@ def hgp(features: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
         else:
             target = hg.detach().mean(0)
 
-    hess_terms = _sqdist(hg, target[None])
-    grad_terms = _sqdist(g, g_bar[None])
+    if backend == "kernel":  # the targets that are means: _sqdev (exact gradients near alignment)
+        hess_terms = _sqdev(hg) if mean_target == "mean_of_domains" else _sqdist(hg, target[None])
+        grad_terms = _sqdev(g)
+    else:
+        hess_terms = _sqdist(hg, target[None])
+        grad_terms = _sqdist(g, g_bar[None])
     penalty = (alpha * hess_terms + beta * grad_terms).sum() / E
     return _result(penalty, hess_terms, grad_terms, return_terms)

@@ -8,7 +8,7 @@ import torch
 from torch import autograd
 
 from .autograd_reference import _autograd_domain_grads, hutchinson_diag_autograd
-from .common import _check, _flat, _ops, _params, _result, _sqdist, loss_options
+from .common import _check, _flat, _ops, _params, _result, _sqdev, _sqdist, loss_options
 
 
 def _mean_seed(seed: int) -> int:
@@ -45,15 +45,16 @@ def hutchinson(features: torch.Tensor, weight: torch.Tensor, bias: Optional[torc
     if backend == "kernel":
         ops = _ops()
         g = ops.head_grad(features, weight, bias, labels, offsets, **opts)
+        grad_terms = _sqdev(g)  # ḡ is the mean: _sqdev keeps the gradient exact near alignment
         if num_probes is None:
-            d = ops.head_hessian_diag(features, weight, bias, offsets, labels=labels, **opts)
-            d_bar = d.detach().mean(0)
+            hess_terms = _sqdev(ops.head_hessian_diag(features, weight, bias, offsets, labels=labels, **opts))
         else:
             d = ops.hutchinson_diag(features, weight, bias, offsets, int(num_probes), int(seed), labels=labels, **opts)
             with torch.no_grad():
                 d_bar = ops.hutchinson_diag(features.detach(), weight.detach(),
                                             None if bias is None else bias.detach(), offsets, int(num_probes),
                                             _mean_seed(seed), labels=labels, **opts).mean(0)
+            hess_terms = _sqdist(d, d_bar[None])
     else:
         W, b, params = _params(weight, bias)
         losses, grads = _autograd_domain_grads(features, W, b, params, labels, offs, opts)
@@ -66,9 +67,7 @@ def hutchinson(features: torch.Tensor, weight: torch.Tensor, bias: Optional[torc
         else:
             gen_bar = torch.Generator().manual_seed(_mean_seed(seed))
             d_bar = hutchinson_diag_autograd(mean_parts, params, num_probes, gen_bar, create_graph=False).detach()
-    g_bar = g.detach().mean(0)
-
-    hess_terms = _sqdist(d, d_bar[None])
-    grad_terms = _sqdist(g, g_bar[None])
+        hess_terms = _sqdist(d, d_bar[None])
+        grad_terms = _sqdist(g, g.detach().mean(0)[None])
     penalty = (alpha * hess_terms + beta * grad_terms).sum() / E
     return _result(penalty, hess_terms, grad_terms, return_terms)
