@@ -9,7 +9,8 @@
 #      kernels, copies and syncs per call; device, event and host time);
 #   5. benchmarks: --quick (the targets: two DomainBed heads, the large head, bf16 HVP, fusion),
 #      the bf16 large-head HVP again with the aligned GEMM rows off (HESSALIGN_ALIGN_ROWS=0),
-#      then the penalty steps at all 16 DomainBed heads, then every op at five more heads,
+#      then the HGP step and the Hutchinson steps at all 16 DomainBed heads, then every op at
+#      five more heads,
 #      each with its share of the time that is left (the scaling series: run.py --only-tags
 #      scaling-C,scaling-N,scaling-K,scaling-E on a longer lease).
 # Results go to $OUT (device tool) or benchmarks/results/gpu_<date>/ (at most 8 files, so the
@@ -90,8 +91,13 @@ OPS=domain_losses,head_grad,head_hvp,head_hessian_diag,head_hessian_trace,head_h
 phase_end() { echo $(( ALL - (ALL - ($(date +%s) - T0)) * $1 / 100 )); }  # keep $1 % of what is left for later
 DEADLINE_S=$(phase_end 55); bench --quick --dtype bfloat16,float32
 # A/B of the aligned GEMM rows (head_problem.h) at the large bf16 head: the same HVP with them off.
+# Its JSON is dropped (its table is in benchmark.log): $OUT returns at most 8 files.
 DEADLINE_S=$(phase_end 75); HESSALIGN_ALIGN_ROWS=0 bench --quick --dtype bfloat16 --only head_hvp --only-tags large
-DEADLINE_S=$(phase_end 40); bench --only-tags domainbed --only hgp_step,hutchinson_step,hutchinson_exact_step --dtype float32
+rm -f "$RESULTS"/*_cuda_quick_large_head_hvp_bfloat16.json
+# The HGP step first (ms per call; its fused form is new since the last GPU run), then the
+# Hutchinson steps, whose autograd reference with 300 probes takes seconds per call.
+DEADLINE_S=$(phase_end 75); bench --only-tags domainbed --only hgp_step --dtype float32
+DEADLINE_S=$(phase_end 40); bench --only-tags domainbed --only hutchinson_step,hutchinson_exact_step --dtype float32
 DEADLINE_S=$ALL; bench --only-tags domainbed --dtype float32 --only $OPS \
   --only-shapes E3xn32_d2048_C65,E5xn32_d512_C345,E5xn32_d2048_C7,E5xn32_d2048_C345,E3xn32_d512_C2
 grep -A14 "^## Targets" "$RESULTS/benchmark.log" | head -60
