@@ -122,6 +122,19 @@ def test_hgp_forms_pass_gradcheck(method):
     assert torch.autograd.gradcheck(lambda z, W, b: penalties.hgp(z, W, b, y, off, **kw), (z, W, b))
 
 
+def test_hgp_fused_form_under_torch_compile():
+    """torch.compile (aot_eager; the offsets and the label check break the graph) around the
+    fused form's custom autograd.Function: value and gradients equal eager."""
+    z, W, b, y, off = problem(seed=13, C=4)
+
+    def step(z, W, b):
+        return penalties.hgp(z, W, b, y, off, 0.5, 0.5, method="fused")
+
+    eager = step(z, W, b)
+    compiled = torch.compile(step, backend="aot_eager")(z, W, b)
+    assert_same(compiled, eager, (z, W, b))
+
+
 def test_hgp_fused_form_gradient_subsets_and_layouts():
     """Frozen features or a frozen head (only the asked-for gradients), and non-contiguous
     features, against the autograd backend."""
