@@ -122,6 +122,16 @@ def test_hgp_forms_pass_gradcheck(method):
     assert torch.autograd.gradcheck(lambda z, W, b: penalties.hgp(z, W, b, y, off, **kw), (z, W, b))
 
 
+def test_hgp_forms_with_no_rows():
+    """A batch with no rows at all (two empty domains): every form gives 0 and zero gradients."""
+    z, W, b, y, off = problem(seed=14, sizes=(0, 0))
+    for method in ("gram", "fused", "ops"):
+        value = penalties.hgp(z, W, b, y, off, method=method)
+        assert value.item() == 0
+        for grad, like in zip(grads(value, (z, W, b)), (z, W, b)):
+            assert grad.shape == like.shape and not grad.any()
+
+
 def test_hgp_fused_form_under_torch_compile():
     """torch.compile (aot_eager; the offsets and the label check break the graph) around the
     fused form's custom autograd.Function: value and gradients equal eager."""

@@ -113,7 +113,7 @@ def _hessian_apply(cp: torch.Tensor, p: torch.Tensor, u: torch.Tensor) -> torch.
     """Rows of ``H_i u_i = c_i p_i ⊙ (u_i − p_i · u_i)`` from ``cp = c ⊙ p``; ``u`` may hold
     several C-blocks."""
     C = p.shape[1]
-    u3 = u.view(u.shape[0], -1, C)
+    u3 = u.view(u.shape[0], u.shape[1] // C, C)
     return (cp[:, None, :] * (u3 - (p[:, None, :] * u3).sum(2, keepdim=True))).view(u.shape)
 
 
