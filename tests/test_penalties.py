@@ -132,6 +132,20 @@ def test_hgp_forms_with_no_rows():
             assert grad.shape == like.shape and not grad.any()
 
 
+@pytest.mark.parametrize("sizes", [(4, 4, 4), SIZES], ids=["equal", "unequal"])
+def test_loss_rows_without_labels(sizes):
+    """No labels: every row weighs 1, c_i = 1/D_e (D_e its domain's rows), t = 0, whatever
+    the label smoothing (DESIGN.md §1, as the curvature ops without labels)."""
+    from hessalign_ext.penalties.common import loss_options, loss_rows
+
+    offs = torch.tensor([0, *torch.tensor(sizes).cumsum(0).tolist()]).tolist()
+    c, t, domains = loss_rows(None, offs, 3, loss_options(label_smoothing=0.3), F64, torch.device("cpu"))
+    expected = torch.cat([torch.full((n,), 1.0 / n, dtype=F64) for n in sizes])
+    assert_close(c, expected)
+    assert not t.any() and t.shape == (sum(sizes), 3)
+    assert_close(domains.sum(c), torch.ones(len(sizes), dtype=F64))
+
+
 def test_hgp_fused_form_under_torch_compile():
     """torch.compile (aot_eager; the offsets and the label check break the graph) around the
     fused form's custom autograd.Function: value and gradients equal eager."""

@@ -195,6 +195,6 @@ def loss_rows(labels: Optional[torch.Tensor], offs, num_classes: int, opts: dict
     t = torch.zeros(N, C, dtype=dtype, device=device)
     if y is not None:
         t.scatter_(1, y[:, None], a[:, None])
-    if eps:
-        t = t + b[:, None] * (1.0 if w is None else w[None, :])
+        if eps:
+            t = t + b[:, None] * (1.0 if w is None else w[None, :])
     return c, t, domains
