@@ -85,15 +85,28 @@ def _sqdist(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a - b).pow(2).flatten(1).sum(1)
 
 
+def centred(blocks: torch.Tensor) -> torch.Tensor:
+    """``x_e − mean_e x``, the mean attached and subtracted twice, so that the deviations sum
+    over e to their own rounding: near-aligned domains make the head's gradient
+    ``Σ_e J_e (x_e − x̄)`` with ``J_e`` nearly equal, where a common part left by rounding ``x̄``
+    alone would dominate it. Differentiable: its gradient is the (projected) deviations, as
+    against a detached mean, whose own derivative term vanishes."""
+    dev = blocks - blocks.mean(0)
+    return dev.sub_(dev.mean(0))
+
+
 def _sqdev(x: torch.Tensor) -> torch.Tensor:
-    """Σ over the parameter block of (x_e − mean_e x)², per leading index, with the mean attached
-    and taken twice: the value and gradient of ``_sqdist`` against a detached mean (the mean's
-    own derivative term vanishes), but a gradient whose sum over e cancels to the rounding of
-    the deviations. Near-aligned domains make the head's gradient ``Σ_e J_e (x_e − x̄)`` with
-    ``J_e`` nearly equal, so a common part left by rounding ``x̄`` alone would dominate it."""
-    dev = x - x.mean(0, keepdim=True)
-    dev = dev - dev.mean(0, keepdim=True)
-    return dev.pow(2).flatten(1).sum(1)
+    """Σ over the parameter block of (x_e − mean_e x)², per leading index (``centred``): the
+    value and gradient of ``_sqdist`` against a detached mean, exact near alignment."""
+    return centred(x).pow(2).flatten(1).sum(1)
+
+
+def hessian_apply(cp: torch.Tensor, p: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Rows of ``H_i u_i = c_i p_i ⊙ (u_i − p_i · u_i)`` from ``cp = c ⊙ p``; ``u`` may hold
+    several C-blocks side by side."""
+    C = p.shape[1]
+    u3 = u.view(u.shape[0], u.shape[1] // C, C)
+    return (cp[:, None, :] * (u3 - (p[:, None, :] * u3).sum(2, keepdim=True))).view(u.shape)
 
 
 def _result(penalty, hess_terms, grad_terms, return_terms):
@@ -120,13 +133,6 @@ def check_labels(op: str, labels: torch.Tensor, num_classes: int, opts: dict) ->
         raise ValueError(f"{op}: class_weight must be 1-D of length C = {num_classes}; got shape {tuple(w.shape)}")
 
 
-def equal_rows(offs) -> int:
-    """n when each of the E domains holds the same n > 0 rows, else 0."""
-    E, N = len(offs) - 1, offs[-1]
-    n = N // E
-    return n if n and all(t - s == n for s, t in zip(offs, offs[1:])) else 0
-
-
 def _row_domains(offs, device: torch.device) -> torch.Tensor:
     """Each row's domain index (N,), built on the host and copied once (asynchronously on CUDA:
     from pinned memory, where a device-side repeat_interleave takes a blocking copy and a scan)."""
@@ -143,7 +149,9 @@ class RowDomains:
 
     def __init__(self, offs, device: torch.device):
         self.offs, self.device = offs, device
-        self.E, self.N, self.n = len(offs) - 1, offs[-1], equal_rows(offs)
+        self.E, self.N = len(offs) - 1, offs[-1]
+        n = self.N // self.E
+        self.n = n if n and all(t - s == n for s, t in zip(offs, offs[1:])) else 0  # 0: unequal
         self._index = None
 
     @property

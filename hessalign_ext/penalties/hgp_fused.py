@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from .common import check_labels, equal_rows, loss_rows
+from .common import RowDomains, centred, check_labels, hessian_apply, loss_rows
 
 
 class _Rows:
@@ -40,9 +40,9 @@ class _Rows:
     the domains hold equal rows, one GEMM per domain otherwise. The bias column of a block
     multiplies the implicit 1 of ``z̃_i``: no augmented copy of the features."""
 
-    def __init__(self, X: torch.Tensor, offs: List[int], bias: bool):
-        self.X, self.offs, self.bias = X, offs, bias
-        self.E, (self.N, self.d), self.n = len(offs) - 1, X.shape, equal_rows(offs)
+    def __init__(self, X: torch.Tensor, domains: RowDomains, bias: bool):
+        self.X, self.offs, self.bias = X, domains.offs, bias
+        self.E, self.N, self.n, self.d = domains.E, domains.N, domains.n, X.shape[1]
 
     def spans(self):
         return zip(self.offs, self.offs[1:])
@@ -101,51 +101,35 @@ class _Rows:
         return out
 
 
-def _centred(blocks: torch.Tensor) -> torch.Tensor:
-    """``X_e − mean_e X_e``, centred twice so that the deviations sum to zero to their own
-    rounding: the head's gradient is ``Σ_e J_e (X_e − mean)``, whose common part ``J Σ_e``
-    must cancel where the domains align."""
-    dev = blocks - blocks.mean(0)
-    return dev.sub_(dev.mean(0))
-
-
-def _hessian_apply(cp: torch.Tensor, p: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """Rows of ``H_i u_i = c_i p_i ⊙ (u_i − p_i · u_i)`` from ``cp = c ⊙ p``; ``u`` may hold
-    several C-blocks."""
-    C = p.shape[1]
-    u3 = u.view(u.shape[0], u.shape[1] // C, C)
-    return (cp[:, None, :] * (u3 - (p[:, None, :] * u3).sum(2, keepdim=True))).view(u.shape)
-
-
 class _FusedHGP(torch.autograd.Function):
     """(penalty, per-domain Hessian terms, per-domain gradient terms); only the penalty has a gradient."""
 
     @staticmethod
-    def forward(ctx, features, weight, bias, c, t, offs, alpha, beta, mean_loss):
-        E, C = len(offs) - 1, weight.shape[0]
+    def forward(ctx, features, weight, bias, c, t, domains, alpha, beta, mean_loss):
+        E, C = domains.E, weight.shape[0]
         features = features.contiguous()
-        rows = _Rows(features, offs, bias is not None)
+        rows = _Rows(features, domains, bias is not None)
         p = torch.softmax(F.linear(features, weight, bias), 1)
         cp = c[:, None] * p
         R = cp - t
         g = rows.outer(R)                                        # g_e
         g_bar = g.mean(0)
-        g_diff = _centred(g)                                     # g_e − ḡ
+        g_diff = centred(g)                                     # g_e − ḡ
         # u_i = ū_i + (g_e − ḡ) z̃_i: one rounding of ū_i shared by H_e g_e and the target, whose
         # difference is then formed from small terms (separate roundings of u_i and ū_i would
         # dominate it where the domains align).
         g_bar_w, g_bar_b = (g_bar[:, :-1], g_bar[:, -1]) if bias is not None else (g_bar, None)
         U_bar, U_diff = F.linear(features, g_bar_w, g_bar_b), rows.apply(g_diff)
-        S_bar, S_diff = _hessian_apply(cp, p, torch.cat([U_bar, U_diff], 1)).split(C, 1)
+        S_bar, S_diff = hessian_apply(cp, p, torch.cat([U_bar, U_diff], 1)).split(C, 1)
         U, S = U_bar + U_diff, S_bar + S_diff
         h_bar, h_gap = rows.outer(torch.cat([S_bar, S_diff], 1)).split(C, 1)   # H_e ḡ, H_e (g_e − ḡ)
         # H_e g_e − T with T = H̄ḡ = mean_e H_e ḡ (mean_loss) or mean_e H_e g_e (mean_of_domains)
-        h_diff = _centred(h_bar).add_(h_gap if mean_loss else _centred(h_gap))
+        h_diff = centred(h_bar).add_(h_gap if mean_loss else centred(h_gap))
         hess_terms = torch.linalg.vector_norm(h_diff, dim=(1, 2)).square()
         grad_terms = torch.linalg.vector_norm(g_diff, dim=(1, 2)).square()
         penalty = (alpha * hess_terms + beta * grad_terms).sum() / E
         ctx.save_for_backward(features, weight, bias, cp, p, R, U, S, g, h_diff, g_diff)
-        ctx.offs, ctx.alpha, ctx.beta = offs, alpha, beta
+        ctx.domains, ctx.alpha, ctx.beta = domains, alpha, beta
         ctx.mark_non_differentiable(hess_terms, grad_terms)
         return penalty, hess_terms, grad_terms
 
@@ -153,18 +137,18 @@ class _FusedHGP(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, d_penalty, _hess_terms, _grad_terms):
         features, weight, bias, cp, p, R, U, S, g, h_diff, g_diff = ctx.saved_tensors
-        E, d = len(ctx.offs) - 1, features.shape[1]
-        rows = _Rows(features, ctx.offs, bias is not None)
+        E, d = ctx.domains.E, features.shape[1]
+        rows = _Rows(features, ctx.domains, bias is not None)
         k = d_penalty * (2.0 / E)
         A = h_diff * (k * ctx.alpha)                             # ∂P/∂(H_e g_e)
         a = rows.apply(A)
-        h = _hessian_apply(cp, p, a)
+        h = hessian_apply(cp, p, a)
         pu, pa = (p * U).sum(1, keepdim=True), (p * a).sum(1, keepdim=True)
         G = rows.outer(h).add_(g_diff * (k * ctx.beta))          # ∂P/∂g_e
         # ∂P/∂p_i = c_i (a_i ⊙ (u_i − p_i·u_i) − u_i (p_i·a_i) + q_i), and the softmax's Jacobian
         # times c_i is H_i: ∂P/∂logits_i = H_i (∂P/∂p_i / c_i)
         dp = torch.addcmul(rows.apply(G), a, U - pu).addcmul_(U, pa, value=-1)
-        dl = _hessian_apply(cp, p, dp)
+        dl = hessian_apply(cp, p, dp)
         d_features = d_weight = d_bias = None
         if ctx.needs_input_grad[0]:
             d_features = rows.weighted_sum([S, h, R, dl], [A[:, :, :d], g[:, :, :d], G[:, :, :d],
@@ -186,5 +170,5 @@ def hgp_fused(features: torch.Tensor, weight: torch.Tensor, bias: Optional[torch
                              f"{features.device}); got {tensor.dtype} on {tensor.device}")
     C = weight.shape[0]
     check_labels("hgp", labels, C, opts)
-    c, t, _ = loss_rows(labels, offs, C, opts, features.dtype, features.device)
-    return _FusedHGP.apply(features, weight, bias, c, t, offs, float(alpha), float(beta), mean_target == "mean_loss")
+    c, t, domains = loss_rows(labels, offs, C, opts, features.dtype, features.device)
+    return _FusedHGP.apply(features, weight, bias, c, t, domains, float(alpha), float(beta), mean_target == "mean_loss")

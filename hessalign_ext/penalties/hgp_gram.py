@@ -25,7 +25,7 @@ from typing import List, Optional
 import torch
 import torch.nn.functional as F
 
-from .common import RowDomains, check_labels, loss_rows
+from .common import RowDomains, check_labels, hessian_apply, loss_rows
 
 _WORK = torch.float64
 # method="auto" takes the Gram form when it is the cheaper (``choose``) and
@@ -74,11 +74,6 @@ class _Gram(torch.autograd.Function):
         return (dK + dK.t() + dK_left) @ Z, None
 
 
-def _hessian_apply(c: torch.Tensor, p: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """Rows of ``H_i u_i = c_i (p_i ⊙ u_i − p_i (p_i · u_i))``."""
-    return c[:, None] * (p * u - p * (p * u).sum(1, keepdim=True))
-
-
 def _within_domains(K: torch.Tensor, domains: RowDomains):
     """``X -> (Σ_{j∈e(i)} K_ij x_j)_i``: one batched GEMM over the diagonal blocks when the
     domains hold equal rows, else one GEMM with the pairs across domains masked out."""
@@ -100,15 +95,16 @@ def hgp_terms(features: torch.Tensor, weight: torch.Tensor, bias: Optional[torch
     device = features.device
     p = torch.softmax(F.linear(features, weight, bias).to(_WORK), 1)
     c, t, domains = loss_rows(labels, offs, C, opts, _WORK, device)
-    R = c[:, None] * p - t                                   # rows of g_e
+    cp = c[:, None] * p
+    R = cp - t                                               # rows of g_e
     K, K_left = _Gram.apply(features.to(_WORK), bias is not None)
     within = _within_domains(K, domains)
     U = within(R)                                            # g_e z̃_i
-    S = _hessian_apply(c, p, U)                              # rows of H_e g_e
+    S = hessian_apply(cp, p, U)                              # rows of H_e g_e
     with torch.no_grad():
         rho = R / E                                          # rows of ḡ
         g_bar_z = K @ rho                                    # ḡ z̃_i
-        tau = (_hessian_apply(c, p, g_bar_z) if mean_target == "mean_loss" else S) / E  # rows of T
+        tau = (hessian_apply(cp, p, g_bar_z) if mean_target == "mean_loss" else S) / E  # rows of T
         norms = torch.stack([(tau * (K @ tau)).sum(), (rho * g_bar_z).sum()])            # ‖T‖², ‖ḡ‖²
     targets_z = K_left @ torch.cat([tau, rho], 1)            # (T z̃_i, ḡ z̃_i), only z̃_i attached
     # ‖X_e − Y‖² = Σ_{i,j∈e} K_ij x_i·x_j − 2 Σ_{i∈e} x_i·(Y z̃_i) + ‖Y‖²
