@@ -8,7 +8,7 @@ so that a missing __syncthreads changes a result.
 
 Kernels covered: rows_kernel (every row functor of csrc/math/), elements_kernel
 (RademacherFillOp, ProbeDiagAccumulateOp, ProbeUpstreamOp, InnerPairOp, InnerPairBackwardOp), softmax_stats_kernel,
-segment_sum_kernel, ce_coeffs_kernel.
+segment_sum_kernel, ce_coeffs_kernel, domain_stats_kernel (with and without the domain losses).
 Not emulated, covered only by the real CUDA tests of scripts/gpu_check.sh on a GPU: the cuBLAS
 GEMMs (ATen runs them on the CPU here), streams and device guards, float16/bfloat16 kernels.
 """
@@ -48,6 +48,11 @@ SHAPES = {
     # a domain of more rows than a block has threads: every warp of the per-domain block
     # reductions (segment_sum_kernel, ce_coeffs_kernel) holds a nonzero partial sum
     "long_domain_300": ([300, 7], 3, 2, True),
+    # one tile, but a domain of more than 2^16 logits: the separate coefficient and
+    # softmax-statistics kernels instead of domain_stats_kernel (CudaKernelsT::fuse_domain_stats)
+    "past_fused_limit": ([300, 7], 250, 5, True),
+    # more domains than travel inline in the launch arguments (math/domains.h): offsets on the device
+    "many_domains_70": ([2, 0, 1] * 23 + [1], 3, 4, True),
 }
 OPS = ["domain_losses", "head_grad", "head_hvp", "head_hessian_diag", "head_hessian_trace", "head_hessian_inner",
        "hutchinson_diag", "hutchinson_trace"]

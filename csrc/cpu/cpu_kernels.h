@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "../math/cross_entropy.h"
+#include "../math/domains.h"
 #include "../math/softmax.h"
 
 namespace hessalign {
@@ -22,6 +23,7 @@ struct CpuKernels {
   static constexpr bool kCacheProbs = true;
   static constexpr int kStreamWidth = 64;  // columns per item of the streaming ops: SIMD-friendly loops
   static constexpr bool kAlignRows = false;  // BLAS runs unaligned rows at full rate (head_problem.h)
+  static constexpr bool kFusedDomainStats = false;  // no launches to save: the separate passes
   static int guard(const at::Tensor&) { return 0; }
   static CpuKernels current() { return {}; }
   static int64_t default_tile_bytes(const at::Tensor&) { return int64_t(256) << 20; }
@@ -72,24 +74,24 @@ struct CpuKernels {
 
   // out[e] = Σ_{i in domain e} vals[i]
   template <class acc_t>
-  void segment_sum(const acc_t* vals, const int64_t* offsets, index_t E, acc_t* out) const {
-    for (index_t e = 0; e < E; ++e) {
+  void segment_sum(const acc_t* vals, const DomainOffsets& off, acc_t* out) const {
+    for (index_t e = 0; e < off.E; ++e) {
       acc_t s = 0;
-      for (index_t i = offsets[e]; i < offsets[e + 1]; ++i) s += vals[i];
+      for (index_t i = off(e); i < off(e + 1); ++i) s += vals[i];
       out[e] = s;
     }
   }
 
   // (c, a, b) of every row: the domain's denominator, then each row (math/cross_entropy.h).
   template <class acc_t>
-  void ce_coeffs(const CeParams<acc_t>& p, const int64_t* offsets, index_t E, acc_t* c, acc_t* a, acc_t* b) const {
-    for (index_t e = 0; e < E; ++e) {
+  void ce_coeffs(const CeParams<acc_t>& p, const DomainOffsets& off, acc_t* c, acc_t* a, acc_t* b) const {
+    for (index_t e = 0; e < off.E; ++e) {
       acc_t denom = 1;
       if (!p.sum) {
         denom = 0;
-        for (index_t i = offsets[e]; i < offsets[e + 1]; ++i) denom += ce_denominator_term(p, i);
+        for (index_t i = off(e); i < off(e + 1); ++i) denom += ce_denominator_term(p, i);
       }
-      for (index_t i = offsets[e]; i < offsets[e + 1]; ++i) ce_row_coeffs(p, i, denom, c, a, b);
+      for (index_t i = off(e); i < off(e + 1); ++i) ce_row_coeffs(p, i, denom, c, a, b);
     }
   }
 

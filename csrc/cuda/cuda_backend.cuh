@@ -5,6 +5,7 @@
 #include <c10/cuda/CUDAGuard.h>
 
 #include "cuda_kernels.h"
+#include "domain_stats_kernels.cuh"
 #include "row_kernels.cuh"
 #include "segment_kernels.cuh"
 #include "softmax_kernels.cuh"

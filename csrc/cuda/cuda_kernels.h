@@ -7,6 +7,7 @@
 #include <c10/util/Exception.h>
 
 #include "../math/cross_entropy.h"
+#include "../math/domains.h"
 
 struct CUstream_st;
 using cudaStream_t = CUstream_st*;
@@ -19,10 +20,13 @@ template <class scalar_t, class acc_t>
 int launch_softmax_stats(const scalar_t* L, index_t N, index_t T, acc_t* M, acc_t* S, bool first, acc_t* lse,
                          cudaStream_t stream);
 template <class acc_t>
-int launch_segment_sum(const acc_t* vals, const int64_t* offsets, index_t E, acc_t* out, cudaStream_t stream);
+int launch_segment_sum(const acc_t* vals, const DomainOffsets& off, acc_t* out, cudaStream_t stream);
 template <class acc_t>
-int launch_ce_coeffs(const CeParams<acc_t>& p, const int64_t* offsets, index_t E, acc_t* c, acc_t* a, acc_t* b,
+int launch_ce_coeffs(const CeParams<acc_t>& p, const DomainOffsets& off, acc_t* c, acc_t* a, acc_t* b,
                      cudaStream_t stream);
+template <class scalar_t, class acc_t>
+int launch_domain_stats(const CeParams<acc_t>& p, const DomainOffsets& off, const scalar_t* L, index_t C, acc_t* c,
+                        acc_t* a, acc_t* b, acc_t* lse, acc_t* loss, cudaStream_t stream);
 
 template <bool kReduced>
 struct CudaKernelsT {
@@ -30,6 +34,11 @@ struct CudaKernelsT {
   static constexpr bool kCacheProbs = false;  // the GPU's exp is cheaper than a pass over N×C
   static constexpr int kStreamWidth = 1;  // columns per thread of the streaming ops: coalesced loads
   static constexpr bool kAlignRows = true;  // cuBLAS's fast kernels need aligned rows (head_problem.h)
+  // One launch for the coefficients, log-sum-exps and domain losses (domain_stats_kernels.cuh)
+  // where the largest domain holds max_rows·C ≤ 2^16 logits: its block's threads then run
+  // at most 256 exps each, while larger domains need the row-parallel kernels' whole grid.
+  static constexpr bool kFusedDomainStats = true;
+  static bool fuse_domain_stats(index_t max_rows, index_t C) { return max_rows * C <= (index_t(1) << 16); }
   // The memory rule's default budget (host/head_problem.h); CudaKernels takes its GPU's share.
   static int64_t default_tile_bytes(const at::Tensor&) { return int64_t(256) << 20; }
   cudaStream_t stream;
@@ -47,12 +56,17 @@ struct CudaKernelsT {
     if (N > 0) check(launch_softmax_stats(L, N, T, M, S, first, lse, stream), "softmax_stats_kernel");
   }
   template <class acc_t>
-  void segment_sum(const acc_t* vals, const int64_t* offsets, index_t E, acc_t* out) const {
-    check(launch_segment_sum(vals, offsets, E, out, stream), "segment_sum_kernel");
+  void segment_sum(const acc_t* vals, const DomainOffsets& off, acc_t* out) const {
+    check(launch_segment_sum(vals, off, out, stream), "segment_sum_kernel");
   }
   template <class acc_t>
-  void ce_coeffs(const CeParams<acc_t>& p, const int64_t* offsets, index_t E, acc_t* c, acc_t* a, acc_t* b) const {
-    check(launch_ce_coeffs(p, offsets, E, c, a, b, stream), "ce_coeffs_kernel");
+  void ce_coeffs(const CeParams<acc_t>& p, const DomainOffsets& off, acc_t* c, acc_t* a, acc_t* b) const {
+    check(launch_ce_coeffs(p, off, c, a, b, stream), "ce_coeffs_kernel");
+  }
+  template <class scalar_t, class acc_t>
+  void domain_stats(const CeParams<acc_t>& p, const DomainOffsets& off, const scalar_t* L, index_t C, acc_t* c,
+                    acc_t* a, acc_t* b, acc_t* lse, acc_t* loss) const {
+    check(launch_domain_stats(p, off, L, C, c, a, b, lse, loss, stream), "domain_stats_kernel");
   }
 
  private:

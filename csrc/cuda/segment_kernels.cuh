@@ -3,30 +3,32 @@
 // over the domain's rows.
 #pragma once
 #include "../math/cross_entropy.h"
+#include "../math/domains.h"
 #include "common.cuh"
 
 namespace hessalign {
 
 template <class acc_t>
-__global__ void __launch_bounds__(kBlock) segment_sum_kernel(const acc_t* vals, const int64_t* offsets, acc_t* out) {
+__global__ void __launch_bounds__(kBlock) segment_sum_kernel(const acc_t* vals, DomainOffsets off, acc_t* out) {
   const index_t e = blockIdx.x;
   acc_t s = 0;
-  for (index_t i = offsets[e] + threadIdx.x; i < offsets[e + 1]; i += blockDim.x) s += vals[i];
+  for (index_t i = off(e) + threadIdx.x; i < off(e + 1); i += blockDim.x) s += vals[i];
   s = block_reduce_sum(s);
   if (threadIdx.x == 0) out[e] = s;
 }
 
 template <class acc_t>
-int launch_segment_sum(const acc_t* vals, const int64_t* offsets, index_t E, acc_t* out, cudaStream_t stream) {
-  CUDA_LAUNCH((segment_sum_kernel<acc_t>), unsigned(E), kBlock, 0, stream, vals, offsets, out);
+int launch_segment_sum(const acc_t* vals, const DomainOffsets& off, acc_t* out, cudaStream_t stream) {
+  CUDA_LAUNCH((segment_sum_kernel<acc_t>), unsigned(off.E), kBlock, 0, stream, vals, off, out);
   return int(cudaGetLastError());
 }
 
+// The coefficients of rows begin .. end-1 (one domain), by the whole block: the domain's
+// denominator, then each row. Every thread of the block must call it.
 template <class acc_t>
-__global__ void __launch_bounds__(kBlock) ce_coeffs_kernel(CeParams<acc_t> p, const int64_t* offsets, acc_t* c, acc_t* a,
-                                                           acc_t* b) {
+__device__ __forceinline__ void domain_ce_coeffs(const CeParams<acc_t>& p, index_t begin, index_t end, acc_t* c,
+                                                 acc_t* a, acc_t* b) {
   __shared__ acc_t denom;
-  const index_t e = blockIdx.x, begin = offsets[e], end = offsets[e + 1];
   acc_t s = 0;
   if (!p.sum)
     for (index_t i = begin + threadIdx.x; i < end; i += blockDim.x) s += ce_denominator_term(p, i);
@@ -37,9 +39,15 @@ __global__ void __launch_bounds__(kBlock) ce_coeffs_kernel(CeParams<acc_t> p, co
 }
 
 template <class acc_t>
-int launch_ce_coeffs(const CeParams<acc_t>& p, const int64_t* offsets, index_t E, acc_t* c, acc_t* a, acc_t* b,
+__global__ void __launch_bounds__(kBlock) ce_coeffs_kernel(CeParams<acc_t> p, DomainOffsets off, acc_t* c, acc_t* a,
+                                                           acc_t* b) {
+  domain_ce_coeffs(p, off(blockIdx.x), off(blockIdx.x + 1), c, a, b);
+}
+
+template <class acc_t>
+int launch_ce_coeffs(const CeParams<acc_t>& p, const DomainOffsets& off, acc_t* c, acc_t* a, acc_t* b,
                      cudaStream_t stream) {
-  CUDA_LAUNCH((ce_coeffs_kernel<acc_t>), unsigned(E), kBlock, 0, stream, p, offsets, c, a, b);
+  CUDA_LAUNCH((ce_coeffs_kernel<acc_t>), unsigned(off.E), kBlock, 0, stream, p, off, c, a, b);
   return int(cudaGetLastError());
 }
 

@@ -13,7 +13,8 @@ at::Tensor domain_losses_forward(HE_HEAD_PARAMS, const at::Tensor& labels, const
   HE_ENTRY(K, labels);
   Head h = make_head<K>("domain_losses", features, weight, bias, offsets, ce, true, class_tile, 1,
                         /*augment=*/false);
-  prepare(h, k, ce, /*keep_probs=*/false);  // the loss reads logits, not probabilities
+  prepare(h, k, ce, /*keep_probs=*/false, /*want_domain_loss=*/true);  // the loss reads logits, not probabilities
+  if (h.domain_loss.defined()) return h.domain_loss.to(features.scalar_type());
   at::Tensor row_loss = at::empty({h.N}, h.zt.options().dtype(h.acc_type));
   HE_DISPATCH(K, h.zt.scalar_type(), [&] {
     using acc_t = at::opmath_type<scalar_t>;

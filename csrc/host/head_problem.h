@@ -18,6 +18,7 @@
 
 #include "../checks.h"
 #include "../math/cross_entropy.h"
+#include "../math/domains.h"
 #include "../math/tile.h"
 
 namespace hessalign {
@@ -119,8 +120,10 @@ struct Head {
   at::Tensor bias;  // (C,) or undefined: added to the logits by the GEMM (no augmented
                     // copy of the weight)
   std::vector<int64_t> off;
-  at::Tensor off_dev;  // offsets on the device of features
+  at::Tensor off_dev;     // offsets on the device of features, only when they do not fit inline
+  DomainOffsets domains;  // the offsets as kernels read them (math/domains.h)
   int64_t N, d, D, C, E, tile;
+  int64_t max_rows;  // rows of the largest domain
   int64_t budget;  // bytes of working buffers (the memory rule)
   bool has_bias;
   bool align_rows;  // GEMM buffers of D columns have aligned rows (align_rows_for)
@@ -128,6 +131,7 @@ struct Head {
   // per-row loss coefficients (math/cross_entropy.h), acc dtype
   at::Tensor c, a, b, labels, class_weight;
   at::Tensor lse;           // (N,) acc dtype
+  at::Tensor domain_loss;   // (E,) acc dtype: each domain's loss, when prepare computed it
   at::Tensor logits_cache;  // (N, C) when one tile covers all classes
   at::Tensor probs_cache;   // (N, C) softmax of logits_cache, acc dtype, when K::kCacheProbs
 
@@ -242,7 +246,16 @@ Head make_head(const char* op, const at::Tensor& features, const at::Tensor& wei
   }
   h.w = weight.contiguous();
   if (h.has_bias) h.bias = bias->contiguous();
-  h.off_dev = host_to_device(h.off, features);
+  h.max_rows = 0;
+  for (int64_t e = 0; e < h.E; ++e) h.max_rows = std::max(h.max_rows, h.rows(e));
+  h.domains.E = h.E;
+  if (h.E <= kInlineDomains) {
+    h.domains.array = nullptr;
+    std::copy(h.off.begin(), h.off.end(), h.domains.inline_off);
+  } else {
+    h.off_dev = host_to_device(h.off, features);
+    h.domains.array = h.off_dev.const_data_ptr<int64_t>();
+  }
   h.budget = tile_budget_bytes(K::default_tile_bytes(features));
   h.tile = choose_class_tile(h.N, h.C, features.element_size(), buffers + (K::kCacheProbs ? 1 : 0), class_tile,
                              h.budget);
@@ -254,9 +267,11 @@ Head make_head(const char* op, const at::Tensor& features, const at::Tensor& wei
 // Fills the per-row coefficients and the row log-sum-exps (pass 1 over the class tiles, the
 // last tile's kernel writing the log-sum-exps; with one tile its logits, and where the
 // backend keeps them and the op reads them (keep_probs), its probabilities are kept for the
-// op's later passes).
+// op's later passes). Where the backend fuses this pass (K::kFusedDomainStats) and the head
+// is small enough, it is one kernel after the logits GEMM, which with want_domain_loss also
+// fills h.domain_loss.
 template <class K>
-void prepare(Head& h, const K& k, const CeOptions& ce, bool keep_probs = true) {
+void prepare(Head& h, const K& k, const CeOptions& ce, bool keep_probs = true, bool want_domain_loss = false) {
   const auto opts = h.zt.options().dtype(h.acc_type);
   h.c = at::empty({h.N}, opts);
   h.a = at::empty({h.N}, opts);
@@ -269,8 +284,18 @@ void prepare(Head& h, const K& k, const CeOptions& ce, bool keep_probs = true) {
                       h.class_weight.defined() ? h.class_weight.sum().item<acc_t>() : acc_t(h.C),
                       acc_t(ce.label_smoothing), ce.ignore_index, h.C, ce.reduction == "sum"};
     if (h.N == 0) return;
-    k.ce_coeffs(p, h.off_dev.const_data_ptr<int64_t>(), h.E, h.c.mutable_data_ptr<acc_t>(),
-                h.a.mutable_data_ptr<acc_t>(), h.b.mutable_data_ptr<acc_t>());
+    if constexpr (K::kFusedDomainStats) {
+      if (h.num_tiles() == 1 && K::fuse_domain_stats(h.max_rows, h.C)) {
+        h.logits_cache = h.logits(0, h.C);
+        if (want_domain_loss) h.domain_loss = at::empty({h.E}, opts);
+        k.domain_stats(p, h.domains, h.logits_cache.const_data_ptr<scalar_t>(), h.C, h.c.mutable_data_ptr<acc_t>(),
+                       h.a.mutable_data_ptr<acc_t>(), h.b.mutable_data_ptr<acc_t>(), h.lse.mutable_data_ptr<acc_t>(),
+                       want_domain_loss ? h.domain_loss.mutable_data_ptr<acc_t>() : nullptr);
+        return;
+      }
+    }
+    k.ce_coeffs(p, h.domains, h.c.mutable_data_ptr<acc_t>(), h.a.mutable_data_ptr<acc_t>(),
+                h.b.mutable_data_ptr<acc_t>());
     // The running pair (M, S) of the rows, needed only between class tiles.
     at::Tensor M, S;
     if (h.num_tiles() > 1) M = at::empty({h.N}, opts), S = at::empty({h.N}, opts);
@@ -376,7 +401,7 @@ template <class K>
 at::Tensor segment_sum(const Head& h, const K& k, const at::Tensor& rowvals) {
   at::Tensor out = at::empty({h.E}, rowvals.options());
   AT_DISPATCH_FLOATING_TYPES(rowvals.scalar_type(), "hessalign_ext", [&] {
-    k.segment_sum(rowvals.const_data_ptr<scalar_t>(), h.off_dev.const_data_ptr<int64_t>(), h.E,
+    k.segment_sum(rowvals.const_data_ptr<scalar_t>(), h.domains,
                   out.mutable_data_ptr<scalar_t>());
   });
   return out;

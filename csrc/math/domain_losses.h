@@ -26,12 +26,17 @@ struct LossRowOp : RowOpBase<acc_t> {
     const acc_t w = ce.class_weight ? ce.class_weight[lt.c0 + c] : acc_t(1);
     s[0] += b * w * (lt.lse[i] - lt.logit(i, c));
   }
-  HE_INLINE void finish(index_t i, const acc_t* s) const {
+  // The tile's share of loss_i, given the smoothing terms s[0] that partial summed.
+  HE_INLINE acc_t total(index_t i, const acc_t* s) const {
     acc_t loss = s[0];
     if (ce.labels && ce.a[i] != acc_t(0)) {
       const index_t c = index_t(ce.labels[i]) - lt.c0;
       if (c >= 0 && c < lt.T) loss += ce.a[i] * (lt.lse[i] - lt.logit(i, c));
     }
+    return loss;
+  }
+  HE_INLINE void finish(index_t i, const acc_t* s) const {
+    const acc_t loss = total(i, s);
     row_loss[i] = first_tile ? loss : row_loss[i] + loss;
   }
 };

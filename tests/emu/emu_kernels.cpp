@@ -3,6 +3,7 @@
 // Built by tests/emu/build.py; never include torch here (see cuda_cpu_emu.h).
 #include "cuda_cpu_emu.h"
 
+#include "../../csrc/cuda/domain_stats_kernels.cuh"
 #include "../../csrc/cuda/row_kernels.cuh"
 #include "../../csrc/cuda/segment_kernels.cuh"
 #include "../../csrc/cuda/softmax_kernels.cuh"
@@ -42,8 +43,10 @@ namespace hessalign {
   HE_ELEMENTS(ProbeDiagAccumulateOp<T, T, 1>)                                                                 \
   HE_ELEMENTS(ProbeUpstreamOp<T, T, 1>)                                                                       \
   template int launch_softmax_stats<T, T>(const T*, index_t, index_t, T*, T*, bool, T*, cudaStream_t);       \
-  template int launch_segment_sum<T>(const T*, const int64_t*, index_t, T*, cudaStream_t);                    \
-  template int launch_ce_coeffs<T>(const CeParams<T>&, const int64_t*, index_t, T*, T*, T*, cudaStream_t);
+  template int launch_segment_sum<T>(const T*, const DomainOffsets&, T*, cudaStream_t);                       \
+  template int launch_ce_coeffs<T>(const CeParams<T>&, const DomainOffsets&, T*, T*, T*, cudaStream_t);       \
+  template int launch_domain_stats<T, T>(const CeParams<T>&, const DomainOffsets&, const T*, index_t, T*, T*, T*, T*, \
+                                         T*, cudaStream_t);
 
 HE_INSTANTIATE(float)
 HE_INSTANTIATE(double)
