@@ -5,19 +5,18 @@
 #   2. builds the extension in place against the installed torch, for this GPU's arch;
 #   3. runs every CUDA test (pytest -m cuda: CUDA == CPU for every op, dtype, loss option and
 #      class tile, same probes per seed, fp16/bf16 bounds, opcheck and torch.compile on CUDA);
-#   4. profiles the launches of every op and step at three DomainBed heads (profile.md:
+#   4. profiles the launches of every op and step at two DomainBed heads (profile.md:
 #      kernels, copies and syncs per call; device, event and host time);
-#   5. benchmarks: --quick (the targets: two DomainBed heads, the large head, bf16 HVP, fusion),
-#      the bf16 large-head HVP again with the aligned GEMM rows off (HESSALIGN_ALIGN_ROWS=0),
-#      then the HGP step and the Hutchinson steps at all 16 DomainBed heads, then every op at
-#      five more heads,
-#      each with its share of the time that is left (the scaling series: run.py --only-tags
-#      scaling-C,scaling-N,scaling-K,scaling-E on a longer lease).
+#   5. benchmarks, each with its share of the time that is left: the bf16 large-head HVP and
+#      the fusion across domains, the same HVP with the aligned GEMM rows off
+#      (HESSALIGN_ALIGN_ROWS=0), the HGP step at the 16 DomainBed heads, every op at as many
+#      DomainBed heads as fit, the Hutchinson steps, the fp32 large head (the scaling series:
+#      run.py --only-tags scaling-C,scaling-N,scaling-K,scaling-E on a longer lease).
 # Results go to $OUT (device tool) or benchmarks/results/gpu_<date>/ (at most 8 files, so the
 # device tool returns them all; plots are rebuilt from the JSON with run.py --report):
 #   gpu_check.md (device, versions, date, build time, test counts), cuda_tests.log, profile.md,
-#   benchmark.log (each run's markdown at its end), and each benchmark run's JSON (build.log
-#   only when the build fails).
+#   benchmark.log (each run's markdown at its end), bench_json.tar (each benchmark run's JSON;
+#   build.log only when the build fails).
 # Usage: [DEADLINE_S=540] bash scripts/gpu_check.sh   (DEADLINE_S: seconds for the whole script)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -67,11 +66,13 @@ tail -30 "$RESULTS/cuda_tests.log"
 echo "- CUDA tests (pytest -m cuda $workers): $(tail -1 "$RESULTS/cuda_tests.log") [exit $tests_rc, $(( $(date +%s) - start )) s]" >> "$SUMMARY"
 
 start=$(date +%s)
-timeout 90 $PY benchmarks/profile_launches.py --device cuda --calls 50 --out "$RESULTS/profile.md" \
-  --shape 3,32,512,65 3,32,2048,345 5,32,2048,7 > /tmp/profile.log 2>&1
+timeout 60 $PY benchmarks/profile_launches.py --device cuda --calls 50 --out "$RESULTS/profile.md" \
+  --shape 3,32,512,7 3,32,2048,345 > /tmp/profile.log 2>&1
 echo "- launch profile (benchmarks/profile_launches.py, profile.md): exit $?, $(( $(date +%s) - start )) s" >> "$SUMMARY"
 
 # Each benchmark run starts no new job once its budget is spent (margin for the job in flight).
+# Its JSON goes into bench_json.tar and its markdown only into benchmark.log (it is rebuilt
+# from the JSON by run.py --report): $OUT returns at most 8 files.
 bench() {
   local budget=$(( $(left) - 45 ))
   [ "$budget" -gt 20 ] || { echo "- benchmark $*: not run (no time left)" >> "$SUMMARY"; return 0; }
@@ -79,27 +80,28 @@ bench() {
   timeout $(( budget + 40 )) $PY benchmarks/run.py --device cuda --no-plots --out "$RESULTS" --budget-s "$budget" "$@" \
     >> "$RESULTS/benchmark.log" 2>&1
   local rc=$?
-  # the markdown is in benchmark.log and is rebuilt from the JSON (run.py --report): keep $OUT to 8 files
   find "$RESULTS" -maxdepth 1 -name '20*.md' -exec mv {} /tmp/ \;
-  echo "- benchmark \`run.py --device cuda $*\` (budget ${budget} s): exit $rc, $(( $(date +%s) - start )) s" >> "$SUMMARY"
+  (cd "$RESULTS" && for j in 20*.json; do
+    [ -e "$j" ] && tar rf bench_json.tar --transform "s/^/${AB:-}/" "$j" && rm "$j"
+  done)
+  echo "- benchmark \`${AB:+HESSALIGN_ALIGN_ROWS=0 }run.py --device cuda $*\` (budget ${budget} s): exit $rc, $(( $(date +%s) - start )) s" >> "$SUMMARY"
   [ "$rc" -eq 0 ] || bench_rc=$rc
 }
 bench_rc=0
 ALL=$DEADLINE_S
-# Every op, for the last phase: at five DomainBed heads that --quick (3×32, d = 2048, C = 7 and 345) leaves out.
 OPS=domain_losses,head_grad,head_hvp,head_hessian_diag,head_hessian_trace,head_hessian_inner,hutchinson_diag,hutchinson_trace
 phase_end() { echo $(( ALL - (ALL - ($(date +%s) - T0)) * $1 / 100 )); }  # keep $1 % of what is left for later
-DEADLINE_S=$(phase_end 55); bench --quick --dtype bfloat16,float32
-# A/B of the aligned GEMM rows (head_problem.h) at the large bf16 head: the same HVP with them off.
-# Its JSON is dropped (its table is in benchmark.log): $OUT returns at most 8 files.
-DEADLINE_S=$(phase_end 75); HESSALIGN_ALIGN_ROWS=0 bench --quick --dtype bfloat16 --only head_hvp --only-tags large
-rm -f "$RESULTS"/*_cuda_quick_large_head_hvp_bfloat16.json
-# The HGP step first (ms per call; its fused form is new since the last GPU run), then the
-# Hutchinson steps, whose autograd reference with 300 probes takes seconds per call.
+# 1. the bf16 large-head HVP against its GEMMs and the fusion across domains (--quick, bf16 part)
+DEADLINE_S=$(phase_end 85); bench --quick --dtype bfloat16
+# 2. A/B: the same HVP with the aligned GEMM rows (head_problem.h) off; its JSON is kept as noalign_*.json
+DEADLINE_S=$(phase_end 85); AB=noalign_ HESSALIGN_ALIGN_ROWS=0 bench --quick --dtype bfloat16 --only head_hvp --only-tags large
+# 3. the HGP step at all 16 DomainBed heads (ms per call; every form)
 DEADLINE_S=$(phase_end 75); bench --only-tags domainbed --only hgp_step --dtype float32
-DEADLINE_S=$(phase_end 40); bench --only-tags domainbed --only hutchinson_step,hutchinson_exact_step --dtype float32
-DEADLINE_S=$ALL; bench --only-tags domainbed --dtype float32 --only $OPS \
-  --only-shapes E3xn32_d2048_C65,E5xn32_d512_C345,E5xn32_d2048_C7,E5xn32_d2048_C345,E3xn32_d512_C2
+# 4. every op at the DomainBed heads, as many as the budget allows (shorter rounds)
+DEADLINE_S=$(phase_end 45); bench --only-tags domainbed --dtype float32 --only $OPS --rounds 3 --burst 0.04
+# 5. the Hutchinson steps (the autograd reference with 300 probes takes seconds per call), then the fp32 large head
+DEADLINE_S=$(phase_end 35); bench --only-tags domainbed --only hutchinson_step,hutchinson_exact_step --dtype float32 --rounds 3
+DEADLINE_S=$ALL; bench --quick --only-tags large --dtype float32
 grep -A14 "^## Targets" "$RESULTS/benchmark.log" | head -60
 cat "$SUMMARY"
 [ "$tests_rc" -eq 0 ] && [ "$bench_rc" -eq 0 ]
