@@ -5,11 +5,11 @@
 #   2. builds the extension in place against the installed torch, for this GPU's arch;
 #   3. runs every CUDA test (pytest -m cuda: CUDA == CPU for every op, dtype, loss option and
 #      class tile, same probes per seed, fp16/bf16 bounds, opcheck and torch.compile on CUDA);
-#   4. profiles the launches of every op and step at two DomainBed heads (profile.md:
+#   4. profiles the launches of every op and step at a DomainBed head (profile.md:
 #      kernels, copies and syncs per call; device, event and host time);
-#   5. benchmarks, each with its share of the time that is left: the bf16 large-head HVP and
-#      the fusion across domains, the same HVP with the aligned GEMM rows off
-#      (HESSALIGN_ALIGN_ROWS=0), the HGP step at the 16 DomainBed heads, every op at as many
+#   5. benchmarks, each within its own number of seconds: the bf16 large-head HVP and
+#      the fusion across domains, the same HVP with the GEMM width padded to aligned rows
+#      (HESSALIGN_ALIGN_ROWS=1), the HGP step at the 16 DomainBed heads, every op at as many
 #      DomainBed heads as fit, the Hutchinson steps, the fp32 large head (the scaling series:
 #      run.py --only-tags scaling-C,scaling-N,scaling-K,scaling-E on a longer lease).
 # Results go to $OUT (device tool) or benchmarks/results/gpu_<date>/ (at most 8 files, so the
@@ -67,41 +67,42 @@ echo "- CUDA tests (pytest -m cuda $workers): $(tail -1 "$RESULTS/cuda_tests.log
 
 start=$(date +%s)
 timeout 60 $PY benchmarks/profile_launches.py --device cuda --calls 50 --out "$RESULTS/profile.md" \
-  --shape 3,32,512,7 3,32,2048,345 > /tmp/profile.log 2>&1
+  --shape 3,32,512,7 > /tmp/profile.log 2>&1
 echo "- launch profile (benchmarks/profile_launches.py, profile.md): exit $?, $(( $(date +%s) - start )) s" >> "$SUMMARY"
 
-# Each benchmark run starts no new job once its budget is spent (margin for the job in flight).
+# bench SECONDS ARGS: one benchmark run of at most SECONDS (less if the deadline is nearer); it
+# starts no new job once its budget is spent, and its budget leaves 30 s for the job in flight.
 # Its JSON goes into bench_json.tar and its markdown only into benchmark.log (it is rebuilt
 # from the JSON by run.py --report): $OUT returns at most 8 files.
 bench() {
-  local budget=$(( $(left) - 45 ))
-  [ "$budget" -gt 20 ] || { echo "- benchmark $*: not run (no time left)" >> "$SUMMARY"; return 0; }
+  local seconds=$1; shift
+  local budget=$(( ($(left) < seconds ? $(left) : seconds) - 30 ))
+  [ "$budget" -gt 5 ] || { echo "- benchmark $*: not run (no time left)" >> "$SUMMARY"; return 0; }
   start=$(date +%s)
-  timeout $(( budget + 40 )) $PY benchmarks/run.py --device cuda --no-plots --out "$RESULTS" --budget-s "$budget" "$@" \
+  timeout $(( budget + 30 )) $PY benchmarks/run.py --device cuda --no-plots --out "$RESULTS" --budget-s "$budget" "$@" \
     >> "$RESULTS/benchmark.log" 2>&1
   local rc=$?
   find "$RESULTS" -maxdepth 1 -name '20*.md' -exec mv {} /tmp/ \;
   (cd "$RESULTS" && for j in 20*.json; do
     [ -e "$j" ] && tar rf bench_json.tar --transform "s/^/${AB:-}/" "$j" && rm "$j"
   done)
-  echo "- benchmark \`${AB:+HESSALIGN_ALIGN_ROWS=0 }run.py --device cuda $*\` (budget ${budget} s): exit $rc, $(( $(date +%s) - start )) s" >> "$SUMMARY"
+  echo "- benchmark \`${AB:+HESSALIGN_ALIGN_ROWS=1 }run.py --device cuda $*\` (budget ${budget} s): exit $rc, $(( $(date +%s) - start )) s" >> "$SUMMARY"
   [ "$rc" -eq 0 ] || bench_rc=$rc
 }
 bench_rc=0
-ALL=$DEADLINE_S
 OPS=domain_losses,head_grad,head_hvp,head_hessian_diag,head_hessian_trace,head_hessian_inner,hutchinson_diag,hutchinson_trace
-phase_end() { echo $(( ALL - (ALL - ($(date +%s) - T0)) * $1 / 100 )); }  # keep $1 % of what is left for later
-# 1. the bf16 large-head HVP against its GEMMs and the fusion across domains (--quick, bf16 part)
-DEADLINE_S=$(phase_end 85); bench --quick --dtype bfloat16
-# 2. A/B: the same HVP with the aligned GEMM rows (head_problem.h) off; its JSON is kept as noalign_*.json
-DEADLINE_S=$(phase_end 85); AB=noalign_ HESSALIGN_ALIGN_ROWS=0 bench --quick --dtype bfloat16 --only head_hvp --only-tags large
-# 3. the HGP step at all 16 DomainBed heads (ms per call; every form)
-DEADLINE_S=$(phase_end 75); bench --only-tags domainbed --only hgp_step --dtype float32
-# 4. every op at the DomainBed heads, as many as the budget allows (shorter rounds)
-DEADLINE_S=$(phase_end 45); bench --only-tags domainbed --dtype float32 --only $OPS --rounds 3 --burst 0.04
+# Seconds per phase, from the H100 run of 2026-11-26 (about 150 s go to build, tests and profile):
+# 1. the bf16 large-head HVP against its GEMMs and the fusion across domains (~20 s)
+bench 60 --quick --dtype bfloat16
+# 2. A/B: the same HVP with the GEMM width padded to aligned rows (head_problem.h); JSON kept as align_*.json
+AB=align_ HESSALIGN_ALIGN_ROWS=1 bench 45 --quick --dtype bfloat16 --only head_hvp --only-tags large
+# 3. the HGP step at the 16 DomainBed heads, every form (~55 s)
+bench 75 --only-tags domainbed --only hgp_step --dtype float32
+# 4. every op at as many DomainBed heads as fit (~25 s a head)
+bench 140 --only-tags domainbed --dtype float32 --only $OPS --rounds 3 --burst 0.04
 # 5. the Hutchinson steps (the autograd reference with 300 probes takes seconds per call), then the fp32 large head
-DEADLINE_S=$(phase_end 35); bench --only-tags domainbed --only hutchinson_step,hutchinson_exact_step --dtype float32 --rounds 3
-DEADLINE_S=$ALL; bench --quick --only-tags large --dtype float32
+bench 60 --only-tags domainbed --only hutchinson_step,hutchinson_exact_step --dtype float32 --rounds 3
+bench 3600 --quick --only-tags large --dtype float32
 grep -A14 "^## Targets" "$RESULTS/benchmark.log" | head -60
 cat "$SUMMARY"
 [ "$tests_rc" -eq 0 ] && [ "$bench_rc" -eq 0 ]

@@ -171,15 +171,15 @@ def test_hgp_fused_form_gradient_subsets_and_layouts():
 
 
 def test_hgp_auto_method_picks_the_cheaper_form():
-    # DomainBed heads: 3×32 rows, D = 2049: few classes -> fused, many -> Gram; too many rows -> fused
-    assert hgp_gram.choose(96, 7, 2049) == "fused" and hgp_gram.choose(96, 65, 2049) == "gram"
-    assert hgp_gram.choose(96, 35, 2049) == "fused" and hgp_gram.choose(96, 36, 2049) == "gram"
-    assert hgp_gram.choose(hgp_gram.MAX_ROWS + 1, 10**6, 10**4) == "fused"
-    assert hgp_gram.choose(96, 65, 2049, fp64_cost=32) == "fused"  # a GPU with slow float64
-    assert hgp_gram.float64_cost(torch.device("cpu")) == 1
+    # CPU, DomainBed heads: 3×32 rows, D = 2049: few classes -> fused, many -> Gram; too many rows -> fused
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert hgp_gram.choose(96, 7, 2049, cpu) == "fused" and hgp_gram.choose(96, 65, 2049, cpu) == "gram"
+    assert hgp_gram.choose(96, 35, 2049, cpu) == "fused" and hgp_gram.choose(96, 36, 2049, cpu) == "gram"
+    assert hgp_gram.choose(hgp_gram.MAX_ROWS + 1, 10**6, 10**4, cpu) == "fused"
+    assert hgp_gram.choose(96, 345, 2049, cuda) == "fused"  # launch-bound on a GPU: fewer launches
     for C, method in ((200, "gram"), (2, "fused")):
         z, W, b, y, off = problem(seed=6, C=C, d=40, sizes=(30, 34))
-        assert hgp_gram.choose(64, C, 41) == method
+        assert hgp_gram.choose(64, C, 41, cpu) == method
         assert torch.equal(penalties.hgp(z, W, b, y, off), penalties.hgp(z, W, b, y, off, method=method))
 
 

@@ -35,7 +35,8 @@ def hgp(features: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
     ``"fused"``, the (C, D)-space closed form with a hand-written backward, ten passes over
     the features (:mod:`.hgp_fused`); and ``"ops"``, the composition of the ``head_grad`` and
     ``head_hvp`` ops with autograd through their backwards. ``"auto"`` takes the cheaper of
-    ``"gram"`` and ``"fused"`` (``hgp_gram.choose``). Near-aligned domains, the head's
+    ``"gram"`` and ``"fused"`` (``hgp_gram.choose``: by a cost rule on the CPU, the fused form
+    on CUDA). Near-aligned domains, the head's
     gradient is a sum over domains that nearly cancels: from float32 inputs the Gram and fused
     forms keep it within 1e-3 of float64; the ops form, like the autograd backend, does not
     (``tests/test_penalties.py::test_hgp_exact_when_domains_align``).
@@ -54,7 +55,7 @@ def hgp(features: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
     E = len(offs) - 1
     if method == "auto":
         method = hgp_gram.choose(features.shape[0], weight.shape[0], features.shape[1] + (bias is not None),
-                                 hgp_gram.float64_cost(features.device))
+                                 features.device)
 
     if backend == "kernel" and method == "gram":
         hess_terms, grad_terms = hgp_gram.hgp_terms(features, weight, bias, labels, offs, opts, mean_target)

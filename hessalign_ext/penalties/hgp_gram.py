@@ -9,8 +9,9 @@ Every parameter-shaped quantity of HGP is a sum of outer products over the rows,
 so ``V z̃_i`` and ``⟨X, Y⟩`` only need ``K = Z̃ Z̃ᵀ`` (N×N): ``g_e z̃_i = Σ_{j∈e} K_ij r_j``,
 ``⟨Σ x_i z̃_iᵀ, Σ y_j z̃_jᵀ⟩ = Σ_ij K_ij x_i·y_j``. The penalty then costs one N×N×D Gram
 GEMM and N×N×C products instead of ten passes of N×C×D and wider through (E, C, D) blocks
-(:mod:`.hgp_fused`): cheaper unless the head has few classes (``choose``: at 3×32 rows and
-d = 2048, from C = 36).
+(:mod:`.hgp_fused`): on the CPU cheaper unless the head has few classes (``choose``: at 3×32
+rows and d = 2048, from C = 36); on a GPU, where a small head's step is bound by its launches,
+the fused form was the faster at every DomainBed head.
 
 The N×N part runs in float64: the squared distances are differences of near-equal sums when
 the domains are aligned, which is where training drives them; float64 there is cheap (N²)
@@ -31,28 +32,24 @@ _WORK = torch.float64
 # method="auto" takes the Gram form when it is the cheaper (``choose``) and
 # N <= MAX_ROWS (its N×N float64 buffers).
 MAX_ROWS = 8192
-# GPUs whose float64 runs at half the float32 rate (P100, V100, A100, H100, B100/B200);
-# on the others it runs at 1/32 to 1/64 of it.
-_FULL_FP64_CUDA = {(6, 0), (7, 0), (8, 0), (9, 0), (10, 0)}
 
 
-def float64_cost(device: torch.device) -> int:
-    """Weight of a float64 multiply-add against the fused form's float32 one on ``device``
-    (1: the CPU and datacenter GPUs; ``choose``'s bound was measured with it on the CPU)."""
-    if device.type != "cuda" or torch.cuda.get_device_capability(device) in _FULL_FP64_CUDA:
-        return 1
-    return 32
+def choose(num_rows: int, num_classes: int, width: int, device: torch.device) -> str:
+    """The cheaper exact form for N rows, C classes and D = width columns on ``device``.
 
+    CUDA: ``"fused"``. At the 16 DomainBed heads on an H100 (2026-11-26, benchmarks/results/
+    2026-11-26_h100) it took 0.70–0.75× the Gram form's time where C ≥ 65 and 0.75–0.80× where
+    C ≤ 7: a small head's step is bound by its launches, and the Gram form makes more.
 
-def choose(num_rows: int, num_classes: int, width: int, fp64_cost: int = 1) -> str:
-    """The cheaper exact form for N rows, C classes and D = width columns: ``"gram"`` (logits
-    and their backward, 3·N·C·D, plus about 6·N²·C + 4·N²·D in float64 in the Gram space,
-    weighted by ``fp64_cost``) or ``"fused"`` (ten passes of N·C·D to N·4C·D,
-    :mod:`.hgp_fused`). The bound, 11·C·D, is where the two crossed on the CPU: at N·(6C +
-    4D) / (C·D) near 16 at d = 2048 and between 9 and 12 at d = 512 (DomainBed heads, and 3×256
-    rows at d = 2048, where the two tie at 11.2)."""
+    CPU: ``"gram"`` (logits and their backward, 3·N·C·D, plus about 6·N²·C + 4·N²·D in float64
+    in the Gram space) or ``"fused"`` (ten passes of N·C·D to N·4C·D, :mod:`.hgp_fused`). The
+    bound, 11·C·D, is where the two crossed: at N·(6C + 4D) / (C·D) near 16 at d = 2048 and
+    between 9 and 12 at d = 512 (DomainBed heads, and 3×256 rows at d = 2048, where the two
+    tie at 11.2)."""
     N, C, D = num_rows, num_classes, width
-    return "gram" if N <= MAX_ROWS and fp64_cost * N * (6 * C + 4 * D) <= 11 * C * D else "fused"
+    if device.type == "cuda":
+        return "fused"
+    return "gram" if N <= MAX_ROWS and N * (6 * C + 4 * D) <= 11 * C * D else "fused"
 
 
 class _Gram(torch.autograd.Function):
