@@ -114,9 +114,8 @@ def test_class_tiles_match_cpu(op, tile):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("op", OPS)
 def test_aligned_rows_match_plain_cuda(op, dtype, monkeypatch):
-    """The aligned-row GEMMs of large heads (head_problem.h; forced here with
-    HESSALIGN_ALIGN_ROWS=1) against the plain layout on the GPU, forward and backward, every
-    loss option, 1000 classes in tiles of 64."""
+    """The padded-width GEMMs (head_problem.h, HESSALIGN_ALIGN_ROWS=1) against the plain
+    layout on the GPU, forward and backward, every loss option, 1000 classes in tiles of 64."""
     p = to(make_problem(SHAPE["c1000"], torch.float32, "cpu"), "cuda", dtype)
     inputs = [t.requires_grad_() for t in (p.features, p.weight, p.bias)]
     opts = LOSS_CASES["all_together_mean"](p)  # labels and class weights already on the GPU

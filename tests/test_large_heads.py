@@ -81,10 +81,10 @@ def test_peak_memory_is_a_fraction_of_plain_torch(op):
     assert 8 * ours <= plain, f"{op}: tiled path peak {ours / 2**20:.1f} MiB vs plain {plain / 2**20:.1f} MiB"
 
 
-# Aligned GEMM rows (head_problem.h, align_rows_for): large CUDA heads pad Z̃'s rows and copy
-# (E, C, D) operands and results to aligned buffers. HESSALIGN_ALIGN_ROWS=1 forces that path here,
-# on heads with odd D (d + 1 with a bias, or an odd d without), equal and unequal domains, one
-# tile and many: every op and its backward agree with the plain layout to rounding.
+# Padded GEMM width (head_problem.h, align_rows_for; HESSALIGN_ALIGN_ROWS=1): every D-wide GEMM
+# operand in a buffer whose extra columns are zero, the GEMMs over the whole padded width. Here on
+# heads with odd D (d + 1 with a bias, or an odd d without), equal and unequal domains, one tile
+# and many: every op and its backward agree with the plain layout to rounding.
 ALIGN_SHAPES = [Shape("unequal", (9, 1, 14), C=150, d=6), Shape("equal", (8, 8, 8), C=150, d=6),
                 Shape("odd_d_no_bias", (7, 9), C=150, d=5, bias=False)]
 

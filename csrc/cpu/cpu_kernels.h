@@ -22,7 +22,6 @@ struct CpuKernels {
   // every later pass (a scalar exp per element and pass otherwise).
   static constexpr bool kCacheProbs = true;
   static constexpr int kStreamWidth = 64;  // columns per item of the streaming ops: SIMD-friendly loops
-  static constexpr bool kAlignRows = false;  // BLAS runs unaligned rows at full rate (head_problem.h)
   static constexpr bool kFusedDomainStats = false;  // no launches to save: the separate passes
   static int guard(const at::Tensor&) { return 0; }
   static CpuKernels current() { return {}; }

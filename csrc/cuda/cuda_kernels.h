@@ -33,7 +33,6 @@ struct CudaKernelsT {
   static constexpr bool kReducedPrecision = kReduced;  // float16/bfloat16 where the GPU runs them
   static constexpr bool kCacheProbs = false;  // the GPU's exp is cheaper than a pass over N×C
   static constexpr int kStreamWidth = 1;  // columns per thread of the streaming ops: coalesced loads
-  static constexpr bool kAlignRows = true;  // cuBLAS's fast kernels need aligned rows (head_problem.h)
   // One launch for the coefficients, log-sum-exps and domain losses (domain_stats_kernels.cuh)
   // where the largest domain holds max_rows·C ≤ 2^16 logits: its block's threads then run
   // at most 256 exps each, while larger domains need the row-parallel kernels' whole grid.

@@ -89,33 +89,32 @@ inline at::Tensor host_to_device(const std::vector<int64_t>& vals, const at::Ten
   return cuda ? host.to(like.device(), at::kLong, /*non_blocking=*/true) : host;
 }
 
-// Rows of a GEMM operand or result start 16 bytes apart and 16-byte aligned: what cuBLAS's
-// tensor-core kernels need. With a bias, Z̃ and the (E, C, D) blocks have D = d + 1 columns,
-// so their rows are misaligned, and cuBLAS runs them with kernels that reached 130 TFLOP/s
-// for a bf16 mm on the H200 (2026-11-26), against the 790 of the aligned one.
-inline bool rows_aligned(const at::Tensor& t) {
-  return t.stride(-1) == 1 && (t.dim() < 2 || t.stride(-2) * t.element_size() % 16 == 0) &&
-         reinterpret_cast<uintptr_t>(t.const_data_ptr()) % 16 == 0;
+// Padded GEMM width (Head::align_rows, off unless HESSALIGN_ALIGN_ROWS=1): with a bias, Z̃ and
+// the (E, C, D) blocks have D = d + 1 columns, and cuBLAS's vectorized kernels take neither
+// rows of that many elements nor a GEMM extent of D. On an H100 (2026-11-26) the bf16 HVP's
+// per-domain GEMMs at d = 4096 ran its `align1` kernels (~140 TFLOP/s, against 678 for an
+// aligned mm) with row strides padded to 16 bytes as well as without, since their extent
+// stayed 4097; that padding cost 10 ms more than it saved (57.4 ms against 47.8). With
+// align_rows every D-wide GEMM operand is a buffer of Dg = D rounded up to 16 bytes whose extra
+// columns are zero, and the GEMMs run over all Dg columns (the zeros add nothing): aligned
+// rows and an aligned extent, for one copy of each (E, C, D) operand and result. Not yet
+// timed on a GPU (scripts/gpu_check.sh's A/B), hence off by default.
+inline int64_t padded_width(int64_t width, int64_t elem) {
+  const int64_t per16 = std::max<int64_t>(1, 16 / elem);
+  return (width + per16 - 1) / per16 * per16;
 }
 
-// Whether a head keeps its GEMMs' rows aligned (Head::align_rows): where the backend needs it
-// (K::kAlignRows), the rows are misaligned, and the GEMMs are large enough (N·D·C ≥ 2^32
-// multiply-adds) with domains of ≥ 256 rows (the aligned copies of the (E, C, D) blocks scale
-// with E·C·D, the GEMMs with N·C·D). HESSALIGN_ALIGN_ROWS=1 or 0 forces it on or off on any
-// backend (tests, A/B timing).
-inline bool align_rows_for(bool backend_needs, int64_t N, int64_t D, int64_t C, int64_t E, int64_t elem) {
-  if (const char* env = std::getenv("HESSALIGN_ALIGN_ROWS")) return env[0] == '1';
-  return backend_needs && D * elem % 16 != 0 && double(N) * double(D) * double(C) >= 4294967296.0 && N >= 256 * E;
+inline bool align_rows_for(int64_t D, int64_t elem) {
+  const char* env = std::getenv("HESSALIGN_ALIGN_ROWS");
+  return env && env[0] == '1' && padded_width(D, elem) != D;
 }
 
 struct Head {
   const char* op;
-  at::Tensor zt;   // (N, D) features, with a ones column when there is a bias (rows padded
-                   // when align_rows); (N, d) for an op without parameter blocks (make_head's
-                   // augment = false: no N×D copy)
-  at::Tensor z;    // (N, d) features, contiguous: the logits GEMM's operand, whose rows keep
-                   // the caller's alignment (Z̃'s rows of d + 1 elements would misalign them,
-                   // which sends cuBLAS to its slow unaligned kernels)
+  at::Tensor zt;   // (N, D) features, with a ones column when there is a bias (a padded
+                   // buffer when align_rows); (N, d) for an op without parameter blocks
+                   // (make_head's augment = false: no N×D copy)
+  at::Tensor z;    // (N, d) features, contiguous: the logits GEMM's operand (extent d)
   at::Tensor w;     // (C, d) weight
   at::Tensor bias;  // (C,) or undefined: added to the logits by the GEMM (no augmented
                     // copy of the weight)
@@ -126,7 +125,7 @@ struct Head {
   int64_t max_rows;  // rows of the largest domain
   int64_t budget;  // bytes of working buffers (the memory rule)
   bool has_bias;
-  bool align_rows;  // GEMM buffers of D columns have aligned rows (align_rows_for)
+  bool align_rows;  // D-wide GEMM operands are zero-padded to an aligned width (align_rows_for)
   at::ScalarType acc_type;
   // per-row loss coefficients (math/cross_entropy.h), acc dtype
   at::Tensor c, a, b, labels, class_weight;
@@ -166,20 +165,35 @@ struct Head {
   }
 
   // A buffer of `shape` (last dimension D) for GEMMs: contiguous, or with align_rows a view of
-  // rows padded to a multiple of 16 bytes.
+  // the first D columns of a buffer padded to an aligned width with zeros (wide() widens it).
   at::Tensor rows_buffer(std::vector<int64_t> shape, const at::TensorOptions& o, bool zero = false) const {
     if (!align_rows) return zero ? at::zeros(shape, o) : at::empty(shape, o);
-    const int64_t width = shape.back(), per16 = 16 / int64_t(c10::elementSize(o.dtype().toScalarType()));
-    shape.back() = (width + per16 - 1) / per16 * per16;
-    return (zero ? at::zeros(shape, o) : at::empty(shape, o)).narrow(-1, 0, width);
+    const int64_t width = shape.back();
+    shape.back() = padded_width(width, int64_t(c10::elementSize(o.dtype().toScalarType())));
+    at::Tensor buf = zero ? at::zeros(shape, o) : at::empty(shape, o);
+    if (!zero) buf.narrow(-1, width, shape.back() - width).zero_();
+    return buf.narrow(-1, 0, width);
   }
 
-  // t as a GEMM operand: itself, or with align_rows and misaligned rows, an aligned copy.
+  // t as a GEMM operand: itself, or with align_rows a copy in a rows_buffer.
   at::Tensor aligned(const at::Tensor& t) const {
-    if (!align_rows || rows_aligned(t)) return t;
+    if (!align_rows) return t;
     at::Tensor copy = rows_buffer(t.sizes().vec(), t.options());
     copy.copy_(t);
     return copy;
+  }
+
+  // A D-wide GEMM operand or accumulator (Z̃, a rows_buffer or an aligned() copy, or a view of
+  // them along other dimensions) over its whole padded width: the GEMMs see aligned rows and
+  // an aligned extent, and the zero columns add nothing. Itself without align_rows.
+  at::Tensor wide(const at::Tensor& t) const {
+    if (!align_rows) return t;
+    const int64_t w = padded_width(t.size(-1), t.element_size());
+    TORCH_INTERNAL_ASSERT(t.stride(-1) == 1 && t.dim() >= 2 && t.stride(-2) >= w, op,
+                          ": a GEMM operand without its padded columns");
+    std::vector<int64_t> sizes = t.sizes().vec();
+    sizes.back() = w;
+    return t.as_strided(sizes, t.strides(), t.storage_offset());
   }
 
   // Per-row value of a per-domain tensor (E,): x[e(i)], one gather by each row's domain index
@@ -236,13 +250,13 @@ Head make_head(const char* op, const at::Tensor& features, const at::Tensor& wei
   h.D = h.d + (h.has_bias ? 1 : 0);
   h.acc_type = at::toOpMathType(features.scalar_type());
   // Non-contiguous and expanded inputs are copied here, once.
-  h.align_rows = align_rows_for(K::kAlignRows, h.N, h.D, h.C, h.E, features.element_size());
-  h.z = h.aligned(features.contiguous());
+  h.align_rows = align_rows_for(h.D, features.element_size());
+  h.z = features.contiguous();
   h.zt = h.z;
-  if (h.has_bias && augment) {
+  if (augment && (h.has_bias || h.align_rows)) {  // Z̃ = [Z | 1], or Z in a padded buffer
     h.zt = h.rows_buffer({h.N, h.D}, features.options());
     h.zt.narrow(1, 0, h.d).copy_(h.z);
-    h.zt.select(1, h.d).fill_(1);
+    if (h.has_bias) h.zt.select(1, h.d).fill_(1);
   }
   h.w = weight.contiguous();
   if (h.has_bias) h.bias = bias->contiguous();
@@ -320,16 +334,26 @@ inline void add_mm(at::Tensor acc, const at::Tensor& a, const at::Tensor& b) {
   else acc.add_(at::mm(a, b));
 }
 
-// out[e] = X_eᵀ Y_e for every domain (rows of e); out is (E, M, D') or a view with
-// contiguous rows. An empty domain gives zeros.
+// out[e] = X_eᵀ Y_e for every domain (rows of e); Y is a D-wide GEMM operand (Head::wide), out
+// (E, M, D) or a view with contiguous rows. An empty domain gives zeros.
 inline void seg_tn(const Head& h, const at::Tensor& X, const at::Tensor& Y_in, const at::Tensor& out) {
-  if (h.align_rows && !rows_aligned(out)) {  // the GEMM writes an aligned buffer, then one copy
+  if (h.align_rows) {  // the GEMMs write a padded buffer over its whole width, then one copy
     const at::Tensor tmp = h.rows_buffer(out.sizes().vec(), out.options());
-    seg_tn(h, X, Y_in, tmp);
+    at::Tensor o = h.wide(tmp);
+    const at::Tensor Y = h.wide(Y_in);
+    if (const int64_t n = h.equal_rows()) {
+      at::bmm_out(o, X.view({h.E, n, X.size(1)}).transpose(1, 2), Y.view({h.E, n, Y.size(1)}));
+    } else {
+      for (int64_t e = 0; e < h.E; ++e) {
+        at::Tensor oe = o.select(0, e);
+        if (h.rows(e) == 0) { oe.zero_(); continue; }
+        at::mm_out(oe, X.narrow(0, h.off[e], h.rows(e)).t(), Y.narrow(0, h.off[e], h.rows(e)));
+      }
+    }
     out.copy_(tmp);
     return;
   }
-  const at::Tensor Y = h.aligned(Y_in);
+  const at::Tensor& Y = Y_in;
   if (const int64_t n = h.equal_rows()) {
     at::Tensor o = out.view({h.E, out.size(1), out.size(2)});
     at::bmm_out(o, X.view({h.E, n, X.size(1)}).transpose(1, 2), Y.view({h.E, n, Y.size(1)}));
@@ -342,9 +366,10 @@ inline void seg_tn(const Head& h, const at::Tensor& X, const at::Tensor& Y_in, c
   }
 }
 
-// U_e = Y_e V_eᵀ for every domain: V is (E, M, D') per domain, or (M, D') shared by all.
+// U_e = Y_e V_eᵀ for every domain: V is (E, M, D) per domain, or (M, D) shared by all; Y and V
+// are D-wide GEMM operands (Head::wide).
 inline at::Tensor seg_nt(const Head& h, const at::Tensor& Y_in, const at::Tensor& V_in) {
-  const at::Tensor Y = h.aligned(Y_in), V = h.aligned(V_in);
+  const at::Tensor Y = h.wide(Y_in), V = h.wide(V_in);
   if (V.dim() == 2) return at::mm(Y, V.t());
   at::Tensor U = at::empty({h.N, V.size(1)}, Y.options());
   if (const int64_t n = h.equal_rows()) {
@@ -360,9 +385,10 @@ inline at::Tensor seg_nt(const Head& h, const at::Tensor& Y_in, const at::Tensor
   return U;
 }
 
-// acc_e += X_e V_e for every domain: V is (E, M, D') per domain, or (M, D') shared.
-inline void seg_nn_add(const Head& h, const at::Tensor& X, const at::Tensor& V_in, at::Tensor acc) {
-  const at::Tensor V = h.aligned(V_in);
+// acc_e += X_e V_e for every domain: V is (E, M, D) per domain, or (M, D) shared; V and acc
+// are D-wide GEMM operands (Head::wide).
+inline void seg_nn_add(const Head& h, const at::Tensor& X, const at::Tensor& V_in, const at::Tensor& acc_in) {
+  const at::Tensor V = h.wide(V_in), acc = h.wide(acc_in);
   if (V.dim() == 2) { add_mm(acc, X, V); return; }
   if (const int64_t n = h.equal_rows()) {
     at::Tensor a = acc.view({h.E, n, acc.size(1)});
@@ -386,7 +412,7 @@ struct HeadGrads {
   // Chain rule through logits = Z Wᵀ + b = Z̃ W̃ᵀ for the logits gradient dl of classes c0 .. c0+T-1.
   void add_logits_grad(const Head& h, const at::Tensor& dl, int64_t c0, int64_t T) {
     add_mm(dzt.narrow(1, 0, h.d), dl, h.w.narrow(0, c0, T));  // the ones column's gradient is dropped
-    add_mm(dwt.narrow(0, c0, T), dl.t(), h.zt);
+    add_mm(h.wide(dwt).narrow(0, c0, T), dl.t(), h.wide(h.zt));
   }
 
   std::tuple<at::Tensor, at::Tensor, at::Tensor> finish(const Head& h) const {

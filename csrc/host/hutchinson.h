@@ -30,6 +30,8 @@ at::Tensor probe_block(const Head& h, const K& k, uint64_t seed, int64_t k0, int
 }
 
 // U = Z̃ Vᵀ, N×(B·T): row i holds u_ib = V_b z̃_i for the chunk's probes, b-major.
-inline at::Tensor probe_products(const Head& h, const at::Tensor& V) { return at::mm(h.zt, h.aligned(V).t()); }
+inline at::Tensor probe_products(const Head& h, const at::Tensor& V) {
+  return at::mm(h.wide(h.zt), h.wide(h.aligned(V)).t());
+}
 
 }  // namespace hessalign

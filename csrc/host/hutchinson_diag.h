@@ -79,8 +79,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> hutchinson_diag_backward(
                                                                 V.const_data_ptr<scalar_t>(), G.const_data_ptr<scalar_t>(),
                                                                 Obar.mutable_data_ptr<scalar_t>()});
       at::Tensor U = probe_products(h, V);
-      at::Tensor dS = seg_nt(h, h.zt, Obar);
-      return {V, Obar, U, dS};
+      const at::Tensor Obar_gemm = h.aligned(Obar);  // the elementwise kernels take (…, D) rows, the GEMMs Head::wide
+      at::Tensor dS = seg_nt(h, h.zt, Obar_gemm);
+      return {V, Obar_gemm, U, dS};
     };
     for (int64_t k0 = 0; k0 < num_probes; k0 += chunk) {
       const int64_t B = std::min(chunk, num_probes - k0);
@@ -109,7 +110,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> hutchinson_diag_backward(
                                                       in[2].mutable_data_ptr<scalar_t>(), in[3].mutable_data_ptr<scalar_t>(),
                                                       DP.mutable_data_ptr<acc_t>()});
         seg_nn_add(h, in[2], in[1], g.dzt);  // S Ō
-        add_mm(g.dzt, in[3], in[0]);         // dU V
+        add_mm(h.wide(g.dzt), in[3], h.wide(h.aligned(in[0])));  // dU V
         at::Tensor dl = at::empty({h.N, T}, h.zt.options());
         k.rows(h.N, SoftmaxBackwardOp<scalar_t, acc_t>{{}, lt, DP.const_data_ptr<acc_t>(), rho.const_data_ptr<acc_t>(),
                                                        dl.mutable_data_ptr<scalar_t>()});
