@@ -38,8 +38,8 @@ def choose(num_rows: int, num_classes: int, width: int, device: torch.device) ->
     """The cheaper exact form for N rows, C classes and D = width columns on ``device``.
 
     CUDA: ``"fused"``. At the 16 DomainBed heads on an H100 (2026-11-26, benchmarks/results/
-    2026-11-26_h100) it took 0.70–0.75× the Gram form's time where C ≥ 65 and 0.75–0.80× where
-    C ≤ 7: a small head's step is bound by its launches, and the Gram form makes more.
+    2026-11-26_h100) it took 0.70–0.84× the Gram form's time: a small head's step is bound by
+    its launches, and the Gram form makes more (132 kernels against 92 at 3×32, d = 512, C = 7).
 
     CPU: ``"gram"`` (logits and their backward, 3·N·C·D, plus about 6·N²·C + 4·N²·D in float64
     in the Gram space) or ``"fused"`` (ten passes of N·C·D to N·4C·D, :mod:`.hgp_fused`). The
