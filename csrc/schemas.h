@@ -31,4 +31,6 @@
   m.def("hutchinson_trace(" HE_HEAD ", Tensor offsets, int num_probes, int seed, Tensor? labels, " HE_CE_ARGS \
         ") -> Tensor"); \
   m.def("_hutchinson_trace_backward(Tensor grad, " HE_HEAD ", Tensor offsets, int num_probes, int seed, " \
-        "Tensor? labels, " HE_CE_ARGS ") -> (Tensor, Tensor, Tensor)");
+        "Tensor? labels, " HE_CE_ARGS ") -> (Tensor, Tensor, Tensor)"); \
+  m.def("loss_rows(Tensor labels, Tensor offsets, int num_classes, int ignore_index, Tensor? class_weight, " \
+        "float label_smoothing, str reduction, ScalarType dtype) -> (Tensor, Tensor)");

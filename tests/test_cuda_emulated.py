@@ -8,7 +8,7 @@ so that a missing __syncthreads changes a result.
 
 Kernels covered: rows_kernel (every row functor of csrc/math/), elements_kernel
 (RademacherFillOp, ProbeDiagAccumulateOp, ProbeUpstreamOp, InnerPairOp, InnerPairBackwardOp), softmax_stats_kernel,
-segment_sum_kernel, ce_coeffs_kernel, domain_stats_kernel (with and without the domain losses).
+segment_sum_kernel, ce_coeffs_kernel, domain_stats_kernel (with and without the domain losses), and loss_rows.
 Not emulated, covered only by the real CUDA tests of scripts/gpu_check.sh on a GPU: the cuBLAS
 GEMMs (ATen runs them on the CPU here), streams and device guards, float16/bfloat16 kernels.
 """
@@ -116,3 +116,17 @@ def test_emulated_probes_are_the_cpu_probes(op):
     other = list(args)
     other[5] = 12  # seed
     assert (emu(*other) - cpu(*args)).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("options", OPTIONS.values(), ids=OPTIONS.keys())
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("shape", SHAPES.values(), ids=SHAPES.keys())
+def test_emulated_loss_rows_match_cpu(shape, dtype, options):
+    """loss_rows' coefficient and targets kernels (ce_coeffs_kernel, rows_kernel<TargetsRowOp>)."""
+    sizes, C, d, bias = shape
+    labels, offsets = _args("domain_losses", sizes, C, d, bias, dtype, options)[3:5]
+    smoothing, weighted, reduction, _ = options
+    cw = torch.rand(C, generator=torch.Generator().manual_seed(3), dtype=dtype) + 0.5 if weighted else None
+    args = (labels, offsets, C, -100, cw, smoothing, reduction, dtype)
+    for e, c in zip(torch.ops.hessalign_emu.loss_rows(*args), torch.ops.hessalign_ext.loss_rows(*args)):
+        assert_matches(e, c, dtype)

@@ -89,6 +89,21 @@ inline at::Tensor host_to_device(const std::vector<int64_t>& vals, const at::Ten
   return cuda ? host.to(like.device(), at::kLong, /*non_blocking=*/true) : host;
 }
 
+// The offsets as kernels read them (math/domains.h): inline for up to kInlineDomains domains,
+// else copied once to the device of `like` into `storage`.
+inline DomainOffsets domain_offsets(const std::vector<int64_t>& off, const at::Tensor& like, at::Tensor& storage) {
+  DomainOffsets d;
+  d.E = int64_t(off.size()) - 1;
+  if (d.E <= kInlineDomains) {
+    d.array = nullptr;
+    std::copy(off.begin(), off.end(), d.inline_off);
+  } else {
+    storage = host_to_device(off, like);
+    d.array = storage.const_data_ptr<int64_t>();
+  }
+  return d;
+}
+
 // Padded GEMM width (Head::align_rows, off unless HESSALIGN_ALIGN_ROWS=1): with a bias, Z̃ and
 // the (E, C, D) blocks have D = d + 1 columns, and cuBLAS's vectorized kernels take neither
 // rows of that many elements nor a GEMM extent of D. On an H100 (2026-11-26) the bf16 HVP's
@@ -262,14 +277,7 @@ Head make_head(const char* op, const at::Tensor& features, const at::Tensor& wei
   if (h.has_bias) h.bias = bias->contiguous();
   h.max_rows = 0;
   for (int64_t e = 0; e < h.E; ++e) h.max_rows = std::max(h.max_rows, h.rows(e));
-  h.domains.E = h.E;
-  if (h.E <= kInlineDomains) {
-    h.domains.array = nullptr;
-    std::copy(h.off.begin(), h.off.end(), h.domains.inline_off);
-  } else {
-    h.off_dev = host_to_device(h.off, features);
-    h.domains.array = h.off_dev.const_data_ptr<int64_t>();
-  }
+  h.domains = domain_offsets(h.off, features, h.off_dev);
   h.budget = tile_budget_bytes(K::default_tile_bytes(features));
   h.tile = choose_class_tile(h.N, h.C, features.element_size(), buffers + (K::kCacheProbs ? 1 : 0), class_tile,
                              h.budget);

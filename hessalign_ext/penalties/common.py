@@ -116,18 +116,10 @@ def _result(penalty, hess_terms, grad_terms, return_terms):
 
 
 def check_labels(op: str, labels: torch.Tensor, num_classes: int, opts: dict) -> None:
-    """Labels and class weights as the compiled ops check them, for the penalties' plain-torch
-    forms (they index with the labels)."""
+    """The labels' dtype and the class weights' length, checked in the penalty's name before the
+    plain-torch forms use them; the label range is checked by ``loss_rows`` (the compiled op)."""
     if labels.dtype != torch.int64:
         raise ValueError(f"{op}: labels must be int64; got {labels.dtype}")
-    ignore_index = opts["ignore_index"]
-    # Fast path, one reduction and one read-back (as the C++ check): every label in [0, C).
-    lo, hi = torch.stack(torch.aminmax(labels)).tolist() if labels.numel() else (0, 0)
-    if lo < 0 or hi >= num_classes:
-        bad = ((labels < 0) | (labels >= num_classes)) & (labels != ignore_index)
-        if bool(bad.any()):
-            raise ValueError(f"{op}: labels must lie in [0, C={num_classes}) or equal ignore_index={ignore_index}; "
-                             f"got {labels[bad][0].item()}")
     w = opts["class_weight"]
     if w is not None and tuple(w.shape) != (num_classes,):
         raise ValueError(f"{op}: class_weight must be 1-D of length C = {num_classes}; got shape {tuple(w.shape)}")
@@ -174,35 +166,20 @@ class RowDomains:
 def loss_rows(labels: Optional[torch.Tensor], offs, num_classes: int, opts: dict, dtype: torch.dtype,
               device: torch.device):
     """Per-row Hessian scale ``c`` (N,), targets ``t`` (N, C) and the rows' domains
-    (``RowDomains``) of the loss options with each domain's denominator ``D_e``
-    (math/cross_entropy.h, as the compiled ops): ``a_i = (1-ε) w_{y_i} / D_e``,
-    ``b_i = ε / (C D_e)``, ``c_i = a_i + b_i Σ_c w_c``, ``t_ic = a_i [c = y_i] + b_i w_c``.
-    Ignored rows, and the rows of a domain whose ``D_e`` is 0, get zeros. Without labels every
-    row has weight 1: ``c_i = 1/D_e``, ``t = 0``. The labels must have passed ``check_labels``."""
+    (``RowDomains``) of the loss options with each domain's denominator ``D_e``: with labels the
+    compiled ``ops.loss_rows`` (one coefficient kernel and one pass for the targets; it checks the
+    label range), ``c_i = a_i + b_i Σ_c w_c`` and ``t_ic = a_i [c = y_i] + b_i w_c`` with
+    ``a_i = (1-ε) w_{y_i} / D_e``, ``b_i = ε / (C D_e)``. Without labels every row has weight 1:
+    ``c_i = 1/D_e`` (1 under "sum"), ``t = 0``, whatever the smoothing."""
     N, C = offs[-1], num_classes
     domains = RowDomains(offs, device)
     if labels is None:
-        keep, y, w = torch.ones(N, dtype=dtype, device=device), None, None
-    else:
-        keep = (labels != opts["ignore_index"]).to(dtype)
-        y = labels.clamp(0, C - 1)  # an ignored row's label may lie outside [0, C); its weight is 0
-        w = None if opts["class_weight"] is None else opts["class_weight"].to(dtype)
-    wy = keep if w is None else w[y] * keep
-    inv = None
-    if opts["reduction"] == "mean":
-        den = domains.sum(wy)
-        inv = domains.expand(torch.where(den > 0, den.reciprocal(), 0.0))
-    eps = opts["label_smoothing"]
-    a = wy if inv is None else wy * inv
-    if eps:
-        a = (1 - eps) * a
-        b = (eps / C) * (keep if inv is None else keep * inv)
-        c = a + b * (C if w is None else w.sum())
-    else:
-        c = a
-    t = torch.zeros(N, C, dtype=dtype, device=device)
-    if y is not None:
-        t.scatter_(1, y[:, None], a[:, None])
-        if eps:
-            t = t + b[:, None] * (1.0 if w is None else w[None, :])
-    return c, t, domains
+        c = torch.ones(N, dtype=dtype, device=device)
+        if opts["reduction"] == "mean":
+            c = domains.expand(domains.sum(c).reciprocal())  # an empty domain's 1/0 reaches no row
+        return c, torch.zeros(N, C, dtype=dtype, device=device), domains
+    work = dtype if dtype in (torch.float32, torch.float64) else torch.float32
+    c, t = _ops().loss_rows(labels, torch.tensor(offs), C, dtype=work, ignore_index=opts["ignore_index"],
+                            class_weight=opts["class_weight"], label_smoothing=opts["label_smoothing"],
+                            reduction=opts["reduction"])
+    return c.to(dtype), t.to(dtype), domains

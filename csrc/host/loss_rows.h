@@ -1,0 +1,47 @@
+// loss_rows: each row's Hessian scale c_i and its targets t_i (N×C) under the loss options,
+// every domain's denominator D_e included (math/cross_entropy.h): the coefficients kernel
+// (a block per domain on CUDA) and one row pass for the targets. What the penalties' plain-torch
+// forms build on; it replaces about a dozen elementwise launches with two.
+#pragma once
+#include "../math/loss_rows.h"
+#include "head_problem.h"
+
+namespace hessalign {
+
+template <class K>
+std::tuple<at::Tensor, at::Tensor> loss_rows(const at::Tensor& labels, const at::Tensor& offsets, int64_t num_classes,
+                                             int64_t ignore_index, const std::optional<at::Tensor>& class_weight,
+                                             double label_smoothing, c10::string_view reduction, at::ScalarType dtype) {
+  const char* op = "loss_rows";
+  auto he_guard = K::guard(labels);
+  const K k = K::current();
+  const CeOptions ce = make_ce(labels, ignore_index, class_weight, label_smoothing, reduction);
+  TORCH_CHECK_VALUE(num_classes >= 1, op, ": num_classes must be >= 1; got ", num_classes);
+  TORCH_CHECK_VALUE(dtype == at::kFloat || dtype == at::kDouble, op, ": dtype must be float32 or float64; got ",
+                    dtype);
+  // labels stand in for the features of the head ops' checks: their length is N, their device the device
+  check_ce(op, labels, num_classes, ce, /*labels_required=*/true);
+  const std::vector<int64_t> off = check_offsets(op, offsets, labels);
+  at::Tensor off_storage;
+  const DomainOffsets domains = domain_offsets(off, labels, off_storage);
+  const int64_t N = labels.size(0), C = num_classes;
+  const auto opts = labels.options().dtype(dtype);
+  at::Tensor c = at::empty({N}, opts), a = at::empty({N}, opts), b = at::empty({N}, opts);
+  at::Tensor t = at::empty({N, C}, opts);
+  if (N == 0) return {c, t};
+  const at::Tensor y = labels.contiguous();
+  const at::Tensor w = class_weight ? class_weight->to(dtype).contiguous() : at::Tensor();
+  AT_DISPATCH_FLOATING_TYPES(dtype, "hessalign_ext", [&] {
+    const scalar_t* wp = w.defined() ? w.const_data_ptr<scalar_t>() : nullptr;
+    const CeParams<scalar_t> p{y.const_data_ptr<int64_t>(), wp, w.defined() ? w.sum().item<scalar_t>() : scalar_t(C),
+                               scalar_t(label_smoothing), ignore_index, C, ce.reduction == "sum"};
+    k.ce_coeffs(p, domains, c.mutable_data_ptr<scalar_t>(), a.mutable_data_ptr<scalar_t>(),
+                b.mutable_data_ptr<scalar_t>());
+    const CeRows<scalar_t> rows{c.const_data_ptr<scalar_t>(), a.const_data_ptr<scalar_t>(),
+                                b.const_data_ptr<scalar_t>(), p.labels, wp};
+    k.rows(N, TargetsRowOp<scalar_t>{{}, rows, C, t.mutable_data_ptr<scalar_t>()});
+  });
+  return {c, t};
+}
+
+}  // namespace hessalign
