@@ -85,13 +85,14 @@ def _sqdist(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a - b).pow(2).flatten(1).sum(1)
 
 
-def centred(blocks: torch.Tensor) -> torch.Tensor:
+def centred(blocks: torch.Tensor, mean: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``x_e − mean_e x``, the mean attached and subtracted twice, so that the deviations sum
     over e to their own rounding: near-aligned domains make the head's gradient
     ``Σ_e J_e (x_e − x̄)`` with ``J_e`` nearly equal, where a common part left by rounding ``x̄``
-    alone would dominate it. Differentiable: its gradient is the (projected) deviations, as
-    against a detached mean, whose own derivative term vanishes."""
-    dev = blocks - blocks.mean(0)
+    alone would dominate it. ``mean``: ``blocks.mean(0)`` when the caller has it already.
+    Differentiable: its gradient is the (projected) deviations, as against a detached mean,
+    whose own derivative term vanishes."""
+    dev = blocks - (blocks.mean(0) if mean is None else mean)
     return dev.sub_(dev.mean(0))
 
 

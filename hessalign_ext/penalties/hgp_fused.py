@@ -114,7 +114,7 @@ class _FusedHGP(torch.autograd.Function):
         R = cp - t
         g = rows.outer(R)                                        # g_e
         g_bar = g.mean(0)
-        g_diff = centred(g)                                     # g_e − ḡ
+        g_diff = centred(g, g_bar)                              # g_e − ḡ
         # u_i = ū_i + (g_e − ḡ) z̃_i: one rounding of ū_i shared by H_e g_e and the target, whose
         # difference is then formed from small terms (separate roundings of u_i and ū_i would
         # dominate it where the domains align).
@@ -127,7 +127,7 @@ class _FusedHGP(torch.autograd.Function):
         h_diff = centred(h_bar).add_(h_gap if mean_loss else centred(h_gap))
         hess_terms = torch.linalg.vector_norm(h_diff, dim=(1, 2)).square()
         grad_terms = torch.linalg.vector_norm(g_diff, dim=(1, 2)).square()
-        penalty = (alpha * hess_terms + beta * grad_terms).sum() / E
+        penalty = (hess_terms * (alpha / E)).add_(grad_terms, alpha=beta / E).sum()
         ctx.save_for_backward(features, weight, bias, cp, p, R, U, S, g, h_diff, g_diff)
         ctx.domains, ctx.alpha, ctx.beta = domains, alpha, beta
         ctx.mark_non_differentiable(hess_terms, grad_terms)
@@ -139,12 +139,11 @@ class _FusedHGP(torch.autograd.Function):
         features, weight, bias, cp, p, R, U, S, g, h_diff, g_diff = ctx.saved_tensors
         E, d = ctx.domains.E, features.shape[1]
         rows = _Rows(features, ctx.domains, bias is not None)
-        k = d_penalty * (2.0 / E)
-        A = h_diff * (k * ctx.alpha)                             # ∂P/∂(H_e g_e)
+        A = h_diff * (d_penalty * (2.0 * ctx.alpha / E))        # ∂P/∂(H_e g_e)
         a = rows.apply(A)
         h = hessian_apply(cp, p, a)
         pu, pa = (p * U).sum(1, keepdim=True), (p * a).sum(1, keepdim=True)
-        G = rows.outer(h).add_(g_diff * (k * ctx.beta))          # ∂P/∂g_e
+        G = rows.outer(h).addcmul_(g_diff, d_penalty * (2.0 * ctx.beta / E))  # ∂P/∂g_e
         # ∂P/∂p_i = c_i (a_i ⊙ (u_i − p_i·u_i) − u_i (p_i·a_i) + q_i), and the softmax's Jacobian
         # times c_i is H_i: ∂P/∂logits_i = H_i (∂P/∂p_i / c_i)
         dp = torch.addcmul(rows.apply(G), a, U - pu).addcmul_(U, pa, value=-1)
