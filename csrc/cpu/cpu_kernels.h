@@ -22,7 +22,7 @@ struct CpuKernels {
   // every later pass (a scalar exp per element and pass otherwise).
   static constexpr bool kCacheProbs = true;
   static constexpr int kStreamWidth = 64;  // columns per item of the streaming ops: SIMD-friendly loops
-  static constexpr bool kFusedDomainStats = false;  // no launches to save: the separate passes
+  static constexpr bool kFusedDomainStats = false;  // no launches to save: prepare() runs the separate passes
   static int guard(const at::Tensor&) { return 0; }
   static CpuKernels current() { return {}; }
   static int64_t default_tile_bytes(const at::Tensor&) { return int64_t(256) << 20; }

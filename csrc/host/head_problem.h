@@ -345,33 +345,20 @@ inline void add_mm(at::Tensor acc, const at::Tensor& a, const at::Tensor& b) {
 // out[e] = X_eᵀ Y_e for every domain (rows of e); Y is a D-wide GEMM operand (Head::wide), out
 // (E, M, D) or a view with contiguous rows. An empty domain gives zeros.
 inline void seg_tn(const Head& h, const at::Tensor& X, const at::Tensor& Y_in, const at::Tensor& out) {
-  if (h.align_rows) {  // the GEMMs write a padded buffer over its whole width, then one copy
-    const at::Tensor tmp = h.rows_buffer(out.sizes().vec(), out.options());
-    at::Tensor o = h.wide(tmp);
-    const at::Tensor Y = h.wide(Y_in);
-    if (const int64_t n = h.equal_rows()) {
-      at::bmm_out(o, X.view({h.E, n, X.size(1)}).transpose(1, 2), Y.view({h.E, n, Y.size(1)}));
-    } else {
-      for (int64_t e = 0; e < h.E; ++e) {
-        at::Tensor oe = o.select(0, e);
-        if (h.rows(e) == 0) { oe.zero_(); continue; }
-        at::mm_out(oe, X.narrow(0, h.off[e], h.rows(e)).t(), Y.narrow(0, h.off[e], h.rows(e)));
-      }
-    }
-    out.copy_(tmp);
-    return;
-  }
-  const at::Tensor& Y = Y_in;
+  // with align_rows the GEMMs write a padded buffer over its whole width, then one copy
+  const at::Tensor tmp = h.align_rows ? h.rows_buffer(out.sizes().vec(), out.options()) : out;
+  at::Tensor o = h.wide(tmp);
+  const at::Tensor Y = h.wide(Y_in);
   if (const int64_t n = h.equal_rows()) {
-    at::Tensor o = out.view({h.E, out.size(1), out.size(2)});
     at::bmm_out(o, X.view({h.E, n, X.size(1)}).transpose(1, 2), Y.view({h.E, n, Y.size(1)}));
-    return;
+  } else {
+    for (int64_t e = 0; e < h.E; ++e) {
+      at::Tensor oe = o.select(0, e);
+      if (h.rows(e) == 0) { oe.zero_(); continue; }
+      at::mm_out(oe, X.narrow(0, h.off[e], h.rows(e)).t(), Y.narrow(0, h.off[e], h.rows(e)));
+    }
   }
-  for (int64_t e = 0; e < h.E; ++e) {
-    at::Tensor o = out.select(0, e);
-    if (h.rows(e) == 0) { o.zero_(); continue; }
-    at::mm_out(o, X.narrow(0, h.off[e], h.rows(e)).t(), Y.narrow(0, h.off[e], h.rows(e)));
-  }
+  if (h.align_rows) out.copy_(tmp);
 }
 
 // U_e = Y_e V_eᵀ for every domain: V is (E, M, D) per domain, or (M, D) shared by all; Y and V
