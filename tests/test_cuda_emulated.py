@@ -51,6 +51,8 @@ SHAPES = {
     # one tile, but a domain of more than 2^16 logits: the separate coefficient and
     # softmax-statistics kernels instead of domain_stats_kernel (CudaKernelsT::fuse_domain_stats)
     "past_fused_limit": ([300, 7], 250, 5, True),
+    # a domain of more than 512 rows, few logits: the separate kernels too
+    "past_fused_rows": ([600, 5], 2, 3, True),
     # more domains than travel inline in the launch arguments (math/domains.h): offsets on the device
     "many_domains_70": ([2, 0, 1] * 23 + [1], 3, 4, True),
 }

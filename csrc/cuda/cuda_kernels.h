@@ -34,10 +34,14 @@ struct CudaKernelsT {
   static constexpr bool kCacheProbs = false;  // the GPU's exp is cheaper than a pass over N×C
   static constexpr int kStreamWidth = 1;  // columns per thread of the streaming ops: coalesced loads
   // One launch for the coefficients, log-sum-exps and domain losses (domain_stats_kernels.cuh)
-  // where the largest domain holds max_rows·C ≤ 2^16 logits: its block's threads then run
-  // at most 256 exps each, while larger domains need the row-parallel kernels' whole grid.
+  // where the largest domain holds at most 512 rows and 2^16 logits: its block's threads then
+  // run at most 256 exps and its warps at most 64 rows each (a row's warp reductions cost
+  // about as much as a few hundred exps), while larger domains need the row-parallel kernels'
+  // whole grid.
   static constexpr bool kFusedDomainStats = true;
-  static bool fuse_domain_stats(index_t max_rows, index_t C) { return max_rows * C <= (index_t(1) << 16); }
+  static bool fuse_domain_stats(index_t max_rows, index_t C) {
+    return max_rows <= 512 && max_rows * C <= (index_t(1) << 16);
+  }
   // The memory rule's default budget (host/head_problem.h); CudaKernels takes its GPU's share.
   static int64_t default_tile_bytes(const at::Tensor&) { return int64_t(256) << 20; }
   cudaStream_t stream;
