@@ -3,7 +3,7 @@
 #pragma once
 #include "../math/head_grad.h"
 #include "../math/head_hvp.h"
-#include "head_problem.h"
+#include "head_gemms.h"
 
 namespace hessalign {
 

@@ -2,7 +2,7 @@
 // and its closed-form backward (pass 2: ρ; pass 3: Q and dl; dZ̃ = 2 Z̃ ⊙ Σ_tiles Q D̄).
 #pragma once
 #include "../math/head_hessian_diag.h"
-#include "head_problem.h"
+#include "head_gemms.h"
 
 namespace hessalign {
 

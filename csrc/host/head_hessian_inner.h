@@ -5,7 +5,7 @@
 // needs every tile first, so the tiles are visited twice.
 #pragma once
 #include "../math/head_hessian_inner.h"
-#include "head_problem.h"
+#include "head_gemms.h"
 
 namespace hessalign {
 

@@ -2,7 +2,7 @@
 // pass over the class tiles and a per-domain sum; backward dl_ic = 2 k_i p (Σp² - p).
 #pragma once
 #include "../math/head_hessian_trace.h"
-#include "head_problem.h"
+#include "head_gemms.h"
 
 namespace hessalign {
 

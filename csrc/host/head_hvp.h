@@ -3,7 +3,7 @@
 // the per-domain GEMM. Backward: pass 2 sums m, t, w; pass 3 forms S, dU, dP, then dl.
 #pragma once
 #include "../math/head_hvp.h"
-#include "head_problem.h"
+#include "head_gemms.h"
 
 namespace hessalign {
 

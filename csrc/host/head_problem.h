@@ -1,7 +1,7 @@
 // Device-generic host side of every op: validates and prepares the head (augmented features
 // Z̃ = [Z | 1], so parameter blocks carry the bias as column D; logits Z Wᵀ + b, whose
 // gradient to W̃ = [W | b] is dlᵀ Z̃), the per-row loss coefficients, the class tiling, the
-// row log-sum-exps, and the per-domain GEMMs (ATen: MKL/OpenBLAS on the CPU, cuBLAS on CUDA).
+// row log-sum-exps (the per-domain GEMMs are in head_gemms.h).
 // The elementwise and reduction work goes to the backend K (cpu/cpu_kernels.h or
 // cuda/cuda_kernels.h), which runs the row functors of math/.
 #pragma once
@@ -56,6 +56,16 @@ inline CeOptions make_ce(const std::optional<at::Tensor>& labels, int64_t ignore
                          const std::optional<at::Tensor>& class_weight, double label_smoothing,
                          c10::string_view reduction) {
   return {labels, ignore_index, class_weight, label_smoothing, std::string(reduction)};
+}
+
+// The loss options as kernels read them (math/cross_entropy.h): labels (int64) and class
+// weights (acc_t, contiguous) may be undefined. With class weights, their sum is read back.
+template <class acc_t>
+CeParams<acc_t> ce_params(const at::Tensor& labels, const at::Tensor& class_weight, const CeOptions& ce, int64_t C) {
+  return {labels.defined() ? labels.const_data_ptr<int64_t>() : nullptr,
+          class_weight.defined() ? class_weight.const_data_ptr<acc_t>() : nullptr,
+          class_weight.defined() ? class_weight.sum().item<acc_t>() : acc_t(C),
+          acc_t(ce.label_smoothing), ce.ignore_index, C, ce.reduction == "sum"};
 }
 
 // Bytes of N×T working buffers an op may hold per class tile: the memory rule that picks
@@ -301,10 +311,7 @@ void prepare(Head& h, const K& k, const CeOptions& ce, bool keep_probs = true, b
   h.lse = at::empty({h.N}, opts);
   HE_DISPATCH(K, h.zt.scalar_type(), [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    CeParams<acc_t> p{h.labels.defined() ? h.labels.const_data_ptr<int64_t>() : nullptr,
-                      h.class_weight.defined() ? h.class_weight.const_data_ptr<acc_t>() : nullptr,
-                      h.class_weight.defined() ? h.class_weight.sum().item<acc_t>() : acc_t(h.C),
-                      acc_t(ce.label_smoothing), ce.ignore_index, h.C, ce.reduction == "sum"};
+    const CeParams<acc_t> p = ce_params<acc_t>(h.labels, h.class_weight, ce, h.C);
     if (h.N == 0) return;
     if constexpr (K::kFusedDomainStats) {
       if (h.num_tiles() == 1 && K::fuse_domain_stats(h.max_rows, h.C)) {
@@ -335,87 +342,6 @@ void prepare(Head& h, const K& k, const CeOptions& ce, bool keep_probs = true, b
       if (keep_probs && h.logits_cache.defined() && h.N * h.C >= 4096) h.probs_cache = h.logits_cache.to(h.acc_type).sub(h.lse.unsqueeze(1)).exp_();
   });
 }
-
-// acc += a @ b, where acc may be of a wider dtype than a and b (float32 for bf16 inputs).
-inline void add_mm(at::Tensor acc, const at::Tensor& a, const at::Tensor& b) {
-  if (acc.scalar_type() == a.scalar_type()) acc.addmm_(a, b);
-  else acc.add_(at::mm(a, b));
-}
-
-// out[e] = X_eᵀ Y_e for every domain (rows of e); Y is a D-wide GEMM operand (Head::wide), out
-// (E, M, D) or a view with contiguous rows. An empty domain gives zeros.
-inline void seg_tn(const Head& h, const at::Tensor& X, const at::Tensor& Y_in, const at::Tensor& out) {
-  // with align_rows the GEMMs write a padded buffer over its whole width, then one copy
-  const at::Tensor tmp = h.align_rows ? h.rows_buffer(out.sizes().vec(), out.options()) : out;
-  at::Tensor o = h.wide(tmp);
-  const at::Tensor Y = h.wide(Y_in);
-  if (const int64_t n = h.equal_rows()) {
-    at::bmm_out(o, X.view({h.E, n, X.size(1)}).transpose(1, 2), Y.view({h.E, n, Y.size(1)}));
-  } else {
-    for (int64_t e = 0; e < h.E; ++e) {
-      at::Tensor oe = o.select(0, e);
-      if (h.rows(e) == 0) { oe.zero_(); continue; }
-      at::mm_out(oe, X.narrow(0, h.off[e], h.rows(e)).t(), Y.narrow(0, h.off[e], h.rows(e)));
-    }
-  }
-  if (h.align_rows) out.copy_(tmp);
-}
-
-// U_e = Y_e V_eᵀ for every domain: V is (E, M, D) per domain, or (M, D) shared by all; Y and V
-// are D-wide GEMM operands (Head::wide).
-inline at::Tensor seg_nt(const Head& h, const at::Tensor& Y_in, const at::Tensor& V_in) {
-  const at::Tensor Y = h.wide(Y_in), V = h.wide(V_in);
-  if (V.dim() == 2) return at::mm(Y, V.t());
-  at::Tensor U = at::empty({h.N, V.size(1)}, Y.options());
-  if (const int64_t n = h.equal_rows()) {
-    at::Tensor u = U.view({h.E, n, V.size(1)});
-    at::bmm_out(u, Y.view({h.E, n, Y.size(1)}), V.transpose(1, 2));
-    return U;
-  }
-  for (int64_t e = 0; e < h.E; ++e) {
-    if (h.rows(e) == 0) continue;
-    at::Tensor u = U.narrow(0, h.off[e], h.rows(e));
-    at::mm_out(u, Y.narrow(0, h.off[e], h.rows(e)), V[e].t());
-  }
-  return U;
-}
-
-// acc_e += X_e V_e for every domain: V is (E, M, D) per domain, or (M, D) shared; V and acc
-// are D-wide GEMM operands (Head::wide).
-inline void seg_nn_add(const Head& h, const at::Tensor& X, const at::Tensor& V_in, const at::Tensor& acc_in) {
-  const at::Tensor V = h.wide(V_in), acc = h.wide(acc_in);
-  if (V.dim() == 2) { add_mm(acc, X, V); return; }
-  if (const int64_t n = h.equal_rows()) {
-    at::Tensor a = acc.view({h.E, n, acc.size(1)});
-    const at::Tensor x = X.view({h.E, n, X.size(1)});
-    if (acc.scalar_type() == X.scalar_type()) a.baddbmm_(x, V);
-    else a.add_(at::bmm(x, V));
-    return;
-  }
-  for (int64_t e = 0; e < h.E; ++e)
-    if (h.rows(e) > 0) add_mm(acc.narrow(0, h.off[e], h.rows(e)), X.narrow(0, h.off[e], h.rows(e)), V[e]);
-}
-
-// The gradients of an op with respect to Z̃ and W̃, accumulated over class tiles in the
-// accumulation dtype, then split into (features, weight, bias).
-struct HeadGrads {
-  at::Tensor dzt, dwt;
-  explicit HeadGrads(const Head& h)
-      : dzt(h.rows_buffer({h.N, h.D}, h.zt.options().dtype(h.acc_type), /*zero=*/true)),
-        dwt(h.rows_buffer({h.C, h.D}, h.zt.options().dtype(h.acc_type), /*zero=*/true)) {}
-
-  // Chain rule through logits = Z Wᵀ + b = Z̃ W̃ᵀ for the logits gradient dl of classes c0 .. c0+T-1.
-  void add_logits_grad(const Head& h, const at::Tensor& dl, int64_t c0, int64_t T) {
-    add_mm(dzt.narrow(1, 0, h.d), dl, h.w.narrow(0, c0, T));  // the ones column's gradient is dropped
-    add_mm(h.wide(dwt).narrow(0, c0, T), dl.t(), h.wide(h.zt));
-  }
-
-  std::tuple<at::Tensor, at::Tensor, at::Tensor> finish(const Head& h) const {
-    const auto dt = h.zt.scalar_type();
-    at::Tensor gb = h.has_bias ? dwt.select(1, h.d).to(dt) : at::empty({0}, h.zt.options());
-    return {dzt.narrow(1, 0, h.d).to(dt).contiguous(), dwt.narrow(1, 0, h.d).to(dt).contiguous(), gb.contiguous()};
-  }
-};
 
 // Per-domain sums of a per-row vector (E,), by the backend's segmented reduction.
 template <class K>

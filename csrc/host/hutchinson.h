@@ -4,7 +4,7 @@
 // of probe values is ever stored.
 #pragma once
 #include "../math/rademacher.h"
-#include "head_problem.h"
+#include "head_gemms.h"
 
 namespace hessalign {
 
@@ -29,9 +29,9 @@ at::Tensor probe_block(const Head& h, const K& k, uint64_t seed, int64_t k0, int
   return V;
 }
 
-// U = Z̃ Vᵀ, N×(B·T): row i holds u_ib = V_b z̃_i for the chunk's probes, b-major.
-inline at::Tensor probe_products(const Head& h, const at::Tensor& V) {
-  return at::mm(h.wide(h.zt), h.wide(h.aligned(V)).t());
-}
+// U = Z̃ Vᵀ, N×(B·T): row i holds u_ib = V_b z̃_i for the chunk's probes, b-major. V is the
+// probe block as a GEMM operand (Head::aligned: the elementwise kernels read probe_block's own
+// (…, D) rows).
+inline at::Tensor probe_products(const Head& h, const at::Tensor& V) { return at::mm(h.wide(h.zt), h.wide(V).t()); }
 
 }  // namespace hessalign

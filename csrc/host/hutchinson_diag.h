@@ -28,7 +28,7 @@ at::Tensor hutchinson_diag_forward(HE_HEAD_PARAMS, const at::Tensor& offsets, in
         const int64_t T = std::min(h.tile, h.C - c0);
         const at::Tensor L = h.logits(c0, T);
         at::Tensor V = probe_block<scalar_t>(h, k, uint64_t(seed), k0, B, c0, T);
-        at::Tensor U = probe_products(h, V);
+        at::Tensor U = probe_products(h, h.aligned(V));
         k.rows(h.N * B, HvpMeanOp<scalar_t, acc_t>{{}, {h.view<scalar_t, acc_t>(L, c0, T), B, 0, B},
                                                    U.const_data_ptr<scalar_t>(), m.mutable_data_ptr<acc_t>()});
         if (T == h.C) V1 = V, U1 = U;
@@ -37,7 +37,7 @@ at::Tensor hutchinson_diag_forward(HE_HEAD_PARAMS, const at::Tensor& offsets, in
         const int64_t T = std::min(h.tile, h.C - c0);
         const at::Tensor L = h.logits(c0, T);
         at::Tensor V = V1.defined() ? V1 : probe_block<scalar_t>(h, k, uint64_t(seed), k0, B, c0, T);
-        at::Tensor U = U1.defined() ? U1 : probe_products(h, V);
+        at::Tensor U = U1.defined() ? U1 : probe_products(h, h.aligned(V));
         k.rows(h.N * B, HvpSOp<scalar_t, acc_t>{{}, {h.view<scalar_t, acc_t>(L, c0, T), B, 0, B},
                                                 h.c.const_data_ptr<acc_t>(), m.const_data_ptr<acc_t>(),
                                                 U.mutable_data_ptr<scalar_t>()});
@@ -78,10 +78,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> hutchinson_diag_backward(
       k.elements(Upstream::items(h.E, B, T, h.D), Upstream{B, c0, T, h.D, h.C, acc_t(1) / acc_t(num_probes),
                                                                 V.const_data_ptr<scalar_t>(), G.const_data_ptr<scalar_t>(),
                                                                 Obar.mutable_data_ptr<scalar_t>()});
-      at::Tensor U = probe_products(h, V);
-      const at::Tensor Obar_gemm = h.aligned(Obar);  // the elementwise kernels take (…, D) rows, the GEMMs Head::wide
-      at::Tensor dS = seg_nt(h, h.zt, Obar_gemm);
-      return {V, Obar_gemm, U, dS};
+      // the elementwise kernels read (…, D) rows, the GEMMs these aligned copies (Head::wide)
+      const at::Tensor V_gemm = h.aligned(V), Obar_gemm = h.aligned(Obar);
+      return {V_gemm, Obar_gemm, probe_products(h, V_gemm), seg_nt(h, h.zt, Obar_gemm)};
     };
     for (int64_t k0 = 0; k0 < num_probes; k0 += chunk) {
       const int64_t B = std::min(chunk, num_probes - k0);
@@ -110,7 +109,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> hutchinson_diag_backward(
                                                       in[2].mutable_data_ptr<scalar_t>(), in[3].mutable_data_ptr<scalar_t>(),
                                                       DP.mutable_data_ptr<acc_t>()});
         seg_nn_add(h, in[2], in[1], g.dzt);  // S Ō
-        add_mm(h.wide(g.dzt), in[3], h.wide(h.aligned(in[0])));  // dU V
+        add_mm(h.wide(g.dzt), in[3], h.wide(in[0]));  // dU V
         at::Tensor dl = at::empty({h.N, T}, h.zt.options());
         k.rows(h.N, SoftmaxBackwardOp<scalar_t, acc_t>{{}, lt, DP.const_data_ptr<acc_t>(), rho.const_data_ptr<acc_t>(),
                                                        dl.mutable_data_ptr<scalar_t>()});

@@ -32,13 +32,11 @@ std::tuple<at::Tensor, at::Tensor> loss_rows(const at::Tensor& labels, const at:
   const at::Tensor y = labels.contiguous();
   const at::Tensor w = class_weight ? class_weight->to(dtype).contiguous() : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES(dtype, "hessalign_ext", [&] {
-    const scalar_t* wp = w.defined() ? w.const_data_ptr<scalar_t>() : nullptr;
-    const CeParams<scalar_t> p{y.const_data_ptr<int64_t>(), wp, w.defined() ? w.sum().item<scalar_t>() : scalar_t(C),
-                               scalar_t(label_smoothing), ignore_index, C, ce.reduction == "sum"};
+    const CeParams<scalar_t> p = ce_params<scalar_t>(y, w, ce, C);
     k.ce_coeffs(p, domains, c.mutable_data_ptr<scalar_t>(), a.mutable_data_ptr<scalar_t>(),
                 b.mutable_data_ptr<scalar_t>());
     const CeRows<scalar_t> rows{c.const_data_ptr<scalar_t>(), a.const_data_ptr<scalar_t>(),
-                                b.const_data_ptr<scalar_t>(), p.labels, wp};
+                                b.const_data_ptr<scalar_t>(), p.labels, p.class_weight};
     k.rows(N, TargetsRowOp<scalar_t>{{}, rows, C, t.mutable_data_ptr<scalar_t>()});
   });
   return {c, t};
