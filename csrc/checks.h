@@ -6,6 +6,7 @@
 
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace hessalign {
@@ -121,6 +122,30 @@ inline void check_domain_matrix(const char* op, const char* name, const at::Tens
 
 inline void check_num_probes(const char* op, int64_t num_probes) {
   TORCH_CHECK_VALUE(num_probes >= 1, op, ": num_probes must be >= 1; got ", num_probes);
+}
+
+// logits_hvp's rows: probs (N, C), coef (N,), vectors (N, B·C); one floating dtype and device.
+inline void check_logits_rows(const char* op, const at::Tensor& probs, const at::Tensor& coef,
+                              const at::Tensor& vectors, bool reduced_precision_ok) {
+  TORCH_CHECK_VALUE(probs.dim() == 2 && probs.size(1) >= 1, op, ": probs must be 2-D (N, C) with C >= 1; got shape ",
+                    shape_str(probs));
+  const auto dt = probs.scalar_type();
+  const bool full = dt == at::kFloat || dt == at::kDouble;
+  const bool reduced = dt == at::kHalf || dt == at::kBFloat16;
+  TORCH_CHECK_VALUE(full || (reduced && reduced_precision_ok), op, ": probs must be float32 or float64",
+                    reduced_precision_ok ? " (or float16/bfloat16)" : "", " on ", probs.device().type(), "; got ", dt);
+  const int64_t N = probs.size(0), C = probs.size(1);
+  TORCH_CHECK_VALUE(coef.dim() == 1 && coef.size(0) == N, op, ": coef must be 1-D of length N = ", N,
+                    "; got shape ", shape_str(coef));
+  TORCH_CHECK_VALUE(vectors.dim() == 2 && vectors.size(0) == N && vectors.size(1) % C == 0, op,
+                    ": vectors must be 2-D (N, B*C) with N = ", N, " and a multiple of C = ", C,
+                    " columns; got shape ", shape_str(vectors));
+  for (const auto& [name, t] : {std::pair<const char*, const at::Tensor&>{"coef", coef}, {"vectors", vectors}}) {
+    TORCH_CHECK_VALUE(t.scalar_type() == dt, op, ": ", name, " must have the dtype of probs (", dt, "); got ",
+                      t.scalar_type());
+    TORCH_CHECK_VALUE(t.device() == probs.device(), op, ": ", name, " must be on the device of probs (",
+                      probs.device(), "); got ", t.device());
+  }
 }
 
 }  // namespace hessalign

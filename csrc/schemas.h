@@ -33,4 +33,5 @@
   m.def("_hutchinson_trace_backward(Tensor grad, " HE_HEAD ", Tensor offsets, int num_probes, int seed, " \
         "Tensor? labels, " HE_CE_ARGS ") -> (Tensor, Tensor, Tensor)"); \
   m.def("loss_rows(Tensor labels, Tensor offsets, int num_classes, int ignore_index, Tensor? class_weight, " \
-        "float label_smoothing, str reduction, ScalarType dtype) -> (Tensor, Tensor)");
+        "float label_smoothing, str reduction, ScalarType dtype) -> (Tensor, Tensor)"); \
+  m.def("logits_hvp(Tensor probs, Tensor coef, Tensor vectors) -> (Tensor, Tensor)");

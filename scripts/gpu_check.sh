@@ -59,7 +59,7 @@ echo "- build: $(( $(date +%s) - start )) s" >> "$SUMMARY"
 workers=$($PY -c "import xdist" 2>/dev/null && echo "-n 8" || echo "")
 start=$(date +%s)
 timeout $(( $(left) / 3 )) $PY -m pytest -q -m cuda -p no:cacheprovider -rfEs $workers --timeout 120 \
-  tests/test_cuda.py tests/test_domain_losses.py tests/test_head_*.py tests/test_hutchinson_*.py tests/test_loss_rows.py \
+  tests/test_cuda.py tests/test_domain_losses.py tests/test_head_*.py tests/test_hutchinson_*.py tests/test_loss_rows.py tests/test_logits_hvp.py \
   > "$RESULTS/cuda_tests.log" 2>&1
 tests_rc=$?
 tail -30 "$RESULTS/cuda_tests.log"

@@ -8,7 +8,8 @@ so that a missing __syncthreads changes a result.
 
 Kernels covered: rows_kernel (every row functor of csrc/math/), elements_kernel
 (RademacherFillOp, ProbeDiagAccumulateOp, ProbeUpstreamOp, InnerPairOp, InnerPairBackwardOp), softmax_stats_kernel,
-segment_sum_kernel, ce_coeffs_kernel, domain_stats_kernel (with and without the domain losses), and loss_rows.
+segment_sum_kernel, ce_coeffs_kernel, domain_stats_kernel (with and without the domain losses), loss_rows and
+logits_hvp.
 Not emulated, covered only by the real CUDA tests of scripts/gpu_check.sh on a GPU: the cuBLAS
 GEMMs (ATen runs them on the CPU here), streams and device guards, float16/bfloat16 kernels.
 """
@@ -131,4 +132,16 @@ def test_emulated_loss_rows_match_cpu(shape, dtype, options):
     cw = torch.rand(C, generator=torch.Generator().manual_seed(3), dtype=dtype) + 0.5 if weighted else None
     args = (labels, offsets, C, -100, cw, smoothing, reduction, dtype)
     for e, c in zip(torch.ops.hessalign_emu.loss_rows(*args), torch.ops.hessalign_ext.loss_rows(*args)):
+        assert_matches(e, c, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("N, C, B", [(1, 1, 1), (37, 33, 3), (9, 1000, 2), (300, 2, 1)],
+                         ids=["one_row", "off_warp_37x33x3", "wide_1000", "many_rows_300"])
+def test_emulated_logits_hvp_matches_cpu(N, C, B, dtype):
+    """logits_hvp's row kernel (rows_kernel<LogitsHvpOp>): a warp per vector of a row."""
+    g = torch.Generator().manual_seed(N + C)
+    probs = torch.softmax(torch.randn(N, C, generator=g, dtype=dtype), 1)
+    args = (probs, torch.rand(N, generator=g, dtype=dtype) + 0.1, torch.randn(N, B * C, generator=g, dtype=dtype))
+    for e, c in zip(torch.ops.hessalign_emu.logits_hvp(*args), torch.ops.hessalign_ext.logits_hvp(*args)):
         assert_matches(e, c, dtype)

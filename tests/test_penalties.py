@@ -170,6 +170,20 @@ def test_hgp_fused_form_gradient_subsets_and_layouts():
         assert_same(value, auto, [t for t in inputs if t.requires_grad])
 
 
+def test_hgp_fused_form_in_bfloat16_on_the_cpu():
+    """bfloat16 inputs on the CPU, whose kernels run float32 and float64 only: the logit-space
+    products (common.logits_hvp) run in float32, the rest in bfloat16; the value and the
+    gradients stay within a bfloat16 bound of float64."""
+    z, W, b, y, off = problem(seed=5, C=6, d=16, sizes=(20, 12, 16))
+    truth = penalties.hgp(z, W, b, y, off, 0.5, 0.5, method="fused")
+    low = [t.detach().bfloat16().requires_grad_(True) for t in (z, W, b)]
+    value = penalties.hgp(*low, y, off, 0.5, 0.5, method="fused")
+    assert value.dtype == torch.bfloat16
+    torch.testing.assert_close(value.double(), truth.detach(), rtol=5e-2, atol=0)
+    for g_low, g in zip(grads(value, low), grads(truth, (z, W, b))):
+        assert (g_low.double() - g).norm() <= 5e-2 * g.norm()
+
+
 def test_hgp_auto_method_picks_the_cheaper_form():
     # CPU, DomainBed heads: 3×32 rows, D = 2049: few classes -> fused, many -> Gram; too many rows -> fused
     cpu, cuda = torch.device("cpu"), torch.device("cuda")

@@ -7,7 +7,8 @@ from .head_hessian_trace import head_hessian_trace
 from .head_hvp import head_hvp
 from .hutchinson_diag import hutchinson_diag
 from .hutchinson_trace import hutchinson_trace
+from .logits_hvp import logits_hvp
 from .loss_rows import loss_rows
 
 __all__ = ["domain_losses", "head_grad", "head_hvp", "head_hessian_diag", "head_hessian_trace", "head_hessian_inner",
-           "hutchinson_diag", "hutchinson_trace", "loss_rows"]
+           "hutchinson_diag", "hutchinson_trace", "logits_hvp", "loss_rows"]

@@ -102,12 +102,15 @@ def _sqdev(x: torch.Tensor) -> torch.Tensor:
     return centred(x).pow(2).flatten(1).sum(1)
 
 
-def hessian_apply(cp: torch.Tensor, p: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """Rows of ``H_i u_i = c_i p_i ⊙ (u_i − p_i · u_i)`` from ``cp = c ⊙ p``; ``u`` may hold
-    several C-blocks side by side."""
-    C = p.shape[1]
-    u3 = u.view(u.shape[0], u.shape[1] // C, C)
-    return (cp[:, None, :] * (u3 - (p[:, None, :] * u3).sum(2, keepdim=True))).view(u.shape)
+def logits_hvp(p: torch.Tensor, c: torch.Tensor, u: torch.Tensor):
+    """Rows of ``H_i u_i = c_i p_i ⊙ (u_i − p_i · u_i)`` and the means ``p_i · u_i`` (``u`` may
+    hold several C-blocks side by side): the compiled ``ops.logits_hvp``, one pass where the
+    torch expression takes four; in float32 where the CPU kernels lack the dtype (float16,
+    bfloat16)."""
+    if p.device.type == "cpu" and p.dtype in (torch.float16, torch.bfloat16):
+        s, m = _ops().logits_hvp(p.float(), c.float(), u.float())
+        return s.to(p.dtype), m.to(p.dtype)
+    return _ops().logits_hvp(p, c, u)
 
 
 def _result(penalty, hess_terms, grad_terms, return_terms):

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from .common import RowDomains, centred, check_labels, hessian_apply, loss_rows
+from .common import RowDomains, centred, check_labels, logits_hvp, loss_rows
 
 
 class _Rows:
@@ -110,8 +110,7 @@ class _FusedHGP(torch.autograd.Function):
         features = features.contiguous()
         rows = _Rows(features, domains, bias is not None)
         p = torch.softmax(F.linear(features, weight, bias), 1)
-        cp = c[:, None] * p
-        R = cp - t
+        R = c[:, None] * p - t
         g = rows.outer(R)                                        # g_e
         g_bar = g.mean(0)
         g_diff = centred(g, g_bar)                              # g_e − ḡ
@@ -120,15 +119,16 @@ class _FusedHGP(torch.autograd.Function):
         # dominate it where the domains align).
         g_bar_w, g_bar_b = (g_bar[:, :-1], g_bar[:, -1]) if bias is not None else (g_bar, None)
         U_bar, U_diff = F.linear(features, g_bar_w, g_bar_b), rows.apply(g_diff)
-        S_bar, S_diff = hessian_apply(cp, p, torch.cat([U_bar, U_diff], 1)).split(C, 1)
-        U, S = U_bar + U_diff, S_bar + S_diff
-        h_bar, h_gap = rows.outer(torch.cat([S_bar, S_diff], 1)).split(C, 1)   # H_e ḡ, H_e (g_e − ḡ)
+        S_pair, m_pair = logits_hvp(p, c, torch.cat([U_bar, U_diff], 1))
+        S_bar, S_diff = S_pair.split(C, 1)
+        U, S, pu = U_bar + U_diff, S_bar + S_diff, m_pair.sum(1, keepdim=True)  # pu = p_i · u_i
+        h_bar, h_gap = rows.outer(S_pair).split(C, 1)                 # H_e ḡ, H_e (g_e − ḡ)
         # H_e g_e − T with T = H̄ḡ = mean_e H_e ḡ (mean_loss) or mean_e H_e g_e (mean_of_domains)
         h_diff = centred(h_bar).add_(h_gap if mean_loss else centred(h_gap))
         hess_terms = torch.linalg.vector_norm(h_diff, dim=(1, 2)).square()
         grad_terms = torch.linalg.vector_norm(g_diff, dim=(1, 2)).square()
         penalty = (hess_terms * (alpha / E)).add_(grad_terms, alpha=beta / E).sum()
-        ctx.save_for_backward(features, weight, bias, cp, p, R, U, S, g, h_diff, g_diff)
+        ctx.save_for_backward(features, weight, bias, c, p, R, U, S, pu, g, h_diff, g_diff)
         ctx.domains, ctx.alpha, ctx.beta = domains, alpha, beta
         ctx.mark_non_differentiable(hess_terms, grad_terms)
         return penalty, hess_terms, grad_terms
@@ -136,18 +136,17 @@ class _FusedHGP(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, d_penalty, _hess_terms, _grad_terms):
-        features, weight, bias, cp, p, R, U, S, g, h_diff, g_diff = ctx.saved_tensors
+        features, weight, bias, c, p, R, U, S, pu, g, h_diff, g_diff = ctx.saved_tensors
         E, d = ctx.domains.E, features.shape[1]
         rows = _Rows(features, ctx.domains, bias is not None)
         A = h_diff * (d_penalty * (2.0 * ctx.alpha / E))        # ∂P/∂(H_e g_e)
         a = rows.apply(A)
-        h = hessian_apply(cp, p, a)
-        pu, pa = (p * U).sum(1, keepdim=True), (p * a).sum(1, keepdim=True)
+        h, pa = logits_hvp(p, c, a)                             # H_i a_i, p_i · a_i
         G = rows.outer(h).addcmul_(g_diff, d_penalty * (2.0 * ctx.beta / E))  # ∂P/∂g_e
         # ∂P/∂p_i = c_i (a_i ⊙ (u_i − p_i·u_i) − u_i (p_i·a_i) + q_i), and the softmax's Jacobian
         # times c_i is H_i: ∂P/∂logits_i = H_i (∂P/∂p_i / c_i)
         dp = torch.addcmul(rows.apply(G), a, U - pu).addcmul_(U, pa, value=-1)
-        dl = hessian_apply(cp, p, dp)
+        dl, _ = logits_hvp(p, c, dp)
         d_features = d_weight = d_bias = None
         if ctx.needs_input_grad[0]:
             d_features = rows.weighted_sum([S, h, R, dl], [A[:, :, :d], g[:, :, :d], G[:, :, :d],

@@ -26,7 +26,7 @@ from typing import List, Optional
 import torch
 import torch.nn.functional as F
 
-from .common import RowDomains, check_labels, hessian_apply, loss_rows
+from .common import RowDomains, check_labels, logits_hvp, loss_rows
 
 _WORK = torch.float64
 # method="auto" takes the Gram form when it is the cheaper (``choose``) and
@@ -92,16 +92,15 @@ def hgp_terms(features: torch.Tensor, weight: torch.Tensor, bias: Optional[torch
     device = features.device
     p = torch.softmax(F.linear(features, weight, bias).to(_WORK), 1)
     c, t, domains = loss_rows(labels, offs, C, opts, _WORK, device)
-    cp = c[:, None] * p
-    R = cp - t                                               # rows of g_e
+    R = c[:, None] * p - t                                   # rows of g_e
     K, K_left = _Gram.apply(features.to(_WORK), bias is not None)
     within = _within_domains(K, domains)
     U = within(R)                                            # g_e z̃_i
-    S = hessian_apply(cp, p, U)                              # rows of H_e g_e
+    S = logits_hvp(p, c, U)[0]                               # rows of H_e g_e
     with torch.no_grad():
         rho = R / E                                          # rows of ḡ
         g_bar_z = K @ rho                                    # ḡ z̃_i
-        tau = (hessian_apply(cp, p, g_bar_z) if mean_target == "mean_loss" else S) / E  # rows of T
+        tau = (logits_hvp(p, c, g_bar_z)[0] if mean_target == "mean_loss" else S) / E  # rows of T
         norms = torch.stack([(tau * (K @ tau)).sum(), (rho * g_bar_z).sum()])            # ‖T‖², ‖ḡ‖²
     targets_z = K_left @ torch.cat([tau, rho], 1)            # (T z̃_i, ḡ z̃_i), only z̃_i attached
     # ‖X_e − Y‖² = Σ_{i,j∈e} K_ij x_i·x_j − 2 Σ_{i∈e} x_i·(Y z̃_i) + ‖Y‖²

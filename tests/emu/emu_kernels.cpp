@@ -15,6 +15,7 @@
 #include "../../csrc/math/head_hvp.h"
 #include "../../csrc/math/hutchinson_diag.h"
 #include "../../csrc/math/hutchinson_trace.h"
+#include "../../csrc/math/logits_hvp.h"
 #include "../../csrc/math/loss_rows.h"
 
 namespace hessalign {
@@ -44,6 +45,7 @@ namespace hessalign {
   HE_ELEMENTS(ProbeDiagAccumulateOp<T, T, 1>)                                                                 \
   HE_ELEMENTS(ProbeUpstreamOp<T, T, 1>)                                                                       \
   HE_ROWS(TargetsRowOp<T>)                                                                                    \
+  HE_ROWS(LogitsHvpOp<T, T>)                                                                                  \
   template int launch_softmax_stats<T, T>(const T*, index_t, index_t, T*, T*, bool, T*, cudaStream_t);       \
   template int launch_segment_sum<T>(const T*, const DomainOffsets&, T*, cudaStream_t);                       \
   template int launch_ce_coeffs<T>(const CeParams<T>&, const DomainOffsets&, T*, T*, T*, cudaStream_t);       \

@@ -13,6 +13,7 @@
 #include "../../csrc/host/head_hvp.h"
 #include "../../csrc/host/hutchinson_diag.h"
 #include "../../csrc/host/hutchinson_trace.h"
+#include "../../csrc/host/logits_hvp.h"
 #include "../../csrc/host/loss_rows.h"
 #include "../../csrc/schemas.h"
 
@@ -39,4 +40,5 @@ TORCH_LIBRARY_IMPL(hessalign_emu, CPU, m) {
   HE_EMU_IMPL(hutchinson_diag)
   HE_EMU_IMPL(hutchinson_trace)
   m.impl("loss_rows", &hessalign::loss_rows<hessalign::EmuKernels>);
+  m.impl("logits_hvp", &hessalign::logits_hvp<hessalign::EmuKernels>);
 }

@@ -1,0 +1,8 @@
+// logits_hvp on CUDA: the device-generic driver of host/logits_hvp.h with the row kernels of
+// row_kernels.cuh (a warp per virtual row).
+#include <torch/library.h>
+
+#include "../host/logits_hvp.h"
+#include "cuda_backend.cuh"
+
+TORCH_LIBRARY_IMPL(hessalign_ext, CUDA, m) { m.impl("logits_hvp", &hessalign::logits_hvp<hessalign::CudaKernels>); }

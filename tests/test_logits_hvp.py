@@ -1,0 +1,121 @@
+"""logits_hvp (each row's cross-entropy Hessian in logit space applied to vectors) against
+float64 double-backward autograd: ``c_i · logsumexp(l_i)`` has the logit Hessian
+``c_i (diag p_i − p_i p_iᵀ)`` with ``p_i = softmax(l_i)``, so differentiating its gradient
+along each vector gives the products independently of our formula."""
+import pytest
+import torch
+
+import hessalign_ext
+
+F64 = torch.float64
+SHAPES = {"N37_C7_B1": (37, 7, 1), "N37_C65_B3": (37, 65, 3), "N5_C1_B2": (5, 1, 2), "N1_C2_B4": (1, 2, 4),
+          "N0_C3_B2": (0, 3, 2), "N6_C4_B0": (6, 4, 0)}
+
+
+def problem(N, C, B, dtype=F64, seed=0, requires_grad=False):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(N, C, generator=g, dtype=F64) * 2
+    coef = torch.rand(N, generator=g, dtype=F64) + 0.1
+    vectors = torch.randn(N, B * C, generator=g, dtype=F64)
+    return [t.to(dtype).requires_grad_(requires_grad) for t in (logits, coef, vectors)]
+
+
+def reference(logits, coef, vectors):
+    N, C = logits.shape
+    L = logits.detach().double().requires_grad_(True)
+    c, U = coef.detach().double(), vectors.detach().double().view(N, vectors.shape[1] // C, C)
+    (grad,) = torch.autograd.grad((c * torch.logsumexp(L, 1)).sum(), L, create_graph=True)
+    s = torch.zeros_like(U)
+    for b in range(U.shape[1]):
+        (s[:, b],) = torch.autograd.grad((grad * U[:, b]).sum(), L, retain_graph=True)
+    m = (torch.softmax(L, 1)[:, None, :] * U).sum(2)
+    return s.reshape(N, vectors.shape[1]), m.detach()
+
+
+@pytest.mark.parametrize("dtype", [F64, torch.float32], ids=str)
+@pytest.mark.parametrize("shape", SHAPES.values(), ids=SHAPES.keys())
+def test_logits_hvp_matches_double_backward(shape, dtype):
+    logits, coef, vectors = problem(*shape, dtype=dtype)
+    s, m = hessalign_ext.ops.logits_hvp(torch.softmax(logits, 1), coef, vectors)
+    s_ref, m_ref = reference(logits, coef, vectors)
+    assert s.dtype == m.dtype == dtype and s.shape == vectors.shape and m.shape == (shape[0], shape[2])
+    tol = dict(rtol=1e-12, atol=1e-13) if dtype == F64 else dict(rtol=2e-5, atol=2e-6)
+    torch.testing.assert_close(s.double(), s_ref, **tol)
+    torch.testing.assert_close(m.double(), m_ref, **tol)
+
+
+def test_non_contiguous_inputs():
+    """Strided views are copied once, not misread."""
+    logits, coef, vectors = problem(9, 5, 2)
+    probs = torch.softmax(logits, 1)
+    s, m = hessalign_ext.ops.logits_hvp(probs.t().contiguous().t(), coef[None].expand(2, -1)[1],
+                                        vectors.t().contiguous().t())
+    s_ref, m_ref = reference(logits, coef, vectors)
+    torch.testing.assert_close(s, s_ref, rtol=1e-12, atol=1e-13)
+    torch.testing.assert_close(m, m_ref, rtol=1e-12, atol=1e-13)
+
+
+def test_gradcheck_and_gradgradcheck():
+    logits, coef, vectors = problem(6, 4, 2, requires_grad=True)
+    probs = torch.softmax(logits.detach(), 1).requires_grad_(True)
+    fn = hessalign_ext.ops.logits_hvp
+    assert torch.autograd.gradcheck(fn, (probs, coef, vectors))
+    assert torch.autograd.gradgradcheck(fn, (probs, coef, vectors))
+    # one output used: the other's gradient is absent
+    assert torch.autograd.gradcheck(lambda *a: fn(*a)[0], (probs, coef, vectors))
+    assert torch.autograd.gradcheck(lambda *a: fn(*a)[1], (probs, coef, vectors))
+
+
+def test_gradient_through_the_softmax_matches_autograd():
+    """The chain to the logits: our backward against autograd of the reference expression."""
+    logits, coef, vectors = problem(11, 6, 2, requires_grad=True)
+    w = torch.randn(11, 12, dtype=F64, generator=torch.Generator().manual_seed(4))
+    s, m = hessalign_ext.ops.logits_hvp(torch.softmax(logits, 1), coef, vectors)
+    ours = torch.autograd.grad((s * w).sum() + m.square().sum(), (logits, coef, vectors))
+    p = torch.softmax(logits, 1)
+    u3 = vectors.view(11, 2, 6)
+    m_ref = (p[:, None] * u3).sum(2)
+    s_ref = (coef[:, None, None] * p[:, None] * (u3 - m_ref[..., None])).reshape(11, 12)
+    expected = torch.autograd.grad((s_ref * w).sum() + m_ref.square().sum(), (logits, coef, vectors))
+    for a, b in zip(ours, expected):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-13)
+
+
+def test_opcheck():
+    logits, coef, vectors = problem(7, 3, 2, requires_grad=True)
+    probs = torch.softmax(logits.detach(), 1).requires_grad_(True)
+    torch.library.opcheck(torch.ops.hessalign_ext.logits_hvp.default, (probs, coef, vectors))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(probs=torch.rand(4, dtype=F64)), "probs"),
+    (dict(probs=torch.rand(4, 0, dtype=F64)), "probs"),
+    (dict(probs=torch.ones(4, 3, dtype=torch.int64)), "probs"),
+    (dict(probs=torch.rand(4, 3, dtype=torch.bfloat16)), "probs"),
+    (dict(coef=torch.rand(5, dtype=F64)), "coef"),
+    (dict(coef=torch.rand(4, dtype=torch.float32)), "coef"),
+    (dict(vectors=torch.rand(4, 7, dtype=F64)), "vectors"),
+    (dict(vectors=torch.rand(3, 6, dtype=F64)), "vectors"),
+    (dict(vectors=torch.rand(4, 6, dtype=torch.float32)), "vectors"),
+], ids=["probs_1d", "no_classes", "probs_int", "bf16_on_cpu", "coef_length", "coef_dtype", "vectors_width",
+        "vectors_rows", "vectors_dtype"])
+def test_bad_arguments(kwargs, message):
+    args = dict(probs=torch.rand(4, 3, dtype=F64), coef=torch.rand(4, dtype=F64), vectors=torch.rand(4, 6, dtype=F64))
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=f"logits_hvp: {message}"):
+        hessalign_ext.ops.logits_hvp(args["probs"], args["coef"], args["vectors"])
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA is not available")
+@pytest.mark.parametrize("dtype", [F64, torch.float32, torch.bfloat16], ids=str)
+def test_logits_hvp_cuda_matches_reference(dtype):
+    logits, coef, vectors = problem(300, 65, 3)
+    probs = torch.softmax(logits, 1)
+    s, m = hessalign_ext.ops.logits_hvp(*(t.to("cuda", dtype) for t in (probs, coef, vectors)))
+    s_ref, m_ref = hessalign_ext.ops.logits_hvp(*(t.to(dtype).double() for t in (probs, coef, vectors)))
+    assert s.is_cuda and s.dtype == dtype
+    tol = {F64: dict(rtol=1e-12, atol=1e-13), torch.float32: dict(rtol=2e-5, atol=2e-6),
+           torch.bfloat16: dict(rtol=2e-2, atol=2e-3)}[dtype]
+    torch.testing.assert_close(s.double().cpu(), s_ref, **tol)
+    torch.testing.assert_close(m.double().cpu(), m_ref, **tol)
