@@ -148,4 +148,13 @@ inline void check_logits_rows(const char* op, const at::Tensor& probs, const at:
   }
 }
 
+// A tensor of exactly `shape`, with the dtype and device of `like`.
+inline void check_shaped_like(const char* op, const char* name, const at::Tensor& t, at::IntArrayRef shape,
+                              const at::Tensor& like) {
+  TORCH_CHECK_VALUE(t.sizes() == shape, op, ": ", name, " must have shape ", shape, "; got shape ", shape_str(t));
+  TORCH_CHECK_VALUE(t.scalar_type() == like.scalar_type(), op, ": ", name, " must have dtype ", like.scalar_type(),
+                    "; got ", t.scalar_type());
+  TORCH_CHECK_VALUE(t.device() == like.device(), op, ": ", name, " must be on ", like.device(), "; got ", t.device());
+}
+
 }  // namespace hessalign

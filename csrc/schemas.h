@@ -34,4 +34,6 @@
         "Tensor? labels, " HE_CE_ARGS ") -> (Tensor, Tensor, Tensor)"); \
   m.def("loss_rows(Tensor labels, Tensor offsets, int num_classes, int ignore_index, Tensor? class_weight, " \
         "float label_smoothing, str reduction, ScalarType dtype) -> (Tensor, Tensor)"); \
-  m.def("logits_hvp(Tensor probs, Tensor coef, Tensor vectors) -> (Tensor, Tensor)");
+  m.def("logits_hvp(Tensor probs, Tensor coef, Tensor vectors) -> (Tensor, Tensor)"); \
+  m.def("_logits_hvp_backward(Tensor? grad_s, Tensor? grad_m, Tensor probs, Tensor coef, Tensor vectors, " \
+        "Tensor means) -> (Tensor, Tensor, Tensor)");

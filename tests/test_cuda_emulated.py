@@ -139,9 +139,17 @@ def test_emulated_loss_rows_match_cpu(shape, dtype, options):
 @pytest.mark.parametrize("N, C, B", [(1, 1, 1), (37, 33, 3), (9, 1000, 2), (300, 2, 1)],
                          ids=["one_row", "off_warp_37x33x3", "wide_1000", "many_rows_300"])
 def test_emulated_logits_hvp_matches_cpu(N, C, B, dtype):
-    """logits_hvp's row kernel (rows_kernel<LogitsHvpOp>): a warp per vector of a row."""
+    """logits_hvp's row kernels (rows_kernel<LogitsHvpOp>, a warp per vector of a row, and the
+    backward's LogitsHvpBackwardUOp and LogitsHvpBackwardPOp), with either upstream gradient absent."""
     g = torch.Generator().manual_seed(N + C)
     probs = torch.softmax(torch.randn(N, C, generator=g, dtype=dtype), 1)
     args = (probs, torch.rand(N, generator=g, dtype=dtype) + 0.1, torch.randn(N, B * C, generator=g, dtype=dtype))
     for e, c in zip(torch.ops.hessalign_emu.logits_hvp(*args), torch.ops.hessalign_ext.logits_hvp(*args)):
         assert_matches(e, c, dtype)
+    s, m = torch.ops.hessalign_ext.logits_hvp(*args)
+    grad_s, grad_m = torch.randn(s.shape, generator=g, dtype=dtype), torch.randn(m.shape, generator=g, dtype=dtype)
+    for grads in ((grad_s, grad_m), (grad_s, None), (None, grad_m)):
+        back = (*grads, *args, m)
+        for e, c in zip(torch.ops.hessalign_emu._logits_hvp_backward(*back),
+                        torch.ops.hessalign_ext._logits_hvp_backward(*back)):
+            assert_matches(e, c, dtype)

@@ -55,19 +55,28 @@ def test_non_contiguous_inputs():
     torch.testing.assert_close(m, m_ref, rtol=1e-12, atol=1e-13)
 
 
-def test_gradcheck_and_gradgradcheck():
+def test_gradcheck():
     logits, coef, vectors = problem(6, 4, 2, requires_grad=True)
     probs = torch.softmax(logits.detach(), 1).requires_grad_(True)
     fn = hessalign_ext.ops.logits_hvp
     assert torch.autograd.gradcheck(fn, (probs, coef, vectors))
-    assert torch.autograd.gradgradcheck(fn, (probs, coef, vectors))
-    # one output used: the other's gradient is absent
+    # one output used: the other's gradient is absent (None in the backward op)
     assert torch.autograd.gradcheck(lambda *a: fn(*a)[0], (probs, coef, vectors))
     assert torch.autograd.gradcheck(lambda *a: fn(*a)[1], (probs, coef, vectors))
+    # only some inputs differentiable
+    assert torch.autograd.gradcheck(lambda u: fn(probs.detach(), coef.detach(), u)[0], (vectors,))
+
+
+def test_double_backward_raises():
+    logits, coef, vectors = problem(4, 3, 1, requires_grad=True)
+    s, _ = hessalign_ext.ops.logits_hvp(torch.softmax(logits, 1), coef, vectors)
+    (g,) = torch.autograd.grad(s.square().sum(), vectors, create_graph=True)
+    with pytest.raises(RuntimeError, match="double backward"):
+        torch.autograd.grad(g.sum(), vectors)
 
 
 def test_gradient_through_the_softmax_matches_autograd():
-    """The chain to the logits: our backward against autograd of the reference expression."""
+    """The chain to the logits: our backward against autograd of the same expression in torch ops."""
     logits, coef, vectors = problem(11, 6, 2, requires_grad=True)
     w = torch.randn(11, 12, dtype=F64, generator=torch.Generator().manual_seed(4))
     s, m = hessalign_ext.ops.logits_hvp(torch.softmax(logits, 1), coef, vectors)
@@ -85,6 +94,23 @@ def test_opcheck():
     logits, coef, vectors = problem(7, 3, 2, requires_grad=True)
     probs = torch.softmax(logits.detach(), 1).requires_grad_(True)
     torch.library.opcheck(torch.ops.hessalign_ext.logits_hvp.default, (probs, coef, vectors))
+    s, m = hessalign_ext.ops.logits_hvp(probs, coef, vectors)
+    backward = torch.ops.hessalign_ext._logits_hvp_backward.default
+    for grads in ((torch.randn_like(s), torch.randn_like(m)), (torch.randn_like(s), None), (None, torch.randn_like(m))):
+        torch.library.opcheck(backward, (*grads, probs.detach(), coef.detach(), vectors.detach(), m.detach()))
+
+
+@pytest.mark.parametrize("name, bad, message", [
+    ("grad_s", torch.rand(4, 5, dtype=F64), "grad_s must have shape"),
+    ("grad_m", torch.rand(4, 2, dtype=torch.float32), "grad_m must have dtype"),
+    ("means", torch.rand(3, 2, dtype=F64), "means must have shape"),
+])
+def test_backward_bad_arguments(name, bad, message):
+    args = dict(grad_s=torch.rand(4, 6, dtype=F64), grad_m=torch.rand(4, 2, dtype=F64), probs=torch.rand(4, 3, dtype=F64),
+                coef=torch.rand(4, dtype=F64), vectors=torch.rand(4, 6, dtype=F64), means=torch.rand(4, 2, dtype=F64))
+    args[name] = bad
+    with pytest.raises(ValueError, match=f"logits_hvp_backward: {message}"):
+        torch.ops.hessalign_ext._logits_hvp_backward(*args.values())
 
 
 @pytest.mark.parametrize("kwargs, message", [

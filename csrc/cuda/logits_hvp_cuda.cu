@@ -5,4 +5,7 @@
 #include "../host/logits_hvp.h"
 #include "cuda_backend.cuh"
 
-TORCH_LIBRARY_IMPL(hessalign_ext, CUDA, m) { m.impl("logits_hvp", &hessalign::logits_hvp<hessalign::CudaKernels>); }
+TORCH_LIBRARY_IMPL(hessalign_ext, CUDA, m) {
+  m.impl("logits_hvp", &hessalign::logits_hvp<hessalign::CudaKernels>);
+  m.impl("_logits_hvp_backward", &hessalign::logits_hvp_backward<hessalign::CudaKernels>);
+}

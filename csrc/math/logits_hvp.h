@@ -2,6 +2,11 @@
 // (DESIGN.md §1), H_i = c_i (diag p_i − p_i p_iᵀ):
 //   m_ib = p_i · u_ib,  s_ib = H_i u_ib = c_i p_i ⊙ (u_ib − m_ib).
 // U and S are N·B "virtual rows" r = i·B + b of C columns; M is N×B.
+//
+// Backward with upstream ds_ib, dm_ib (either may be absent: zero), n_ib = p_i · ds_ib:
+//   du_ib = H_i ds_ib + dm_ib p_i,
+//   dc_i  = Σ_b ds_ib · p_i ⊙ (u_ib − m_ib),
+//   dp_i  = Σ_b c_i ds_ib ⊙ (u_ib − m_ib) + (dm_ib − c_i n_ib) u_ib.
 #pragma once
 #include "tile.h"
 
@@ -25,6 +30,68 @@ struct LogitsHvpOp : RowOpBase<acc_t> {
     S[r * C + c] = scalar_t(acc_t(coef[i]) * acc_t(P[i * C + c]) * (acc_t(U[r * C + c]) - s[0]));
   }
   HE_INLINE void finish(index_t r, const acc_t* s) const { M[r] = scalar_t(s[0]); }
+};
+
+// Backward pass 1, virtual rows: n_ib (into Nds, acc dtype) and du_ib.
+template <class scalar_t, class acc_t>
+struct LogitsHvpBackwardUOp : RowOpBase<acc_t> {
+  static constexpr int kSums = 1;
+  const scalar_t* P;
+  const scalar_t* coef;
+  const scalar_t* dS;  // N·B × C, or nullptr (zero)
+  const scalar_t* dM;  // N·B, or nullptr (zero)
+  index_t B, C;
+  scalar_t* dU;  // N·B × C
+  acc_t* Nds;    // N·B
+  HE_INLINE index_t cols() const { return C; }
+  HE_INLINE void partial(index_t r, index_t c, acc_t* s) const {
+    if (dS) s[0] += acc_t(P[(r / B) * C + c]) * acc_t(dS[r * C + c]);
+  }
+  HE_INLINE void map(index_t r, index_t c, const acc_t* s) const {
+    const index_t i = r / B;
+    const acc_t p = acc_t(P[i * C + c]);
+    const acc_t hs = dS ? acc_t(coef[i]) * p * (acc_t(dS[r * C + c]) - s[0]) : acc_t(0);
+    dU[r * C + c] = scalar_t(hs + (dM ? acc_t(dM[r]) * p : acc_t(0)));
+  }
+  HE_INLINE void finish(index_t r, const acc_t* s) const { Nds[r] = s[0]; }
+};
+
+// Backward pass 2, real rows: dc_i (a row sum) and dp_i, over the row's B vectors.
+template <class scalar_t, class acc_t>
+struct LogitsHvpBackwardPOp : RowOpBase<acc_t> {
+  static constexpr int kSums = 1;
+  const scalar_t* P;
+  const scalar_t* coef;
+  const scalar_t* U;
+  const scalar_t* M;
+  const scalar_t* dS;
+  const scalar_t* dM;
+  const acc_t* Nds;
+  index_t B, C;
+  scalar_t* dP;  // N×C
+  scalar_t* dc;  // N
+  HE_INLINE index_t cols() const { return C; }
+  HE_INLINE void partial(index_t i, index_t c, acc_t* s) const {
+    if (!dS) return;
+    acc_t t = 0;
+    for (index_t b = 0; b < B; ++b) {
+      const index_t r = i * B + b;
+      t += acc_t(dS[r * C + c]) * (acc_t(U[r * C + c]) - acc_t(M[r]));
+    }
+    s[0] += acc_t(P[i * C + c]) * t;
+  }
+  HE_INLINE void map(index_t i, index_t c, const acc_t*) const {
+    const acc_t ci = acc_t(coef[i]);
+    acc_t g = 0;
+    for (index_t b = 0; b < B; ++b) {
+      const index_t r = i * B + b;
+      const acc_t u = acc_t(U[r * C + c]);
+      if (dS) g += ci * (acc_t(dS[r * C + c]) * (u - acc_t(M[r])) - Nds[r] * u);
+      if (dM) g += acc_t(dM[r]) * u;
+    }
+    dP[i * C + c] = scalar_t(g);
+  }
+  HE_INLINE void finish(index_t i, const acc_t* s) const { dc[i] = scalar_t(s[0]); }
 };
 
 }  // namespace hessalign

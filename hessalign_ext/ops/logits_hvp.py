@@ -19,7 +19,8 @@ def logits_hvp(probs, coef, vectors):
     Returns:
         (s, m): s (N, B·C) the products, in the layout of ``vectors``; m (N, B) the means ``p_i · u_ib``.
 
-    Differentiable with respect to all three (closed-form backward, itself differentiable).
+    Differentiable with respect to all three through a closed-form backward op; double
+    backward raises RuntimeError.
     Invalid arguments raise ValueError naming the argument.
     """
     return torch.ops.hessalign_ext.logits_hvp(probs, coef, vectors)
@@ -31,28 +32,30 @@ def _fake(probs, coef, vectors):
     return vectors.new_empty(vectors.shape), vectors.new_empty((N, vectors.shape[1] // C))
 
 
+@torch.library.register_fake("hessalign_ext::_logits_hvp_backward")
+def _fake_backward(grad_s, grad_m, probs, coef, vectors, means):
+    return probs.new_empty(probs.shape), coef.new_empty(coef.shape), vectors.new_empty(vectors.shape)
+
+
 def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(*inputs, output[1])
+    ctx.set_materialize_grads(False)  # an unused output's gradient stays None: no zero terms
 
 
-def _backward(ctx, ds, dm):
-    """With n_b = p · ds_b: du_b = H ds_b + dm_b p, dc = Σ_b ds_b · p ⊙ (u_b − m_b) and
-    dp = Σ_b c ds_b ⊙ (u_b − m_b) − c n_b u_b + dm_b u_b."""
+def _backward(ctx, grad_s, grad_m):
+    """Closed form (csrc/math/logits_hvp.h), two row passes."""
     p, c, u, m = ctx.saved_tensors
-    N, C = p.shape
-    B = u.shape[1] // C
-    u3, p3 = u.view(N, B, C), p[:, None, :]
-    du = dc = dp = None
-    if ds is not None:
-        hs, n = logits_hvp(p, c, ds)
-        ds3, centred = ds.reshape(N, B, C), u3 - m[..., None]
-        du = hs.view(N, B, C)
-        dc = (ds3 * p3 * centred).sum((1, 2))
-        dp = c[:, None] * (ds3 * centred - u3 * n[..., None]).sum(1)
-    if dm is not None:
-        du = p3 * dm[..., None] if du is None else du + p3 * dm[..., None]
-        dp = (u3 * dm[..., None]).sum(1) if dp is None else dp + (u3 * dm[..., None]).sum(1)
-    return dp, dc, None if du is None else du.reshape(N, B * C)
+    if grad_s is None and grad_m is None:
+        return None, None, None
+    grads = torch.ops.hessalign_ext._logits_hvp_backward(grad_s, grad_m, p, c, u, m)
+    return tuple(g if need else None for g, need in zip(grads, ctx.needs_input_grad))
+
+
+def _no_double_backward(ctx, *grads):
+    raise RuntimeError("hessalign_ext.logits_hvp: double backward (differentiating the closed-form backward "
+                       "again) is not supported")
 
 
 torch.library.register_autograd("hessalign_ext::logits_hvp", _backward, setup_context=_setup_context)
+torch.library.register_autograd("hessalign_ext::_logits_hvp_backward", _no_double_backward,
+                                setup_context=lambda ctx, inputs, output: None)

@@ -46,6 +46,8 @@ namespace hessalign {
   HE_ELEMENTS(ProbeUpstreamOp<T, T, 1>)                                                                       \
   HE_ROWS(TargetsRowOp<T>)                                                                                    \
   HE_ROWS(LogitsHvpOp<T, T>)                                                                                  \
+  HE_ROWS(LogitsHvpBackwardUOp<T, T>)                                                                         \
+  HE_ROWS(LogitsHvpBackwardPOp<T, T>)                                                                         \
   template int launch_softmax_stats<T, T>(const T*, index_t, index_t, T*, T*, bool, T*, cudaStream_t);       \
   template int launch_segment_sum<T>(const T*, const DomainOffsets&, T*, cudaStream_t);                       \
   template int launch_ce_coeffs<T>(const CeParams<T>&, const DomainOffsets&, T*, T*, T*, cudaStream_t);       \

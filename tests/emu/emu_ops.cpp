@@ -41,4 +41,5 @@ TORCH_LIBRARY_IMPL(hessalign_emu, CPU, m) {
   HE_EMU_IMPL(hutchinson_trace)
   m.impl("loss_rows", &hessalign::loss_rows<hessalign::EmuKernels>);
   m.impl("logits_hvp", &hessalign::logits_hvp<hessalign::EmuKernels>);
+  m.impl("_logits_hvp_backward", &hessalign::logits_hvp_backward<hessalign::EmuKernels>);
 }
