@@ -54,7 +54,7 @@ inline std::vector<int64_t> check_offsets(const char* op, const at::Tensor& offs
   TORCH_CHECK_VALUE(offsets.device().is_cpu() || offsets.device() == features.device(), op,
                     ": offsets must be on the CPU or on the device of features (", features.device(), "); got ",
                     offsets.device());
-  const at::Tensor h = offsets.to(at::kCPU).contiguous();
+  const at::Tensor h = (offsets.is_cpu() ? offsets : offsets.to(at::kCPU)).contiguous();
   const int64_t* o = h.const_data_ptr<int64_t>();
   std::vector<int64_t> off(o, o + h.numel());
   const int64_t N = features.size(0);
@@ -80,8 +80,9 @@ inline void check_labels(const char* op, const at::Tensor& labels, const at::Ten
   at::Tensor range = at::empty({2}, labels.options());
   at::Tensor lo = range.select(0, 0), hi = range.select(0, 1);
   at::aminmax_out(lo, hi, labels);
-  range = range.cpu();
-  if (range[0].item<int64_t>() >= 0 && range[1].item<int64_t>() < C) return;
+  const at::Tensor host = range.is_cpu() ? range : range.cpu();
+  const int64_t* lo_hi = host.const_data_ptr<int64_t>();  // read on the host: no more dispatches
+  if (lo_hi[0] >= 0 && lo_hi[1] < C) return;
   const at::Tensor bad = (labels != ignore_index).logical_and_(labels.lt(0).logical_or_(labels.ge(C)));
   if (bad.any().item<bool>()) {
     const int64_t i = bad.nonzero()[0][0].item<int64_t>();

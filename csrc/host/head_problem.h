@@ -172,8 +172,9 @@ struct Head {
 
   at::Tensor logits(int64_t c0, int64_t T) const {
     if (logits_cache.defined()) return logits_cache;
-    const at::Tensor wc = w.narrow(0, c0, T).t();
-    return bias.defined() ? at::addmm(bias.narrow(0, c0, T), z, wc) : at::mm(z, wc);
+    const bool all = c0 == 0 && T == C;  // no narrowing views: each is a dispatch on the host
+    const at::Tensor wc = (all ? w : w.narrow(0, c0, T)).t();
+    return bias.defined() ? at::addmm(all ? bias : bias.narrow(0, c0, T), z, wc) : at::mm(z, wc);
   }
 
   template <class scalar_t, class acc_t>
