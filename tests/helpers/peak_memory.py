@@ -4,9 +4,9 @@
 Measures "ours" (hessalign_ext, class tiles by the memory rule: HESSALIGN_TILE_BYTES from the
 environment), then "plain" (the same closed form as plain torch expressions, which hold the
 N×C logits and probabilities), and prints each one's peak resident-set growth over the inputs,
-in bytes: "ours plain", each on its second full-size call. The peak is the kernel's VmHWM, reset before each measurement
-(/proc/self/clear_refs); getrusage's ru_maxrss would not do: it also keeps the parent's
-resident size from before the exec.
+in bytes: "ours plain", each on its second full-size call. The peak is the kernel's VmHWM,
+reset before each measurement (/proc/self/clear_refs); getrusage's ru_maxrss would not do: it
+also keeps the parent's resident size from before the exec.
 """
 import resource
 import sys
