@@ -6,16 +6,27 @@
 
 namespace hessalign {
 
-// q_i and Σ_c p_ic² for every row, over the class tiles.
+// ‖z̃_i‖² for every row, acc dtype, from the features themselves.
 template <class scalar_t, class acc_t, class K>
-std::pair<at::Tensor, at::Tensor> trace_rows(const Head& h, const K& k) {
-  const auto acc = h.zt.options().dtype(h.acc_type);
-  at::Tensor q = at::zeros({h.N}, acc), sq = at::zeros({h.N}, acc);
+at::Tensor row_sq_norms(const Head& h, const K& k) {
+  at::Tensor zz = at::empty({h.N}, h.z.options().dtype(h.acc_type));
+  k.rows(h.N, RowSqNormOp<scalar_t, acc_t>{{}, h.z.const_data_ptr<scalar_t>(), h.d, acc_t(h.has_bias ? 1 : 0),
+                                           zz.mutable_data_ptr<acc_t>()});
+  return zz;
+}
+
+// q_i and Σ_c p_ic² for every row, over the class tiles; with `rowval` (N, acc dtype), the last
+// tile's pass also writes c_i q_i ‖z̃_i‖² there.
+template <class scalar_t, class acc_t, class K>
+std::pair<at::Tensor, at::Tensor> trace_rows(const Head& h, const K& k, const at::Tensor& zz, acc_t* rowval) {
+  const auto acc = h.z.options().dtype(h.acc_type);
+  at::Tensor q = at::empty({h.N}, acc), sq = at::empty({h.N}, acc);
   for (int64_t c0 = 0; c0 < h.C && h.N > 0; c0 += h.tile) {
     const int64_t T = std::min(h.tile, h.C - c0);
     const at::Tensor L = h.logits(c0, T);
     k.rows(h.N, TraceRowOp<scalar_t, acc_t>{{}, h.view<scalar_t, acc_t>(L, c0, T), q.mutable_data_ptr<acc_t>(),
-                                            sq.mutable_data_ptr<acc_t>()});
+                                            sq.mutable_data_ptr<acc_t>(), h.c.const_data_ptr<acc_t>(),
+                                            zz.const_data_ptr<acc_t>(), rowval, c0 == 0, c0 + T >= h.C});
   }
   return {q, sq};
 }
@@ -24,14 +35,14 @@ template <class K>
 at::Tensor head_hessian_trace_forward(HE_HEAD_PARAMS, const at::Tensor& offsets,
     const std::optional<at::Tensor>& labels, HE_CE_PARAMS) {
   HE_ENTRY(K, labels);
-  Head h = make_head<K>("head_hessian_trace", features, weight, bias, offsets, ce, false, class_tile, 1);
+  // the features enter only through ‖z̃_i‖²: no augmented copy
+  Head h = make_head<K>("head_hessian_trace", features, weight, bias, offsets, ce, false, class_tile, 1,
+                        /*augment=*/false);
   prepare(h, k, ce);
-  at::Tensor rowvals;
-  HE_DISPATCH(K, h.zt.scalar_type(), [&] {
+  at::Tensor rowvals = at::empty({h.N}, h.z.options().dtype(h.acc_type));
+  HE_DISPATCH(K, h.z.scalar_type(), [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    at::Tensor q, sq;
-    std::tie(q, sq) = trace_rows<scalar_t, acc_t>(h, k);
-    rowvals = h.c * q * h.zt.to(h.acc_type).square().sum(1);
+    trace_rows<scalar_t, acc_t>(h, k, row_sq_norms<scalar_t, acc_t>(h, k), rowvals.mutable_data_ptr<acc_t>());
   });
   return segment_sum(h, k, rowvals).to(features.scalar_type());
 }
@@ -49,10 +60,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> head_hessian_trace_backward(
   const at::Tensor tbar = h.per_row(grad);
   HE_DISPATCH(K, h.zt.scalar_type(), [&] {
     using acc_t = at::opmath_type<scalar_t>;
+    const at::Tensor zz = row_sq_norms<scalar_t, acc_t>(h, k);
     at::Tensor q, sq;
-    std::tie(q, sq) = trace_rows<scalar_t, acc_t>(h, k);
+    std::tie(q, sq) = trace_rows<scalar_t, acc_t>(h, k, zz, nullptr);
     const at::Tensor ct = h.c * tbar;
-    const at::Tensor kk = ct * h.zt.to(h.acc_type).square().sum(1);
+    const at::Tensor kk = ct * zz;
     g.dzt.add_(2 * (ct * q).unsqueeze(1) * h.zt);
     for (int64_t c0 = 0; c0 < h.C; c0 += h.tile) {
       const int64_t T = std::min(h.tile, h.C - c0);

@@ -38,6 +38,7 @@ namespace hessalign {
   HE_ELEMENTS(InnerPairOp<T>)                                                                                 \
   HE_ELEMENTS(InnerPairBackwardOp<T>)                                                                         \
   HE_ROWS(TraceRowOp<T, T>)                                                                                   \
+  HE_ROWS(RowSqNormOp<T, T>)                                                                                  \
   HE_ROWS(TraceBackwardOp<T, T>)                                                                              \
   HE_ROWS(HutchinsonVarOp<T, T>)                                                                              \
   HE_ROWS(HutchinsonTraceBackwardOp<T, T>)                                                                    \
