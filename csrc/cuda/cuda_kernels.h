@@ -39,6 +39,8 @@ struct CudaKernelsT {
   // about as much as a few hundred exps), while larger domains need the row-parallel kernels'
   // whole grid.
   static constexpr bool kFusedDomainStats = true;
+  // Hutchinson probe chunks as large as the memory rule allows: fewer launches (not measured smaller)
+  static constexpr int64_t kProbeChunkBytes = INT64_MAX;
   static bool fuse_domain_stats(index_t max_rows, index_t C) {
     return max_rows <= 512 && max_rows * C <= (index_t(1) << 16);
   }

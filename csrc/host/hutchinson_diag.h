@@ -20,7 +20,7 @@ at::Tensor hutchinson_diag_forward(HE_HEAD_PARAMS, const at::Tensor& offsets, in
   const auto acc = h.zt.options().dtype(h.acc_type);
   HE_DISPATCH(K, h.zt.scalar_type(), [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const int64_t chunk = choose_probe_chunk(h, num_probes, 1, 1 + h.E);
+    const int64_t chunk = choose_probe_chunk<K>(h, num_probes, 1, 1 + h.E);
     for (int64_t k0 = 0; k0 < num_probes; k0 += chunk) {
       const int64_t B = std::min(chunk, num_probes - k0);
       at::Tensor m = at::zeros({h.N, B}, acc), V1, U1;
@@ -69,7 +69,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> hutchinson_diag_backward(
   const auto acc = h.zt.options().dtype(h.acc_type);
   HE_DISPATCH(K, h.zt.scalar_type(), [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const int64_t chunk = choose_probe_chunk(h, num_probes, 2, 1 + h.E);
+    const int64_t chunk = choose_probe_chunk<K>(h, num_probes, 2, 1 + h.E);
     // The chunk's tile: probes V (B·T, D), U = Z̃ Vᵀ, upstream Ō (E, B·T, D), dS_e = Z̃_e Ō_eᵀ.
     auto tile_inputs = [&](int64_t k0, int64_t B, int64_t c0, int64_t T) -> std::array<at::Tensor, 4> {
       at::Tensor V = probe_block<scalar_t>(h, k, uint64_t(seed), k0, B, c0, T);

@@ -39,7 +39,7 @@ at::Tensor hutchinson_trace_forward(HE_HEAD_PARAMS, const at::Tensor& offsets, i
   at::Tensor varsum = at::zeros({h.N}, acc);
   HE_DISPATCH(K, h.zt.scalar_type(), [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const int64_t chunk = choose_probe_chunk(h, num_probes, 1, 1);
+    const int64_t chunk = choose_probe_chunk<K>(h, num_probes, 1, 1);
     for (int64_t k0 = 0; k0 < num_probes && h.N > 0; k0 += chunk) {
       const int64_t B = std::min(chunk, num_probes - k0);
       at::Tensor m = at::zeros({h.N, B}, acc), var = at::zeros({h.N, B}, acc);
@@ -65,7 +65,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> hutchinson_trace_backward(
   const auto acc = h.zt.options().dtype(h.acc_type);
   HE_DISPATCH(K, h.zt.scalar_type(), [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const int64_t chunk = choose_probe_chunk(h, num_probes, 1, 1);
+    const int64_t chunk = choose_probe_chunk<K>(h, num_probes, 1, 1);
     for (int64_t k0 = 0; k0 < num_probes; k0 += chunk) {
       const int64_t B = std::min(chunk, num_probes - k0);
       at::Tensor m = at::zeros({h.N, B}, acc), var = at::zeros({h.N, B}, acc);
