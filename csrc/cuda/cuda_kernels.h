@@ -8,6 +8,7 @@
 
 #include "../math/cross_entropy.h"
 #include "../math/domains.h"
+#include "../math/tile.h"
 
 struct CUstream_st;
 using cudaStream_t = CUstream_st*;
@@ -55,6 +56,11 @@ struct CudaKernelsT {
   template <class Op>
   void elements(index_t n, const Op& op) const {
     if (n > 0) check(launch_elements(n, op, stream), "elements_kernel");
+  }
+  // Σ_j Z_ij² + ones per row: a warp per row (math/tile.h's RowSqNormOp).
+  template <class scalar_t, class acc_t>
+  void row_sq_norms(const scalar_t* Z, index_t N, index_t d, acc_t ones, acc_t* out) const {
+    rows(N, RowSqNormOp<scalar_t, acc_t>{{}, Z, d, ones, out});
   }
   template <class scalar_t, class acc_t>
   void softmax_stats(const scalar_t* L, index_t N, index_t T, acc_t* M, acc_t* S, bool first, acc_t* lse) const {

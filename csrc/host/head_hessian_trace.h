@@ -10,8 +10,7 @@ namespace hessalign {
 template <class scalar_t, class acc_t, class K>
 at::Tensor row_sq_norms(const Head& h, const K& k) {
   at::Tensor zz = at::empty({h.N}, h.z.options().dtype(h.acc_type));
-  k.rows(h.N, RowSqNormOp<scalar_t, acc_t>{{}, h.z.const_data_ptr<scalar_t>(), h.d, acc_t(h.has_bias ? 1 : 0),
-                                           zz.mutable_data_ptr<acc_t>()});
+  k.row_sq_norms(h.z.const_data_ptr<scalar_t>(), h.N, h.d, acc_t(h.has_bias ? 1 : 0), zz.mutable_data_ptr<acc_t>());
   return zz;
 }
 

@@ -7,22 +7,6 @@
 
 namespace hessalign {
 
-// ‖z̃_i‖² = Σ_j z_ij² (+ 1, the ones column, with a bias): no augmented copy of the features.
-template <class scalar_t, class acc_t>
-struct RowSqNormOp : RowOpBase<acc_t> {
-  static constexpr int kSums = 1;
-  const scalar_t* Z;  // N×d
-  index_t d;
-  acc_t ones;  // 1 with a bias, else 0
-  acc_t* out;
-  HE_INLINE index_t cols() const { return d; }
-  HE_INLINE void partial(index_t i, index_t j, acc_t* s) const {
-    const acc_t z = acc_t(Z[i * d + j]);
-    s[0] += z * z;
-  }
-  HE_INLINE void finish(index_t i, const acc_t* s) const { out[i] = s[0] + ones; }
-};
-
 // q_i (+)= Σ_{c in tile} p (1 - p),  sq_i (+)= Σ_{c in tile} p² (the first tile writes, later
 // ones add: no zero fill); with `rowval`, the last tile also writes c_i q_i ‖z̃_i‖² there.
 template <class scalar_t, class acc_t>

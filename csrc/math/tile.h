@@ -34,6 +34,23 @@ struct RowOpBase {
   HE_INLINE void finish(index_t, const acc_t*) const {}
 };
 
+// ‖z̃_i‖² = Σ_j z_ij² (+ 1, the ones column, with a bias): no augmented copy of the features.
+// The CUDA backend's row_sq_norms (the CPU backend's is vectorized).
+template <class scalar_t, class acc_t>
+struct RowSqNormOp : RowOpBase<acc_t> {
+  static constexpr int kSums = 1;
+  const scalar_t* Z;  // N×d
+  index_t d;
+  acc_t ones;  // 1 with a bias, else 0
+  acc_t* out;
+  HE_INLINE index_t cols() const { return d; }
+  HE_INLINE void partial(index_t i, index_t j, acc_t* s) const {
+    const acc_t z = acc_t(Z[i * d + j]);
+    s[0] += z * z;
+  }
+  HE_INLINE void finish(index_t i, const acc_t* s) const { out[i] = s[0] + ones; }
+};
+
 // Softmax backward of an accumulated dP: dl_ic = p_ic (DP_ic - ρ_i).
 template <class scalar_t, class acc_t>
 struct SoftmaxBackwardOp : RowOpBase<acc_t> {
