@@ -6,12 +6,20 @@
 
 #include <optional>
 #include <string>
-#include <utility>
 #include <vector>
 
 namespace hessalign {
 
 inline std::string shape_str(const at::Tensor& t) { return c10::str(t.sizes()); }
+
+// float32/float64, or float16/bfloat16 where the backend accumulates them in float32 (CUDA).
+inline void check_floating(const char* op, const char* name, const at::Tensor& t, bool reduced_precision_ok) {
+  const auto dt = t.scalar_type();
+  const bool full = dt == at::kFloat || dt == at::kDouble;
+  const bool reduced = dt == at::kHalf || dt == at::kBFloat16;
+  TORCH_CHECK_VALUE(full || (reduced && reduced_precision_ok), op, ": ", name, " must be float32 or float64",
+                    reduced_precision_ok ? " (or float16/bfloat16)" : "", " on ", t.device().type(), "; got ", dt);
+}
 
 // features (N, d), weight (C, d), bias (C,) or None; floating, same dtype and device.
 // Half and bfloat16 are accepted only where the backend accumulates them in float32 (CUDA).
@@ -19,12 +27,8 @@ inline void check_head(const char* op, const at::Tensor& features, const at::Ten
                        const std::optional<at::Tensor>& bias, bool reduced_precision_ok) {
   TORCH_CHECK_VALUE(features.dim() == 2, op, ": features must be 2-D (N, d); got shape ", shape_str(features));
   TORCH_CHECK_VALUE(weight.dim() == 2, op, ": weight must be 2-D (C, d); got shape ", shape_str(weight));
+  check_floating(op, "features", features, reduced_precision_ok);
   const auto dt = features.scalar_type();
-  const bool full = dt == at::kFloat || dt == at::kDouble;
-  const bool reduced = dt == at::kHalf || dt == at::kBFloat16;
-  TORCH_CHECK_VALUE(full || (reduced && reduced_precision_ok), op,
-                    ": features must be float32 or float64", reduced_precision_ok ? " (or float16/bfloat16)" : "",
-                    " on ", features.device().type(), "; got ", dt);
   TORCH_CHECK_VALUE(weight.scalar_type() == dt, op, ": weight must have the dtype of features (", dt, "); got ",
                     weight.scalar_type());
   TORCH_CHECK_VALUE(weight.device() == features.device(), op, ": weight must be on the device of features (",
@@ -125,30 +129,6 @@ inline void check_num_probes(const char* op, int64_t num_probes) {
   TORCH_CHECK_VALUE(num_probes >= 1, op, ": num_probes must be >= 1; got ", num_probes);
 }
 
-// logits_hvp's rows: probs (N, C), coef (N,), vectors (N, B·C); one floating dtype and device.
-inline void check_logits_rows(const char* op, const at::Tensor& probs, const at::Tensor& coef,
-                              const at::Tensor& vectors, bool reduced_precision_ok) {
-  TORCH_CHECK_VALUE(probs.dim() == 2 && probs.size(1) >= 1, op, ": probs must be 2-D (N, C) with C >= 1; got shape ",
-                    shape_str(probs));
-  const auto dt = probs.scalar_type();
-  const bool full = dt == at::kFloat || dt == at::kDouble;
-  const bool reduced = dt == at::kHalf || dt == at::kBFloat16;
-  TORCH_CHECK_VALUE(full || (reduced && reduced_precision_ok), op, ": probs must be float32 or float64",
-                    reduced_precision_ok ? " (or float16/bfloat16)" : "", " on ", probs.device().type(), "; got ", dt);
-  const int64_t N = probs.size(0), C = probs.size(1);
-  TORCH_CHECK_VALUE(coef.dim() == 1 && coef.size(0) == N, op, ": coef must be 1-D of length N = ", N,
-                    "; got shape ", shape_str(coef));
-  TORCH_CHECK_VALUE(vectors.dim() == 2 && vectors.size(0) == N && vectors.size(1) % C == 0, op,
-                    ": vectors must be 2-D (N, B*C) with N = ", N, " and a multiple of C = ", C,
-                    " columns; got shape ", shape_str(vectors));
-  for (const auto& [name, t] : {std::pair<const char*, const at::Tensor&>{"coef", coef}, {"vectors", vectors}}) {
-    TORCH_CHECK_VALUE(t.scalar_type() == dt, op, ": ", name, " must have the dtype of probs (", dt, "); got ",
-                      t.scalar_type());
-    TORCH_CHECK_VALUE(t.device() == probs.device(), op, ": ", name, " must be on the device of probs (",
-                      probs.device(), "); got ", t.device());
-  }
-}
-
 // A tensor of exactly `shape`, with the dtype and device of `like`.
 inline void check_shaped_like(const char* op, const char* name, const at::Tensor& t, at::IntArrayRef shape,
                               const at::Tensor& like) {
@@ -156,6 +136,20 @@ inline void check_shaped_like(const char* op, const char* name, const at::Tensor
   TORCH_CHECK_VALUE(t.scalar_type() == like.scalar_type(), op, ": ", name, " must have dtype ", like.scalar_type(),
                     "; got ", t.scalar_type());
   TORCH_CHECK_VALUE(t.device() == like.device(), op, ": ", name, " must be on ", like.device(), "; got ", t.device());
+}
+
+// logits_hvp's rows: probs (N, C), coef (N,), vectors (N, B·C); one floating dtype and device.
+inline void check_logits_rows(const char* op, const at::Tensor& probs, const at::Tensor& coef,
+                              const at::Tensor& vectors, bool reduced_precision_ok) {
+  TORCH_CHECK_VALUE(probs.dim() == 2 && probs.size(1) >= 1, op, ": probs must be 2-D (N, C) with C >= 1; got shape ",
+                    shape_str(probs));
+  check_floating(op, "probs", probs, reduced_precision_ok);
+  const int64_t N = probs.size(0), C = probs.size(1);
+  TORCH_CHECK_VALUE(vectors.dim() == 2 && vectors.size(0) == N && vectors.size(1) % C == 0, op,
+                    ": vectors must be 2-D (N, B*C) with N = ", N, " and a multiple of C = ", C,
+                    " columns; got shape ", shape_str(vectors));
+  check_shaped_like(op, "coef", coef, {N}, probs);
+  check_shaped_like(op, "vectors", vectors, vectors.sizes(), probs);
 }
 
 }  // namespace hessalign

@@ -55,9 +55,6 @@ struct CpuKernels {
     });
   }
 
-  // Merges each row of an N×T logits tile into the running (M, S) pairs: the row's max,
-  // then Σ exp(l - max), each one vectorized pass (ATen's Vectorized: AVX2 + Sleef's exp
-  // when built for x86-64-v3), where the streaming form of softmax.h branches per element.
   // out_i = Σ_j Z_ij² + ones for every row, vectorized (math/tile.h's RowSqNormOp in a scalar loop
   // would wait on the previous add at every element: 3x slower than torch at d = 2048).
   template <class scalar_t, class acc_t>
@@ -71,6 +68,9 @@ struct CpuKernels {
     });
   }
 
+  // Merges each row of an N×T logits tile into the running (M, S) pairs: the row's max,
+  // then Σ exp(l - max), each one vectorized pass (ATen's Vectorized: AVX2 + Sleef's exp
+  // when built for x86-64-v3), where the streaming form of softmax.h branches per element.
   template <class scalar_t, class acc_t>
   void softmax_stats(const scalar_t* L, index_t N, index_t T, acc_t* M, acc_t* S, bool first, acc_t* lse) const {
     static_assert(std::is_same_v<scalar_t, acc_t>, "the CPU kernels accumulate in their own dtype");
