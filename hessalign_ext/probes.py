@@ -8,7 +8,8 @@ of a ``(C, D)`` parameter block is a pure function of ``(seed, k, j)`` (DESIGN.m
                    z  = (z ^ (z >> 27)) * 0x94D049BB133111EB
                    return z ^ (z >> 31)                       (uint64, wrapping)
     key_k   = splitmix64(splitmix64(seed) ^ k)                 (seed: int64 read as uint64)
-    v_k[j]  = -1 if splitmix64(key_k ^ j) >> 63 else +1,       j = class * D + column
+    v_k[j]  = -1 if (splitmix64(key_k ^ (j >> 6)) >> (j & 63)) & 1 else +1,
+              j = class * D + column           (one hash gives the signs of 64 elements)
 
 with ``D = d + 1`` when the head has a bias (the bias is the last column) and ``D = d``
 without. This module draws the same probes on the host with numpy ``uint64`` arithmetic
@@ -77,8 +78,8 @@ def rademacher(
         )
     key = _as_u64(probe_key(seed, probe))
     j = np.arange(class_start * D, (class_start + num_class) * D, dtype=np.uint64)
-    top = splitmix64(key ^ j) >> np.uint64(63)
-    signs = np.where(top == 1, -1.0, 1.0).reshape(num_class, D)
+    bit = (splitmix64(key ^ (j >> np.uint64(6))) >> (j & np.uint64(63))) & np.uint64(1)
+    signs = np.where(bit == 1, -1.0, 1.0).reshape(num_class, D)
     return torch.from_numpy(signs)
 
 

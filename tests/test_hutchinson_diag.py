@@ -21,22 +21,24 @@ def call(impl, p, num_probes=K, seed=SEED, **opts):
     return impl.hutchinson_diag(*p.head(), p.offsets, num_probes, seed, **opts)
 
 
-# Golden values printed by a C++ program including csrc/math/rademacher.h:
-# (seed, probe) -> (probe key, signs of elements 0..19 as 1 for +1, 0 for -1).
+# Golden values printed by a C++ program including csrc/math/rademacher.h: (seed, probe) ->
+# (probe key, signs of elements 0..19 and of 56..75, across the first word boundary, as 1 for
+# +1 and 0 for -1).
 GOLDEN = {
-    (0, 0): (12035550249420947055, "11011110010100010000"),
-    (0, 1): (627405149472732430, "11110101101111111001"),
-    (12345, 2): (10030526323443383777, "00111100101101000100"),
-    (-7, 0): (1533972906235141153, "01101111110100111000"),
+    (0, 0): (12035550249420947055, "01110110100000101100", "00111011111110011100"),
+    (0, 1): (627405149472732430, "11110010000000011001", "11011101001101110000"),
+    (12345, 2): (10030526323443383777, "00000101100011100001", "00000000010111010101"),
+    (-7, 0): (1533972906235141153, "11001010101100000101", "11010010000010110101"),
 }
 
 
 @pytest.mark.parametrize("seed,probe", list(GOLDEN))
 def test_probes_golden(seed, probe):
-    key, signs = GOLDEN[(seed, probe)]
+    key, head, across = GOLDEN[(seed, probe)]
     assert probes.probe_key(seed, probe) == key
-    v = probes.rademacher(seed, probe, 4, 5).flatten()
-    assert "".join("1" if x > 0 else "0" for x in v.tolist()) == signs
+    v = probes.rademacher(seed, probe, 16, 5).flatten().tolist()
+    assert "".join("1" if x > 0 else "0" for x in v[:20]) == head
+    assert "".join("1" if x > 0 else "0" for x in v[56:76]) == across
 
 
 def test_probes_class_tile_and_determinism():
@@ -46,6 +48,17 @@ def test_probes_class_tile_and_determinism():
     assert torch.equal(probes.rademacher(5, 1, 10, 7), full)
     assert not torch.equal(probes.rademacher(6, 1, 10, 7), full)
     assert not torch.equal(probes.rademacher(5, 2, 10, 7), full)
+
+
+def test_probes_are_balanced_and_uncorrelated():
+    """Each of a hash's 64 bits is its own fair sign: over 2^17 elements of 8 probes the mean, the
+    mean at each bit position and the neighbour and cross-probe correlations are within 5 sigma."""
+    v = probes.rademacher_probes(11, 8, 64, 256).reshape(8, -1)  # 8 probes x 2^14 elements
+    tol = 5 / v.numel() ** 0.5
+    assert abs(v.mean().item()) < tol
+    assert (v.reshape(-1, 64).mean(0).abs() < 5 / (v.numel() / 64) ** 0.5).all()
+    assert abs((v[:, 1:] * v[:, :-1]).mean().item()) < tol
+    assert abs((v[1:] * v[:-1]).mean().item()) < tol
 
 
 @pytest.mark.parametrize("device", DEVICES)
