@@ -7,7 +7,8 @@ reference). Run under CUDAEMU_ORDER=forward, reverse and scrambled (scripts/test
 so that a missing __syncthreads changes a result.
 
 Kernels covered: rows_kernel (every row functor of csrc/math/), elements_kernel
-(RademacherFillOp, ProbeDiagAccumulateOp, ProbeUpstreamOp, InnerPairOp, InnerPairBackwardOp), softmax_stats_kernel,
+(RademacherFillOp, ProbeDiagAccumulateOp, ClassMajorSOp, ProbeClassFoldOp, ProbeUpstreamOp, InnerPairOp,
+InnerPairBackwardOp), softmax_stats_kernel,
 segment_sum_kernel, ce_coeffs_kernel, domain_stats_kernel (with and without the domain losses), loss_rows and
 logits_hvp.
 Not emulated, covered only by the real CUDA tests of scripts/gpu_check.sh on a GPU: the cuBLAS
@@ -119,6 +120,18 @@ def test_emulated_probes_are_the_cpu_probes(op):
     other = list(args)
     other[5] = 12  # seed
     assert (emu(*other) - cpu(*args)).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("shape", ["unequal_37x129", "no_bias_33x31", "many_domains_70", "long_domain_300"])
+def test_emulated_class_fold_matches_cpu(shape, dtype):
+    """hutchinson_diag with more probes than a domain has rows folds by class: ClassMajorSOp,
+    ProbeClassFoldOp and the class-major RademacherFillOp (the tests above use 6 probes)."""
+    sizes, C, d, bias = SHAPES[shape]
+    args = list(_args("hutchinson_diag", sizes, C, d, bias, dtype, OPTIONS["plain"]))
+    args[4] = max(sizes) + 3  # num_probes
+    expected = torch.ops.hessalign_ext.hutchinson_diag(*args)
+    assert_matches(torch.ops.hessalign_emu.hutchinson_diag(*args), expected, dtype)
 
 
 @pytest.mark.parametrize("options", OPTIONS.values(), ids=OPTIONS.keys())

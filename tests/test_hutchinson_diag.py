@@ -98,6 +98,43 @@ def test_many_probes():
     assert_close(call(hessalign_ext, p, 300, 1), call(reference, p, 300, 1))
 
 
+# More probes than a domain has rows: the by-class fold (math/hutchinson_diag.h); class tiles
+# force the by-domain fold on the same problem.
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
+def test_class_fold(shape, dtype):
+    p = make_problem(shape, dtype)
+    k = max(shape.sizes, default=0) + 2
+    by_class = call(hessalign_ext, p, k)
+    assert_close(by_class, call(reference, p, k), dtype, shape.id)
+    if shape.C > 1:
+        assert_close(by_class, call(hessalign_ext, p, k, class_tile=shape.C - 1), dtype, shape.id)
+
+
+@pytest.mark.parametrize("case", LOSS_CASE_IDS)
+def test_class_fold_loss_options(case):
+    p = make_problem(LOSS_SHAPE)
+    opts = LOSS_CASES[case](p)
+    k = max(LOSS_SHAPE.sizes) + 1
+    assert_close(call(hessalign_ext, p, k, **opts), call(reference, p, k, **opts))
+
+
+def test_fold_choice():
+    """By class (one batched GEMM of probes per block of classes) from K = the largest domain's
+    rows; by domain (a GEMM per domain, unequal domains here) below it or with class tiles."""
+    p = make_problem(SHAPE["unequal"])
+
+    def gemms(num_probes, **opts):
+        with torch.profiler.profile() as prof:
+            call(hessalign_ext, p, num_probes, **opts)
+        return {e.name for e in prof.events()} & {"aten::bmm", "aten::mm"}
+
+    rows = max(SHAPE["unequal"].sizes)
+    assert "aten::bmm" in gemms(rows)
+    assert "aten::bmm" not in gemms(rows - 1)
+    assert "aten::bmm" not in gemms(rows, class_tile=2)
+
+
 # Small enough to form each domain's full Hessian for the variance.
 STAT_SHAPE = Shape("stat", (6, 9), C=4, d=3)
 STAT_SEEDS = range(8)

@@ -1,12 +1,92 @@
 // hutchinson_diag: (1/K) Σ_k v_k ⊙ (H_e v_k) per domain: per chunk of probes the HVPs of
-// head_hvp.h (m over the class tiles, then S and O_e = S_eᵀ Z̃_e), folded into the output by
-// ProbeDiagAccumulateOp. Backward: each probe's HVP backward with upstream D̄_e ⊙ v_k / K.
+// head_hvp.h folded into the output by domain or by class (math/hutchinson_diag.h). Backward:
+// each probe's HVP backward with upstream D̄_e ⊙ v_k / K.
 #pragma once
 #include "../math/head_hvp.h"
 #include "../math/hutchinson_diag.h"
 #include "hutchinson.h"
 
 namespace hessalign {
+
+// Probes per chunk of the by-class fold (math/hutchinson_diag.h), whose class-major U (N, C, B)
+// stays within the memory rule; 0, fold by domain, unless one tile holds all classes and the
+// chunk holds at least as many probes as the largest domain has rows.
+inline int64_t class_fold_chunk(const Head& h, int64_t num_probes) {
+  if (h.tile != h.C || h.N == 0) return 0;
+  const int64_t B = std::min(num_probes, h.budget / std::max<int64_t>(1, h.N * h.C * h.zt.element_size()));
+  return B >= h.max_rows ? B : 0;
+}
+
+// By domain, chunks of B probes: m over the class tiles, then per tile S, O_e = S_eᵀ Z̃_e, fold.
+template <class scalar_t, class K>
+void fold_by_domain(const Head& h, const K& k, uint64_t seed, int64_t num_probes, at::Tensor& out) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const auto acc = h.zt.options().dtype(h.acc_type);
+  const int64_t chunk = choose_probe_chunk<K>(h, num_probes, 1, 1 + h.E);
+  for (int64_t k0 = 0; k0 < num_probes; k0 += chunk) {
+    const int64_t B = std::min(chunk, num_probes - k0);
+    at::Tensor m = at::zeros({h.N, B}, acc), V1, U1;
+    for (int64_t c0 = 0; c0 < h.C; c0 += h.tile) {  // m over all classes
+      const int64_t T = std::min(h.tile, h.C - c0);
+      const at::Tensor L = h.logits(c0, T);
+      at::Tensor V = probe_block<scalar_t>(h, k, seed, k0, B, c0, T);
+      at::Tensor U = probe_products(h, h.aligned(V));
+      k.rows(h.N * B, HvpMeanOp<scalar_t, acc_t>{{}, {h.view<scalar_t, acc_t>(L, c0, T), B, 0, B},
+                                                 U.const_data_ptr<scalar_t>(), m.mutable_data_ptr<acc_t>()});
+      if (T == h.C) V1 = V, U1 = U;
+    }
+    for (int64_t c0 = 0; c0 < h.C; c0 += h.tile) {  // S, O_e, fold into out
+      const int64_t T = std::min(h.tile, h.C - c0);
+      const at::Tensor L = h.logits(c0, T);
+      at::Tensor V = V1.defined() ? V1 : probe_block<scalar_t>(h, k, seed, k0, B, c0, T);
+      at::Tensor U = U1.defined() ? U1 : probe_products(h, h.aligned(V));
+      k.rows(h.N * B, HvpSOp<scalar_t, acc_t>{{}, {h.view<scalar_t, acc_t>(L, c0, T), B, 0, B},
+                                              h.c.const_data_ptr<acc_t>(), m.const_data_ptr<acc_t>(),
+                                              U.mutable_data_ptr<scalar_t>()});
+      at::Tensor O = at::empty({h.E, B * T, h.D}, h.zt.options());
+      seg_tn(h, U, h.zt, O);
+      using Accumulate = ProbeDiagAccumulateOp<scalar_t, acc_t, K::kStreamWidth>;
+      k.elements(Accumulate::items(h.E, T, h.D),
+                 Accumulate{B, c0, T, h.D, h.C, acc_t(1) / acc_t(num_probes), V.const_data_ptr<scalar_t>(),
+                            O.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>()});
+    }
+  }
+}
+
+// By class, chunks of B = class_fold_chunk probes: U (N, C, B) by blocks of classes, S in place,
+// then per block R_c = S_c V_c (one batched GEMM) and the fold. A block's probes (T·B, D) and R
+// (T, N, D) stay within the backend's chunk size; its probes are drawn again for the second GEMM.
+template <class scalar_t, class K>
+void fold_by_class(const Head& h, const K& k, uint64_t seed, int64_t num_probes, int64_t chunk, at::Tensor& out) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t block_bytes = (chunk + h.N) * h.D * h.zt.element_size();
+  const int64_t Tb = std::max<int64_t>(1, std::min(h.C, std::min(h.budget, K::kProbeChunkBytes) / block_bytes));
+  const auto lt = h.view<scalar_t, acc_t>(h.logits(0, h.C), 0, h.C);
+  const at::Tensor Zw = h.wide(h.zt);
+  for (int64_t k0 = 0; k0 < num_probes; k0 += chunk) {
+    const int64_t B = std::min(chunk, num_probes - k0);
+    auto probes = [&](int64_t c0, int64_t T) {  // (T·B, D) class-major, as a GEMM operand
+      return h.wide(h.aligned(probe_block<scalar_t>(h, k, seed, k0, B, c0, T, /*class_major=*/true)));
+    };
+    at::Tensor U = at::empty({h.N, h.C, B}, h.zt.options());
+    for (int64_t c0 = 0; c0 < h.C; c0 += Tb) {
+      const int64_t T = std::min(Tb, h.C - c0);
+      at::Tensor Ut = U.narrow(1, c0, T).view({h.N, T * B});
+      at::mm_out(Ut, Zw, probes(c0, T).t());
+    }
+    using SOp = ClassMajorSOp<scalar_t, acc_t, K::kStreamWidth>;
+    k.elements(SOp::items(h.N, B), SOp{lt, h.c.const_data_ptr<acc_t>(), h.C, B, U.mutable_data_ptr<scalar_t>()});
+    for (int64_t c0 = 0; c0 < h.C; c0 += Tb) {
+      const int64_t T = std::min(Tb, h.C - c0);
+      const at::Tensor V = probes(c0, T);
+      const at::Tensor R = at::bmm(U.narrow(1, c0, T).permute({1, 0, 2}), V.view({T, B, V.size(1)}));
+      using Fold = ProbeClassFoldOp<scalar_t, acc_t, K::kStreamWidth>;
+      k.elements(Fold::items(h.E, T, h.D),
+                 Fold{h.domains, c0, T, h.N, h.D, h.C, Zw.stride(0), R.stride(1), acc_t(1) / acc_t(num_probes),
+                      Zw.const_data_ptr<scalar_t>(), R.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>()});
+    }
+  }
+}
 
 template <class K>
 at::Tensor hutchinson_diag_forward(HE_HEAD_PARAMS, const at::Tensor& offsets, int64_t num_probes, int64_t seed,
@@ -17,39 +97,11 @@ at::Tensor hutchinson_diag_forward(HE_HEAD_PARAMS, const at::Tensor& offsets, in
   prepare(h, k, ce);
   at::Tensor out = at::zeros({h.E, h.C, h.D}, h.zt.options());
   if (h.N == 0) return out;
-  const auto acc = h.zt.options().dtype(h.acc_type);
   HE_DISPATCH(K, h.zt.scalar_type(), [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    const int64_t chunk = choose_probe_chunk<K>(h, num_probes, 1, 1 + h.E);
-    for (int64_t k0 = 0; k0 < num_probes; k0 += chunk) {
-      const int64_t B = std::min(chunk, num_probes - k0);
-      at::Tensor m = at::zeros({h.N, B}, acc), V1, U1;
-      for (int64_t c0 = 0; c0 < h.C; c0 += h.tile) {  // m over all classes
-        const int64_t T = std::min(h.tile, h.C - c0);
-        const at::Tensor L = h.logits(c0, T);
-        at::Tensor V = probe_block<scalar_t>(h, k, uint64_t(seed), k0, B, c0, T);
-        at::Tensor U = probe_products(h, h.aligned(V));
-        k.rows(h.N * B, HvpMeanOp<scalar_t, acc_t>{{}, {h.view<scalar_t, acc_t>(L, c0, T), B, 0, B},
-                                                   U.const_data_ptr<scalar_t>(), m.mutable_data_ptr<acc_t>()});
-        if (T == h.C) V1 = V, U1 = U;
-      }
-      for (int64_t c0 = 0; c0 < h.C; c0 += h.tile) {  // S, O_e, fold into out
-        const int64_t T = std::min(h.tile, h.C - c0);
-        const at::Tensor L = h.logits(c0, T);
-        at::Tensor V = V1.defined() ? V1 : probe_block<scalar_t>(h, k, uint64_t(seed), k0, B, c0, T);
-        at::Tensor U = U1.defined() ? U1 : probe_products(h, h.aligned(V));
-        k.rows(h.N * B, HvpSOp<scalar_t, acc_t>{{}, {h.view<scalar_t, acc_t>(L, c0, T), B, 0, B},
-                                                h.c.const_data_ptr<acc_t>(), m.const_data_ptr<acc_t>(),
-                                                U.mutable_data_ptr<scalar_t>()});
-        at::Tensor O = at::empty({h.E, B * T, h.D}, h.zt.options());
-        seg_tn(h, U, h.zt, O);
-        using Accumulate = ProbeDiagAccumulateOp<scalar_t, acc_t, K::kStreamWidth>;
-        k.elements(Accumulate::items(h.E, T, h.D),
-                   Accumulate{B, c0, T, h.D, h.C, acc_t(1) / acc_t(num_probes),
-                                                          V.const_data_ptr<scalar_t>(), O.const_data_ptr<scalar_t>(),
-                                                          out.mutable_data_ptr<scalar_t>()});
-      }
-    }
+    if (const int64_t chunk = class_fold_chunk(h, num_probes))
+      fold_by_class<scalar_t>(h, k, uint64_t(seed), num_probes, chunk, out);
+    else
+      fold_by_domain<scalar_t>(h, k, uint64_t(seed), num_probes, out);
   });
   return out;
 }

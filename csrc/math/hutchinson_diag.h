@@ -1,8 +1,15 @@
-// hutchinson_diag (DESIGN.md §1): D_e ≈ (1/K) Σ_k v_k ⊙ (H_e v_k). Per chunk of B probes the
-// HVPs come from head_hvp.h (S over U, then O_e = S_eᵀ Z̃_e per domain); this file folds them
-// into the output without storing a K×C×(d+1) probe tensor. Backward: each probe is an HVP
-// backward with upstream Ō_k = D̄_e ⊙ v_k / K and no gradient for the (constant) probes.
+// hutchinson_diag (DESIGN.md §1): D_e ≈ (1/K) Σ_k v_k ⊙ (H_e v_k), with S_ick = c_i p_ic (u_ick − m_ik)
+// the probes' logit-space products (head_hvp.h), D_e[c, j] = (1/K) Σ_k Σ_{i∈e} v_k[c, j] S_ick z̃_ij.
+// That sum is folded into the output without storing a K×C×(d+1) probe tensor, one of two ways:
+//  - by domain: O_e = S_eᵀ Z̃_e per probe (a GEMM over a domain's rows, E·B·C·D values written),
+//    then Σ_b v_b ⊙ O_e (ProbeDiagAccumulateOp);
+//  - by class: R_c = S_c V_c per class over the chunk's B probes (a GEMM over probes, N·C·D
+//    values written), then Σ_{i∈e} z̃_i ⊙ R_c[i] (ProbeClassFoldOp). Fewer values and a deeper
+//    GEMM when B exceeds a domain's rows, as with the paper's K = 300.
+// Backward: each probe is an HVP backward with upstream Ō_k = D̄_e ⊙ v_k / K and no gradient for
+// the (constant) probes.
 #pragma once
+#include "domains.h"
 #include "rademacher.h"
 #include "tile.h"
 
@@ -51,6 +58,58 @@ struct ProbeUpstreamOp {
     const scalar_t* g = grad + (e * C + c0 + c) * D + run.j0;
     scalar_t* o = Obar + run.row * D + run.j0;
     for (index_t jj = 0; jj < run.width; ++jj) o[jj] = scalar_t(inv_k * acc_t(v[jj]) * acc_t(g[jj]));
+  }
+};
+
+// The by-class fold's products in place: U (N, C, B) holds u_ick = v_k[c]·z̃_i class-major; per
+// row and run of probes m_ik = Σ_c p_ic u_ick, then S_ick = c_i p_ic (u_ick − m_ik)
+// (idx over the ColumnRun<W> items of N rows of B probes).
+template <class scalar_t, class acc_t, int W>
+struct ClassMajorSOp {
+  LogitsTile<scalar_t, acc_t> lt;  // all C classes
+  const acc_t* coef;               // c_i (N,)
+  index_t C, B;
+  scalar_t* U;
+  HE_INLINE static index_t items(index_t N, index_t B) { return ColumnRun<W>::items(N, B); }
+  HE_INLINE void operator()(index_t idx) const {
+    const ColumnRun<W> run(idx, B);
+    const index_t i = run.row;
+    scalar_t* u = U + i * C * B + run.j0;
+    acc_t m[W] = {};
+    for (index_t c = 0; c < C; ++c) {
+      const acc_t p = lt.prob(i, c);
+      for (index_t jj = 0; jj < run.width; ++jj) m[jj] += p * acc_t(u[c * B + jj]);
+    }
+    for (index_t c = 0; c < C; ++c) {
+      const acc_t q = coef[i] * lt.prob(i, c);
+      for (index_t jj = 0; jj < run.width; ++jj) u[c * B + jj] = scalar_t(q * (acc_t(u[c * B + jj]) - m[jj]));
+    }
+  }
+};
+
+// out[e, c0+c, j] += (1/K) Σ_{i∈e} z̃_ij R[c, i, j], R_c = S_c V_c over the chunk's probes
+// (idx over the ColumnRun<W> items of the E·T output rows)
+template <class scalar_t, class acc_t, int W>
+struct ProbeClassFoldOp {
+  DomainOffsets domains;
+  index_t c0, T, N, D, C;
+  index_t ldz, ldr;  // row strides of Z̃ and R (padded with align_rows)
+  acc_t inv_k;
+  const scalar_t* Z;  // z̃ (N, ldz)
+  const scalar_t* R;  // (T, N, ldr)
+  scalar_t* out;      // (E, C, D)
+  HE_INLINE static index_t items(index_t E, index_t T, index_t D) { return ColumnRun<W>::items(E * T, D); }
+  HE_INLINE void operator()(index_t idx) const {
+    const ColumnRun<W> run(idx, D);
+    const index_t e = run.row / T, c = run.row - e * T;
+    acc_t s[W] = {};
+    for (index_t i = domains(e); i < domains(e + 1); ++i) {
+      const scalar_t* z = Z + i * ldz + run.j0;
+      const scalar_t* r = R + (c * N + i) * ldr + run.j0;
+      for (index_t jj = 0; jj < run.width; ++jj) s[jj] += acc_t(z[jj]) * acc_t(r[jj]);
+    }
+    scalar_t* dst = out + (e * C + c0 + c) * D + run.j0;
+    for (index_t jj = 0; jj < run.width; ++jj) dst[jj] = scalar_t(acc_t(dst[jj]) + inv_k * s[jj]);
   }
 };
 

@@ -47,17 +47,19 @@ struct ProbeKeysOp {
   HE_INLINE void operator()(index_t b) const { keys[b] = rademacher_probe_key(seed, uint64_t(k0 + b)); }
 };
 
-// The chunk's probes as a (B, T, D) block: V[b, c, j] = v_{k0+b}[c0+c, j], from the chunk's keys
-// (idx over the ColumnRun<W> items of its B·T rows).
+// The chunk's probes as a (B, T, D) block, V[b, c, j] = v_{k0+b}[c0+c, j], or class-major as a
+// (T, B, D) one, V[c, b, j], from the chunk's keys (idx over the ColumnRun<W> items of its B·T rows).
 template <class scalar_t, int W>
 struct RademacherFillOp {
   const uint64_t* keys;  // (B,) from ProbeKeysOp
   index_t c0, T, D;
   scalar_t* V;
+  index_t class_major_B = 0;  // B for the class-major layout; 0: probe-major
   HE_INLINE static index_t items(index_t B, index_t T, index_t D) { return ColumnRun<W>::items(B * T, D); }
   HE_INLINE void operator()(index_t idx) const {
     const ColumnRun<W> run(idx, D);
-    const index_t b = run.row / T, c = run.row - b * T;
+    const index_t B = class_major_B;
+    const index_t b = B ? run.row % B : run.row / T, c = B ? run.row / B : run.row - b * T;
     rademacher_signs(keys[b], uint64_t((c0 + c) * D + run.j0), run.width, V + run.row * D + run.j0);
   }
 };

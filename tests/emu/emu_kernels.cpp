@@ -45,6 +45,8 @@ namespace hessalign {
   HE_ELEMENTS(RademacherFillOp<T, 1>)                                                                         \
   HE_ELEMENTS(ProbeDiagAccumulateOp<T, T, 1>)                                                                 \
   HE_ELEMENTS(ProbeUpstreamOp<T, T, 1>)                                                                       \
+  HE_ELEMENTS(ClassMajorSOp<T, T, 1>)                                                                         \
+  HE_ELEMENTS(ProbeClassFoldOp<T, T, 1>)                                                                      \
   HE_ROWS(TargetsRowOp<T>)                                                                                    \
   HE_ROWS(LogitsHvpOp<T, T>)                                                                                  \
   HE_ROWS(LogitsHvpBackwardUOp<T, T>)                                                                         \
