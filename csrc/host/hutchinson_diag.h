@@ -122,6 +122,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> hutchinson_diag_backward(
   HE_DISPATCH(K, h.zt.scalar_type(), [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const int64_t chunk = choose_probe_chunk<K>(h, num_probes, 2, 1 + h.E);
+    // With one tile, dl = p ⊙ (DP − ρ) sums over all chunks (both are sums over probes) before
+    // its two GEMMs, not two GEMMs per chunk.
+    const bool one_tile = h.tile == h.C;
+    const at::Tensor DP1 = one_tile ? at::zeros({h.N, h.C}, acc) : at::Tensor();
+    const at::Tensor rho1 = one_tile ? at::zeros({h.N}, acc) : at::Tensor();
+    auto add_logits_grad = [&](const at::Tensor& DP, const at::Tensor& rho, int64_t c0, int64_t T) {
+      at::Tensor dl = at::empty({h.N, T}, h.zt.options());
+      k.rows(h.N, SoftmaxBackwardOp<scalar_t, acc_t>{{}, h.view<scalar_t, acc_t>(h.logits(c0, T), c0, T),
+                                                     DP.const_data_ptr<acc_t>(), rho.const_data_ptr<acc_t>(),
+                                                     dl.mutable_data_ptr<scalar_t>()});
+      g.add_logits_grad(h, dl, c0, T);
+    };
     // The chunk's tile: probes V (B·T, D), U = Z̃ Vᵀ, upstream Ō (E, B·T, D), dS_e = Z̃_e Ō_eᵀ.
     auto tile_inputs = [&](int64_t k0, int64_t B, int64_t c0, int64_t T) -> std::array<at::Tensor, 4> {
       at::Tensor V = probe_block<scalar_t>(h, k, uint64_t(seed), k0, B, c0, T);
@@ -150,24 +162,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> hutchinson_diag_backward(
         if (T == h.C) cached = in;
       }
       const at::Tensor rho = (w - 2 * m * t).sum(1);
+      if (one_tile) rho1.add_(rho);
       for (int64_t c0 = 0; c0 < h.C; c0 += h.tile) {  // pass 3: S, dU, dP, dl
         const int64_t T = std::min(h.tile, h.C - c0);
         const at::Tensor L = h.logits(c0, T);
         std::array<at::Tensor, 4> in = cached[0].defined() ? cached : tile_inputs(k0, B, c0, T);
         const auto lt = h.view<scalar_t, acc_t>(L, c0, T);
-        at::Tensor DP = at::zeros({h.N, T}, acc);
+        const at::Tensor DP = one_tile ? DP1 : at::zeros({h.N, T}, acc);
         k.rows(h.N, HvpBackwardMapOp<scalar_t, acc_t>{{}, {lt, B, 0, B}, h.c.const_data_ptr<acc_t>(),
                                                       m.const_data_ptr<acc_t>(), t.const_data_ptr<acc_t>(),
                                                       in[2].mutable_data_ptr<scalar_t>(), in[3].mutable_data_ptr<scalar_t>(),
                                                       DP.mutable_data_ptr<acc_t>()});
         seg_nn_add(h, in[2], in[1], g.dzt);  // S Ō
         add_mm(h.wide(g.dzt), in[3], h.wide(in[0]));  // dU V
-        at::Tensor dl = at::empty({h.N, T}, h.zt.options());
-        k.rows(h.N, SoftmaxBackwardOp<scalar_t, acc_t>{{}, lt, DP.const_data_ptr<acc_t>(), rho.const_data_ptr<acc_t>(),
-                                                       dl.mutable_data_ptr<scalar_t>()});
-        g.add_logits_grad(h, dl, c0, T);
+        if (!one_tile) add_logits_grad(DP, rho, c0, T);
       }
     }
+    if (one_tile) add_logits_grad(DP1, rho1, 0, h.C);
   });
   return g.finish(h);
 }

@@ -66,6 +66,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> hutchinson_trace_backward(
   HE_DISPATCH(K, h.zt.scalar_type(), [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const int64_t chunk = choose_probe_chunk<K>(h, num_probes, 1, 1);
+    // With one tile the logits gradient sums over all chunks before its two GEMMs (per chunk, they
+    // were 2 GEMMs per probe or two at the chunk sizes of the CPU's cap).
+    const bool one_tile = h.tile == h.C;
+    const at::Tensor DL1 = one_tile ? at::zeros({h.N, h.C}, acc) : at::Tensor();
     for (int64_t k0 = 0; k0 < num_probes; k0 += chunk) {
       const int64_t B = std::min(chunk, num_probes - k0);
       at::Tensor m = at::zeros({h.N, B}, acc), var = at::zeros({h.N, B}, acc);
@@ -75,15 +79,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> hutchinson_trace_backward(
         const at::Tensor L = h.logits(c0, T);
         const at::Tensor V = h.aligned(probe_block<scalar_t>(h, k, uint64_t(seed), k0, B, c0, T));
         at::Tensor U = U1.defined() ? U1 : probe_products(h, V);
-        at::Tensor DL = at::zeros({h.N, T}, acc);
+        at::Tensor DL = one_tile ? DL1 : at::zeros({h.N, T}, acc);
         k.rows(h.N, HutchinsonTraceBackwardOp<scalar_t, acc_t>{{}, {h.view<scalar_t, acc_t>(L, c0, T), B, 0, B},
                                                               kk.const_data_ptr<acc_t>(), m.const_data_ptr<acc_t>(),
                                                               var.const_data_ptr<acc_t>(), U.mutable_data_ptr<scalar_t>(),
                                                               DL.mutable_data_ptr<acc_t>()});
         add_mm(h.wide(g.dzt), U, h.wide(V));  // U holds du
-        g.add_logits_grad(h, DL.to(h.zt.scalar_type()), c0, T);
+        if (!one_tile) g.add_logits_grad(h, DL.to(h.zt.scalar_type()), c0, T);
       }
     }
+    if (one_tile) g.add_logits_grad(h, DL1.to(h.zt.scalar_type()), 0, h.C);
   });
   return g.finish(h);
 }
