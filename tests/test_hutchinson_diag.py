@@ -119,6 +119,17 @@ def test_class_fold_loss_options(case):
     assert_close(call(hessalign_ext, p, k, **opts), call(reference, p, k, **opts))
 
 
+@pytest.mark.parametrize("shape", [SHAPE[s] for s in ("unequal", "equal", "c1000", "empty_domain")],
+                         ids=["unequal", "equal", "c1000", "empty_domain"])
+def test_fold_by_domain_a_domain_at_a_time(shape, monkeypatch):
+    """A budget below one probe's per-domain products (E, T, D): the by-domain fold runs one
+    domain's GEMM and fold at a time."""
+    p = make_problem(shape)
+    expected = call(reference, p)
+    monkeypatch.setenv("HESSALIGN_TILE_BYTES", "500")
+    assert_close(call(hessalign_ext, p), expected, shape_id=shape.id)
+
+
 def test_fold_choice():
     """By class (one batched GEMM of probes per block of classes) from K = the largest domain's
     rows; by domain (a GEMM per domain, unequal domains here) below it or with class tiles."""

@@ -18,11 +18,14 @@ inline int64_t class_fold_chunk(const Head& h, int64_t num_probes) {
 }
 
 // By domain, chunks of B probes: m over the class tiles, then per tile S, O_e = S_eᵀ Z̃_e, fold.
+// The E products are one batched GEMM unless they exceed the backend's chunk size (on the CPU a
+// chunk of one probe at 5×32 rows, d = 2048, C = 345 writes 14 MB of them); then a domain at a time.
 template <class scalar_t, class K>
 void fold_by_domain(const Head& h, const K& k, uint64_t seed, int64_t num_probes, at::Tensor& out) {
   using acc_t = at::opmath_type<scalar_t>;
   const auto acc = h.zt.options().dtype(h.acc_type);
   const int64_t chunk = choose_probe_chunk<K>(h, num_probes, 1, 1 + h.E);
+  const int64_t per_domain_above = std::min(h.budget, K::kProbeChunkBytes);
   for (int64_t k0 = 0; k0 < num_probes; k0 += chunk) {
     const int64_t B = std::min(chunk, num_probes - k0);
     at::Tensor m = at::zeros({h.N, B}, acc), V1, U1;
@@ -43,12 +46,23 @@ void fold_by_domain(const Head& h, const K& k, uint64_t seed, int64_t num_probes
       k.rows(h.N * B, HvpSOp<scalar_t, acc_t>{{}, {h.view<scalar_t, acc_t>(L, c0, T), B, 0, B},
                                               h.c.const_data_ptr<acc_t>(), m.const_data_ptr<acc_t>(),
                                               U.mutable_data_ptr<scalar_t>()});
-      at::Tensor O = at::empty({h.E, B * T, h.D}, h.zt.options());
-      seg_tn(h, U, h.zt, O);
       using Accumulate = ProbeDiagAccumulateOp<scalar_t, acc_t, K::kStreamWidth>;
-      k.elements(Accumulate::items(h.E, T, h.D),
-                 Accumulate{B, c0, T, h.D, h.C, acc_t(1) / acc_t(num_probes), V.const_data_ptr<scalar_t>(),
-                            O.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>()});
+      const acc_t inv_k = acc_t(1) / acc_t(num_probes);
+      if (h.E * B * T * h.D * h.zt.element_size() <= per_domain_above) {  // all domains, one batched GEMM
+        at::Tensor O = at::empty({h.E, B * T, h.D}, h.zt.options());
+        seg_tn(h, U, h.zt, O);
+        k.elements(Accumulate::items(h.E, T, h.D), Accumulate{B, c0, T, h.D, h.C, inv_k, V.const_data_ptr<scalar_t>(),
+                                                              O.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>()});
+        continue;
+      }
+      at::Tensor O = at::empty({B * T, h.D}, h.zt.options());
+      for (int64_t e = 0; e < h.E; ++e) {  // a domain at a time, each folded while its O_e is in cache
+        if (h.rows(e) == 0) continue;
+        at::mm_out(O, U.narrow(0, h.off[e], h.rows(e)).t(), h.zt.narrow(0, h.off[e], h.rows(e)));
+        k.elements(Accumulate::items(1, T, h.D), Accumulate{B, c0, T, h.D, h.C, inv_k, V.const_data_ptr<scalar_t>(),
+                                                            O.const_data_ptr<scalar_t>(),
+                                                            out.mutable_data_ptr<scalar_t>() + e * h.C * h.D});
+      }
     }
   }
 }
