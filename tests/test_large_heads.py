@@ -106,3 +106,25 @@ def test_aligned_rows_give_the_plain_results(op, tile, shape, monkeypatch):
     torch.testing.assert_close(aligned, plain, rtol=1e-5, atol=1e-6)
     for a, b in zip(g_aligned, g_plain):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+# The Hutchinson diagonal's two other paths under the padded width: the by-class fold (more probes
+# than a domain has rows) and the by-domain fold a domain at a time (a budget below one probe's
+# per-domain products).
+@pytest.mark.parametrize("shape", ALIGN_SHAPES, ids=lambda s: s.id)
+@pytest.mark.parametrize("path", ["class_fold", "domain_at_a_time"])
+def test_aligned_rows_give_the_plain_hutchinson_diag(path, shape, monkeypatch):
+    p = make_problem(shape, dtype=torch.float32, requires_grad=True)
+    num_probes = max(shape.sizes) + 2 if path == "class_fold" else 3
+    if path == "domain_at_a_time":
+        monkeypatch.setenv("HESSALIGN_TILE_BYTES", "500")
+    results = []
+    for flag in ("0", "1"):
+        monkeypatch.setenv("HESSALIGN_ALIGN_ROWS", flag)
+        out = hessalign_ext.hutchinson_diag(*p.head(), p.offsets, num_probes, 5, labels=p.labels)
+        up = torch.randn(out.shape, generator=torch.Generator().manual_seed(4))
+        results.append((out, torch.autograd.grad(out, [x for x in p.head() if x is not None], up)))
+    (plain, g_plain), (aligned, g_aligned) = results
+    torch.testing.assert_close(aligned, plain, rtol=1e-5, atol=1e-6)
+    for a, b in zip(g_aligned, g_plain):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

@@ -66,8 +66,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> hutchinson_trace_backward(
   HE_DISPATCH(K, h.zt.scalar_type(), [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const int64_t chunk = choose_probe_chunk<K>(h, num_probes, 1, 1);
-    // With one tile the logits gradient sums over all chunks before its two GEMMs (per chunk, they
-    // were 2 GEMMs per probe or two at the chunk sizes of the CPU's cap).
+    // With one tile the logits gradient sums over all chunks before its two GEMMs, not two GEMMs
+    // per chunk (a chunk is one or two probes under the CPU's cap at C = 345).
     const bool one_tile = h.tile == h.C;
     const at::Tensor DL1 = one_tile ? at::zeros({h.N, h.C}, acc) : at::Tensor();
     for (int64_t k0 = 0; k0 < num_probes; k0 += chunk) {
