@@ -8,7 +8,12 @@
 
 namespace hessalign {
 
-// Probes per chunk under the memory rule and the backend's chunk size (K::kProbeChunkBytes):
+// Bytes a probe chunk's buffers may hold: the memory rule's budget, capped by the backend's chunk
+// size (K::kProbeChunkBytes: on the CPU, what stays in cache between the GEMM and the pass after it).
+template <class K>
+int64_t probe_chunk_bytes(const Head& h) { return std::min(h.budget, K::kProbeChunkBytes); }
+
+// Probes per chunk under probe_chunk_bytes:
 // each probe of the chunk holds `row_buffers` N×T buffers (U = Z̃ Vᵀ and the like) and
 // `param_buffers` T×D ones (its probe block V, and the per-domain products O_e or their
 // upstream: 1 + E for the diagonal).
@@ -16,7 +21,7 @@ template <class K>
 int64_t choose_probe_chunk(const Head& h, int64_t num_probes, int64_t row_buffers, int64_t param_buffers) {
   const int64_t per_probe =
       std::max<int64_t>(1, h.tile * (h.N * row_buffers + h.D * param_buffers) * h.zt.element_size());
-  return std::max<int64_t>(1, std::min(num_probes, std::min(h.budget, K::kProbeChunkBytes) / per_probe));
+  return std::max<int64_t>(1, std::min(num_probes, probe_chunk_bytes<K>(h) / per_probe));
 }
 
 // Probes k0 .. k0+B-1 on classes c0 .. c0+T-1 as a (B·T, D) matrix, rows b·T + c, or class-major,

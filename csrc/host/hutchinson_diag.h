@@ -25,7 +25,7 @@ void fold_by_domain(const Head& h, const K& k, uint64_t seed, int64_t num_probes
   using acc_t = at::opmath_type<scalar_t>;
   const auto acc = h.zt.options().dtype(h.acc_type);
   const int64_t chunk = choose_probe_chunk<K>(h, num_probes, 1, 1 + h.E);
-  const int64_t per_domain_above = std::min(h.budget, K::kProbeChunkBytes);
+  const int64_t per_domain_above = probe_chunk_bytes<K>(h);
   for (int64_t k0 = 0; k0 < num_probes; k0 += chunk) {
     const int64_t B = std::min(chunk, num_probes - k0);
     at::Tensor m = at::zeros({h.N, B}, acc), V1, U1;
@@ -74,7 +74,7 @@ template <class scalar_t, class K>
 void fold_by_class(const Head& h, const K& k, uint64_t seed, int64_t num_probes, int64_t chunk, at::Tensor& out) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t block_bytes = (chunk + h.N) * h.D * h.zt.element_size();
-  const int64_t Tb = std::max<int64_t>(1, std::min(h.C, std::min(h.budget, K::kProbeChunkBytes) / block_bytes));
+  const int64_t Tb = std::max<int64_t>(1, std::min(h.C, probe_chunk_bytes<K>(h) / block_bytes));
   const auto lt = h.view<scalar_t, acc_t>(h.logits(0, h.C), 0, h.C);
   const at::Tensor Zw = h.wide(h.zt);
   for (int64_t k0 = 0; k0 < num_probes; k0 += chunk) {
@@ -141,12 +141,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> hutchinson_diag_backward(
     const bool one_tile = h.tile == h.C;
     const at::Tensor DP1 = one_tile ? at::zeros({h.N, h.C}, acc) : at::Tensor();
     const at::Tensor rho1 = one_tile ? at::zeros({h.N}, acc) : at::Tensor();
-    auto add_logits_grad = [&](const at::Tensor& DP, const at::Tensor& rho, int64_t c0, int64_t T) {
-      at::Tensor dl = at::empty({h.N, T}, h.zt.options());
-      k.rows(h.N, SoftmaxBackwardOp<scalar_t, acc_t>{{}, h.view<scalar_t, acc_t>(h.logits(c0, T), c0, T),
-                                                     DP.const_data_ptr<acc_t>(), rho.const_data_ptr<acc_t>(),
+    auto add_logits_grad = [&](const LogitsTile<scalar_t, acc_t>& lt, const at::Tensor& DP, const at::Tensor& rho) {
+      at::Tensor dl = at::empty({h.N, lt.T}, h.zt.options());
+      k.rows(h.N, SoftmaxBackwardOp<scalar_t, acc_t>{{}, lt, DP.const_data_ptr<acc_t>(), rho.const_data_ptr<acc_t>(),
                                                      dl.mutable_data_ptr<scalar_t>()});
-      g.add_logits_grad(h, dl, c0, T);
+      g.add_logits_grad(h, dl, lt.c0, lt.T);
     };
     // The chunk's tile: probes V (B·T, D), U = Z̃ Vᵀ, upstream Ō (E, B·T, D), dS_e = Z̃_e Ō_eᵀ.
     auto tile_inputs = [&](int64_t k0, int64_t B, int64_t c0, int64_t T) -> std::array<at::Tensor, 4> {
@@ -189,10 +188,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> hutchinson_diag_backward(
                                                       DP.mutable_data_ptr<acc_t>()});
         seg_nn_add(h, in[2], in[1], g.dzt);  // S Ō
         add_mm(h.wide(g.dzt), in[3], h.wide(in[0]));  // dU V
-        if (!one_tile) add_logits_grad(DP, rho, c0, T);
+        if (!one_tile) add_logits_grad(lt, DP, rho);
       }
     }
-    if (one_tile) add_logits_grad(DP1, rho1, 0, h.C);
+    if (one_tile) add_logits_grad(h.view<scalar_t, acc_t>(h.logits(0, h.C), 0, h.C), DP1, rho1);
   });
   return g.finish(h);
 }

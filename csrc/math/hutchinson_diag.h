@@ -15,6 +15,16 @@
 
 namespace hessalign {
 
+// A fold's two steps on one run of columns: s += a ⊙ b, and dst += scale · s.
+template <class scalar_t, class acc_t>
+HE_INLINE void add_products(acc_t* s, const scalar_t* a, const scalar_t* b, index_t width) {
+  for (index_t jj = 0; jj < width; ++jj) s[jj] += acc_t(a[jj]) * acc_t(b[jj]);
+}
+template <class scalar_t, class acc_t>
+HE_INLINE void add_scaled(scalar_t* dst, const acc_t* s, acc_t scale, index_t width) {
+  for (index_t jj = 0; jj < width; ++jj) dst[jj] = scalar_t(acc_t(dst[jj]) + scale * s[jj]);
+}
+
 // out[e, c0+c, j] += (1/K) Σ_b v_{k0+b}[c0+c, j] · O[e, b·T + c, j]   (idx over the ColumnRun<W>
 // items of the E·T output rows; the loop over a run sits inside the loop over probes)
 template <class scalar_t, class acc_t, int W>
@@ -29,13 +39,9 @@ struct ProbeDiagAccumulateOp {
     const ColumnRun<W> run(idx, D);
     const index_t e = run.row / T, c = run.row - e * T;
     acc_t s[W] = {};
-    for (index_t b = 0; b < B; ++b) {
-      const scalar_t* v = V + (b * T + c) * D + run.j0;
-      const scalar_t* o = O + e * B * T * D + (b * T + c) * D + run.j0;
-      for (index_t jj = 0; jj < run.width; ++jj) s[jj] += acc_t(v[jj]) * acc_t(o[jj]);
-    }
-    scalar_t* dst = out + (e * C + c0 + c) * D + run.j0;
-    for (index_t jj = 0; jj < run.width; ++jj) dst[jj] = scalar_t(acc_t(dst[jj]) + inv_k * s[jj]);
+    for (index_t b = 0; b < B; ++b)
+      add_products(s, V + (b * T + c) * D + run.j0, O + e * B * T * D + (b * T + c) * D + run.j0, run.width);
+    add_scaled(out + (e * C + c0 + c) * D + run.j0, s, inv_k, run.width);
   }
 };
 
@@ -103,13 +109,9 @@ struct ProbeClassFoldOp {
     const ColumnRun<W> run(idx, D);
     const index_t e = run.row / T, c = run.row - e * T;
     acc_t s[W] = {};
-    for (index_t i = domains(e); i < domains(e + 1); ++i) {
-      const scalar_t* z = Z + i * ldz + run.j0;
-      const scalar_t* r = R + (c * N + i) * ldr + run.j0;
-      for (index_t jj = 0; jj < run.width; ++jj) s[jj] += acc_t(z[jj]) * acc_t(r[jj]);
-    }
-    scalar_t* dst = out + (e * C + c0 + c) * D + run.j0;
-    for (index_t jj = 0; jj < run.width; ++jj) dst[jj] = scalar_t(acc_t(dst[jj]) + inv_k * s[jj]);
+    for (index_t i = domains(e); i < domains(e + 1); ++i)
+      add_products(s, Z + i * ldz + run.j0, R + (c * N + i) * ldr + run.j0, run.width);
+    add_scaled(out + (e * C + c0 + c) * D + run.j0, s, inv_k, run.width);
   }
 };
 
