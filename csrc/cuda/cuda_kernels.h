@@ -42,6 +42,7 @@ struct CudaKernelsT {
   static constexpr bool kFusedDomainStats = true;
   // Hutchinson probe chunks as large as the memory rule allows: fewer launches (not measured smaller)
   static constexpr int64_t kProbeChunkBytes = INT64_MAX;
+  static constexpr int64_t kDomainFoldBytes = INT64_MAX;  // hutchinson_diag: one batched GEMM, one launch
   static bool fuse_domain_stats(index_t max_rows, index_t C) {
     return max_rows <= 512 && max_rows * C <= (index_t(1) << 16);
   }

@@ -18,14 +18,15 @@ inline int64_t class_fold_chunk(const Head& h, int64_t num_probes) {
 }
 
 // By domain, chunks of B probes: m over the class tiles, then per tile S, O_e = S_eᵀ Z̃_e, fold.
-// The E products are one batched GEMM unless they exceed the backend's chunk size (on the CPU a
-// chunk of one probe at 5×32 rows, d = 2048, C = 345 writes 14 MB of them); then a domain at a time.
+// The E products are one batched GEMM unless they exceed the backend's K::kDomainFoldBytes or the
+// chunk size (on the CPU a chunk of one probe at 5×32 rows, d = 512, C = 345 writes 3.5 MB of
+// them); then a domain at a time, each folded while it is in cache.
 template <class scalar_t, class K>
 void fold_by_domain(const Head& h, const K& k, uint64_t seed, int64_t num_probes, at::Tensor& out) {
   using acc_t = at::opmath_type<scalar_t>;
   const auto acc = h.zt.options().dtype(h.acc_type);
   const int64_t chunk = choose_probe_chunk<K>(h, num_probes, 1, 1 + h.E);
-  const int64_t per_domain_above = probe_chunk_bytes<K>(h);
+  const int64_t per_domain_above = std::min(probe_chunk_bytes<K>(h), K::kDomainFoldBytes);
   for (int64_t k0 = 0; k0 < num_probes; k0 += chunk) {
     const int64_t B = std::min(chunk, num_probes - k0);
     at::Tensor m = at::zeros({h.N, B}, acc), V1, U1;

@@ -15,13 +15,19 @@
 
 namespace hessalign {
 
-// A fold's two steps on one run of columns: s += a ⊙ b, and dst += scale · s.
-template <class scalar_t, class acc_t>
-HE_INLINE void add_products(acc_t* s, const scalar_t* a, const scalar_t* b, index_t width) {
-  for (index_t jj = 0; jj < width; ++jj) s[jj] += acc_t(a[jj]) * acc_t(b[jj]);
-}
-template <class scalar_t, class acc_t>
-HE_INLINE void add_scaled(scalar_t* dst, const acc_t* s, acc_t scale, index_t width) {
+// The folds' sum over rows on one run of columns: dst[j] += scale · Σ_{r<rows} a[r·lda + j] · b[r·ldb + j].
+// One row (a chunk of one probe: the by-domain fold at the large heads on the CPU) needs no sums;
+// zeroing W of them per run and storing them back took half of that fold.
+template <int W, class scalar_t, class acc_t>
+HE_INLINE void fold_rows(scalar_t* dst, const scalar_t* a, index_t lda, const scalar_t* b, index_t ldb, index_t rows,
+                         acc_t scale, index_t width) {
+  if (rows == 1) {
+    for (index_t jj = 0; jj < width; ++jj) dst[jj] = scalar_t(acc_t(dst[jj]) + scale * (acc_t(a[jj]) * acc_t(b[jj])));
+    return;
+  }
+  acc_t s[W] = {};
+  for (index_t r = 0; r < rows; ++r)
+    for (index_t jj = 0; jj < width; ++jj) s[jj] += acc_t(a[r * lda + jj]) * acc_t(b[r * ldb + jj]);
   for (index_t jj = 0; jj < width; ++jj) dst[jj] = scalar_t(acc_t(dst[jj]) + scale * s[jj]);
 }
 
@@ -38,10 +44,8 @@ struct ProbeDiagAccumulateOp {
   HE_INLINE void operator()(index_t idx) const {
     const ColumnRun<W> run(idx, D);
     const index_t e = run.row / T, c = run.row - e * T;
-    acc_t s[W] = {};
-    for (index_t b = 0; b < B; ++b)
-      add_products(s, V + (b * T + c) * D + run.j0, O + e * B * T * D + (b * T + c) * D + run.j0, run.width);
-    add_scaled(out + (e * C + c0 + c) * D + run.j0, s, inv_k, run.width);
+    fold_rows<W>(out + (e * C + c0 + c) * D + run.j0, V + c * D + run.j0, T * D, O + (e * B * T + c) * D + run.j0,
+                 T * D, B, inv_k, run.width);
   }
 };
 
@@ -108,10 +112,9 @@ struct ProbeClassFoldOp {
   HE_INLINE void operator()(index_t idx) const {
     const ColumnRun<W> run(idx, D);
     const index_t e = run.row / T, c = run.row - e * T;
-    acc_t s[W] = {};
-    for (index_t i = domains(e); i < domains(e + 1); ++i)
-      add_products(s, Z + i * ldz + run.j0, R + (c * N + i) * ldr + run.j0, run.width);
-    add_scaled(out + (e * C + c0 + c) * D + run.j0, s, inv_k, run.width);
+    const index_t i0 = domains(e);
+    fold_rows<W>(out + (e * C + c0 + c) * D + run.j0, Z + i0 * ldz + run.j0, ldz, R + (c * N + i0) * ldr + run.j0,
+                 ldr, domains(e + 1) - i0, inv_k, run.width);
   }
 };
 
