@@ -134,6 +134,19 @@ def test_emulated_class_fold_matches_cpu(shape, dtype):
     assert_matches(torch.ops.hessalign_emu.hutchinson_diag(*args), expected, dtype)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("shape", ["unequal_37x129", "no_bias_33x31", "wide_1000"])
+def test_emulated_one_probe_fold_matches_cpu(shape, dtype):
+    """One probe: the by-domain fold's chunk holds one probe, and ProbeDiagAccumulateOp adds
+    v ⊙ O_e / K straight into the output (math/hutchinson_diag.h's fold_rows with one row; the
+    tests above use 6 probes, and the class fold's one-row domains)."""
+    sizes, C, d, bias = SHAPES[shape]
+    args = list(_args("hutchinson_diag", sizes, C, d, bias, dtype, OPTIONS["plain"]))
+    args[4] = 1  # num_probes
+    expected = torch.ops.hessalign_ext.hutchinson_diag(*args)
+    assert_matches(torch.ops.hessalign_emu.hutchinson_diag(*args), expected, dtype)
+
+
 @pytest.mark.parametrize("options", OPTIONS.values(), ids=OPTIONS.keys())
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("shape", SHAPES.values(), ids=SHAPES.keys())
