@@ -12,6 +12,11 @@ inline void add_mm(at::Tensor acc, const at::Tensor& a, const at::Tensor& b) {
   else acc.add_(at::mm(a, b));
 }
 
+// out = X_eᵀ Y_e for domain e alone (its rows of X and Y; no empty domain).
+inline void domain_tn(const Head& h, int64_t e, const at::Tensor& X, const at::Tensor& Y, at::Tensor out) {
+  at::mm_out(out, X.narrow(0, h.off[e], h.rows(e)).t(), Y.narrow(0, h.off[e], h.rows(e)));
+}
+
 // out[e] = X_eᵀ Y_e for every domain (rows of e); Y is a D-wide GEMM operand (Head::wide), out
 // (E, M, D) or a view with contiguous rows. An empty domain gives zeros.
 inline void seg_tn(const Head& h, const at::Tensor& X, const at::Tensor& Y_in, const at::Tensor& out) {
@@ -25,7 +30,7 @@ inline void seg_tn(const Head& h, const at::Tensor& X, const at::Tensor& Y_in, c
     for (int64_t e = 0; e < h.E; ++e) {
       at::Tensor oe = o.select(0, e);
       if (h.rows(e) == 0) { oe.zero_(); continue; }
-      at::mm_out(oe, X.narrow(0, h.off[e], h.rows(e)).t(), Y.narrow(0, h.off[e], h.rows(e)));
+      domain_tn(h, e, X, Y, oe);
     }
   }
   if (h.align_rows) out.copy_(tmp);

@@ -27,6 +27,8 @@ void fold_by_domain(const Head& h, const K& k, uint64_t seed, int64_t num_probes
   const auto acc = h.zt.options().dtype(h.acc_type);
   const int64_t chunk = choose_probe_chunk<K>(h, num_probes, 1, 1 + h.E);
   const int64_t per_domain_above = std::min(probe_chunk_bytes<K>(h), K::kDomainFoldBytes);
+  using Accumulate = ProbeDiagAccumulateOp<scalar_t, acc_t, K::kStreamWidth>;
+  const acc_t inv_k = acc_t(1) / acc_t(num_probes);
   for (int64_t k0 = 0; k0 < num_probes; k0 += chunk) {
     const int64_t B = std::min(chunk, num_probes - k0);
     at::Tensor m = at::zeros({h.N, B}, acc), V1, U1;
@@ -47,22 +49,23 @@ void fold_by_domain(const Head& h, const K& k, uint64_t seed, int64_t num_probes
       k.rows(h.N * B, HvpSOp<scalar_t, acc_t>{{}, {h.view<scalar_t, acc_t>(L, c0, T), B, 0, B},
                                               h.c.const_data_ptr<acc_t>(), m.const_data_ptr<acc_t>(),
                                               U.mutable_data_ptr<scalar_t>()});
-      using Accumulate = ProbeDiagAccumulateOp<scalar_t, acc_t, K::kStreamWidth>;
-      const acc_t inv_k = acc_t(1) / acc_t(num_probes);
+      // fold Σ_b v_b ⊙ O_e / K of `domains` domains from e0 into out
+      auto accumulate = [&](const at::Tensor& O, int64_t domains, int64_t e0) {
+        k.elements(Accumulate::items(domains, T, h.D),
+                   Accumulate{B, c0, T, h.D, h.C, inv_k, V.const_data_ptr<scalar_t>(), O.const_data_ptr<scalar_t>(),
+                              out.mutable_data_ptr<scalar_t>() + e0 * h.C * h.D});
+      };
       if (h.E * B * T * h.D * h.zt.element_size() <= per_domain_above) {  // all domains, one batched GEMM
         at::Tensor O = at::empty({h.E, B * T, h.D}, h.zt.options());
         seg_tn(h, U, h.zt, O);
-        k.elements(Accumulate::items(h.E, T, h.D), Accumulate{B, c0, T, h.D, h.C, inv_k, V.const_data_ptr<scalar_t>(),
-                                                              O.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>()});
-        continue;
-      }
-      at::Tensor O = at::empty({B * T, h.D}, h.zt.options());
-      for (int64_t e = 0; e < h.E; ++e) {  // a domain at a time, each folded while its O_e is in cache
-        if (h.rows(e) == 0) continue;
-        at::mm_out(O, U.narrow(0, h.off[e], h.rows(e)).t(), h.zt.narrow(0, h.off[e], h.rows(e)));
-        k.elements(Accumulate::items(1, T, h.D), Accumulate{B, c0, T, h.D, h.C, inv_k, V.const_data_ptr<scalar_t>(),
-                                                            O.const_data_ptr<scalar_t>(),
-                                                            out.mutable_data_ptr<scalar_t>() + e * h.C * h.D});
+        accumulate(O, h.E, 0);
+      } else {  // a domain at a time, each folded while its O_e is in cache
+        at::Tensor O = at::empty({B * T, h.D}, h.zt.options());
+        for (int64_t e = 0; e < h.E; ++e) {
+          if (h.rows(e) == 0) continue;
+          domain_tn(h, e, U, h.zt, O);
+          accumulate(O, 1, e);
+        }
       }
     }
   }
