@@ -1,4 +1,4 @@
-// The per-domain GEMMs of every op (ATen: MKL/OpenBLAS on the CPU, cuBLAS on CUDA): products
+// The per-domain GEMMs of every op (host/gemm.h: oneDNN or ATen's BLAS on the CPU, cuBLAS on CUDA): products
 // of the rows of each domain with its (E, C, D) block, one batched GEMM when the domains hold
 // equal rows, and the accumulation of an op's gradients to Z̃ and W̃.
 #pragma once
@@ -6,15 +6,9 @@
 
 namespace hessalign {
 
-// acc += a @ b, where acc may be of a wider dtype than a and b (float32 for bf16 inputs).
-inline void add_mm(at::Tensor acc, const at::Tensor& a, const at::Tensor& b) {
-  if (acc.scalar_type() == a.scalar_type()) acc.addmm_(a, b);
-  else acc.add_(at::mm(a, b));
-}
-
 // out = X_eᵀ Y_e for domain e alone (its rows of X and Y; no empty domain).
 inline void domain_tn(const Head& h, int64_t e, const at::Tensor& X, const at::Tensor& Y, at::Tensor out) {
-  at::mm_out(out, X.narrow(0, h.off[e], h.rows(e)).t(), Y.narrow(0, h.off[e], h.rows(e)));
+  gemm_out(out, X.narrow(0, h.off[e], h.rows(e)).t(), Y.narrow(0, h.off[e], h.rows(e)));
 }
 
 // out[e] = X_eᵀ Y_e for every domain (rows of e); Y is a D-wide GEMM operand (Head::wide), out
@@ -25,7 +19,7 @@ inline void seg_tn(const Head& h, const at::Tensor& X, const at::Tensor& Y_in, c
   at::Tensor o = h.wide(tmp);
   const at::Tensor Y = h.wide(Y_in);
   if (const int64_t n = h.equal_rows()) {
-    at::bmm_out(o, X.view({h.E, n, X.size(1)}).transpose(1, 2), Y.view({h.E, n, Y.size(1)}));
+    gemm_out(o, X.view({h.E, n, X.size(1)}).transpose(1, 2), Y.view({h.E, n, Y.size(1)}));
   } else {
     for (int64_t e = 0; e < h.E; ++e) {
       at::Tensor oe = o.select(0, e);
@@ -40,17 +34,17 @@ inline void seg_tn(const Head& h, const at::Tensor& X, const at::Tensor& Y_in, c
 // are D-wide GEMM operands (Head::wide).
 inline at::Tensor seg_nt(const Head& h, const at::Tensor& Y_in, const at::Tensor& V_in) {
   const at::Tensor Y = h.wide(Y_in), V = h.wide(V_in);
-  if (V.dim() == 2) return at::mm(Y, V.t());
+  if (V.dim() == 2) return gemm(Y, V.t());
   at::Tensor U = at::empty({h.N, V.size(1)}, Y.options());
   if (const int64_t n = h.equal_rows()) {
     at::Tensor u = U.view({h.E, n, V.size(1)});
-    at::bmm_out(u, Y.view({h.E, n, Y.size(1)}), V.transpose(1, 2));
+    gemm_out(u, Y.view({h.E, n, Y.size(1)}), V.transpose(1, 2));
     return U;
   }
   for (int64_t e = 0; e < h.E; ++e) {
     if (h.rows(e) == 0) continue;
     at::Tensor u = U.narrow(0, h.off[e], h.rows(e));
-    at::mm_out(u, Y.narrow(0, h.off[e], h.rows(e)), V[e].t());
+    gemm_out(u, Y.narrow(0, h.off[e], h.rows(e)), V[e].t());
   }
   return U;
 }
@@ -59,16 +53,13 @@ inline at::Tensor seg_nt(const Head& h, const at::Tensor& Y_in, const at::Tensor
 // are D-wide GEMM operands (Head::wide).
 inline void seg_nn_add(const Head& h, const at::Tensor& X, const at::Tensor& V_in, const at::Tensor& acc_in) {
   const at::Tensor V = h.wide(V_in), acc = h.wide(acc_in);
-  if (V.dim() == 2) { add_mm(acc, X, V); return; }
+  if (V.dim() == 2) { gemm_add(acc, X, V); return; }
   if (const int64_t n = h.equal_rows()) {
-    at::Tensor a = acc.view({h.E, n, acc.size(1)});
-    const at::Tensor x = X.view({h.E, n, X.size(1)});
-    if (acc.scalar_type() == X.scalar_type()) a.baddbmm_(x, V);
-    else a.add_(at::bmm(x, V));
+    gemm_add(acc.view({h.E, n, acc.size(1)}), X.view({h.E, n, X.size(1)}), V);
     return;
   }
   for (int64_t e = 0; e < h.E; ++e)
-    if (h.rows(e) > 0) add_mm(acc.narrow(0, h.off[e], h.rows(e)), X.narrow(0, h.off[e], h.rows(e)), V[e]);
+    if (h.rows(e) > 0) gemm_add(acc.narrow(0, h.off[e], h.rows(e)), X.narrow(0, h.off[e], h.rows(e)), V[e]);
 }
 
 // The gradients of an op with respect to Z̃ and W̃, accumulated over class tiles in the
@@ -81,8 +72,8 @@ struct HeadGrads {
 
   // Chain rule through logits = Z Wᵀ + b = Z̃ W̃ᵀ for the logits gradient dl of classes c0 .. c0+T-1.
   void add_logits_grad(const Head& h, const at::Tensor& dl, int64_t c0, int64_t T) {
-    add_mm(dzt.narrow(1, 0, h.d), dl, h.w.narrow(0, c0, T));  // the ones column's gradient is dropped
-    add_mm(h.wide(dwt).narrow(0, c0, T), dl.t(), h.wide(h.zt));
+    gemm_add(dzt.narrow(1, 0, h.d), dl, h.w.narrow(0, c0, T));  // the ones column's gradient is dropped
+    gemm_add(h.wide(dwt).narrow(0, c0, T), dl.t(), h.wide(h.zt));
   }
 
   std::tuple<at::Tensor, at::Tensor, at::Tensor> finish(const Head& h) const {

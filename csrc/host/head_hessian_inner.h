@@ -32,8 +32,8 @@ std::pair<at::Tensor, at::Tensor> inner_prob_grams(const Head& h, const K& k) {
     at::Tensor P = at::empty({h.N, T}, acc), Q = at::empty({h.N, T}, acc);
     k.rows(h.N, ProbTileOp<scalar_t, acc_t>{{}, h.view<scalar_t, acc_t>(L, c0, T), P.mutable_data_ptr<acc_t>(),
                                             Q.mutable_data_ptr<acc_t>()});
-    S.addmm_(P, P.t());
-    R.addmm_(P, Q.t());
+    gemm_add(S, P, P.t());
+    gemm_add(R, P, Q.t());
   }
   return {S, R};
 }
@@ -51,13 +51,13 @@ at::Tensor head_hessian_inner_forward(HE_HEAD_PARAMS, const at::Tensor& offsets,
     at::Tensor S, R;
     std::tie(S, R) = inner_prob_grams<scalar_t, acc_t>(h, k);
     const at::Tensor zt = h.zt.to(h.acc_type);
-    const at::Tensor Kz = at::mm(zt, zt.t());
+    const at::Tensor Kz = gemm(zt, zt.t());
     k.elements(h.N * h.N, InnerPairOp<acc_t>{h.N, S.const_data_ptr<acc_t>(), R.const_data_ptr<acc_t>(),
                                              Kz.const_data_ptr<acc_t>(), h.c.const_data_ptr<acc_t>(),
                                              G.mutable_data_ptr<acc_t>()});
   });
   const at::Tensor ind = domain_indicator(h, acc).first;
-  return at::mm(ind.t(), at::mm(G, ind)).to(features.scalar_type());
+  return gemm(ind.t(), gemm(G, ind)).to(features.scalar_type());
 }
 
 template <class K>
@@ -78,20 +78,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> head_hessian_inner_backward(
     at::Tensor S, R;
     std::tie(S, R) = inner_prob_grams<scalar_t, acc_t>(h, k);
     const at::Tensor zt = h.zt.to(h.acc_type);
-    const at::Tensor Kz = at::mm(zt, zt.t());
+    const at::Tensor Kz = gemm(zt, zt.t());
     at::Tensor GZ = at::empty({h.N, h.N}, acc), X = at::empty({h.N, h.N}, acc), A = at::empty({h.N, h.N}, acc);
     k.elements(h.N * h.N, InnerPairBackwardOp<acc_t>{h.N, h.E, domain.const_data_ptr<int64_t>(),
                                                      Ubar.const_data_ptr<acc_t>(), S.const_data_ptr<acc_t>(),
                                                      R.const_data_ptr<acc_t>(), Kz.const_data_ptr<acc_t>(),
                                                      h.c.const_data_ptr<acc_t>(), GZ.mutable_data_ptr<acc_t>(),
                                                      X.mutable_data_ptr<acc_t>(), A.mutable_data_ptr<acc_t>()});
-    g.dzt.add_(at::mm(GZ, zt));
+    gemm_add(g.dzt, GZ, zt);
     at::Tensor rho = at::zeros({h.N}, acc);
     // dP of one tile (over AP) and its share of ρ.
     auto tile_dp = [&](const LogitsTile<scalar_t, acc_t>& lt, int64_t T) {
       at::Tensor P = at::empty({h.N, T}, acc), Q = at::empty({h.N, T}, acc);
       k.rows(h.N, ProbTileOp<scalar_t, acc_t>{{}, lt, P.mutable_data_ptr<acc_t>(), Q.mutable_data_ptr<acc_t>()});
-      at::Tensor AP = at::mm(A, P), XQ = at::mm(X, Q), XP = at::mm(X, P);
+      at::Tensor AP = gemm(A, P), XQ = gemm(X, Q), XP = gemm(X, P);
       k.rows(h.N, InnerDpOp<scalar_t, acc_t>{{}, lt, AP.mutable_data_ptr<acc_t>(), XQ.const_data_ptr<acc_t>(),
                                              XP.const_data_ptr<acc_t>(), rho.mutable_data_ptr<acc_t>()});
       return AP;

@@ -20,6 +20,7 @@
 #include "../math/cross_entropy.h"
 #include "../math/domains.h"
 #include "../math/tile.h"
+#include "gemm.h"
 
 namespace hessalign {
 
@@ -174,7 +175,7 @@ struct Head {
     if (logits_cache.defined()) return logits_cache;
     const bool all = c0 == 0 && T == C;  // no narrowing views: each is a dispatch on the host
     const at::Tensor wc = (all ? w : w.narrow(0, c0, T)).t();
-    return bias.defined() ? at::addmm(all ? bias : bias.narrow(0, c0, T), z, wc) : at::mm(z, wc);
+    return bias.defined() ? gemm_bias(all ? bias : bias.narrow(0, c0, T), z, wc) : gemm(z, wc);
   }
 
   template <class scalar_t, class acc_t>

@@ -41,6 +41,6 @@ at::Tensor probe_block(const Head& h, const K& k, uint64_t seed, int64_t k0, int
 // U = Z̃ Vᵀ, N×(B·T): row i holds u_ib = V_b z̃_i for the chunk's probes, b-major. V is the
 // probe block as a GEMM operand (Head::aligned: the elementwise kernels read probe_block's own
 // (…, D) rows).
-inline at::Tensor probe_products(const Head& h, const at::Tensor& V) { return at::mm(h.wide(h.zt), h.wide(V).t()); }
+inline at::Tensor probe_products(const Head& h, const at::Tensor& V) { return gemm(h.wide(h.zt), h.wide(V).t()); }
 
 }  // namespace hessalign

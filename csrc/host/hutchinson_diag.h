@@ -90,14 +90,14 @@ void fold_by_class(const Head& h, const K& k, uint64_t seed, int64_t num_probes,
     for (int64_t c0 = 0; c0 < h.C; c0 += Tb) {
       const int64_t T = std::min(Tb, h.C - c0);
       at::Tensor Ut = U.narrow(1, c0, T).view({h.N, T * B});
-      at::mm_out(Ut, Zw, probes(c0, T).t());
+      gemm_out(Ut, Zw, probes(c0, T).t());
     }
     using SOp = ClassMajorSOp<scalar_t, acc_t, K::kStreamWidth>;
     k.elements(SOp::items(h.N, B), SOp{lt, h.c.const_data_ptr<acc_t>(), h.C, B, U.mutable_data_ptr<scalar_t>()});
     for (int64_t c0 = 0; c0 < h.C; c0 += Tb) {
       const int64_t T = std::min(Tb, h.C - c0);
       const at::Tensor V = probes(c0, T);
-      const at::Tensor R = at::bmm(U.narrow(1, c0, T).permute({1, 0, 2}), V.view({T, B, V.size(1)}));
+      const at::Tensor R = gemm(U.narrow(1, c0, T).permute({1, 0, 2}), V.view({T, B, V.size(1)}));
       using Fold = ProbeClassFoldOp<scalar_t, acc_t, K::kStreamWidth>;
       k.elements(Fold::items(h.E, T, h.D),
                  Fold{h.domains, c0, T, h.N, h.D, h.C, Zw.stride(0), R.stride(1), acc_t(1) / acc_t(num_probes),
@@ -191,7 +191,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> hutchinson_diag_backward(
                                                       in[2].mutable_data_ptr<scalar_t>(), in[3].mutable_data_ptr<scalar_t>(),
                                                       DP.mutable_data_ptr<acc_t>()});
         seg_nn_add(h, in[2], in[1], g.dzt);  // S Ō
-        add_mm(h.wide(g.dzt), in[3], h.wide(in[0]));  // dU V
+        gemm_add(h.wide(g.dzt), in[3], h.wide(in[0]));  // dU V
         if (!one_tile) add_logits_grad(lt, DP, rho);
       }
     }

@@ -84,7 +84,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> hutchinson_trace_backward(
                                                               kk.const_data_ptr<acc_t>(), m.const_data_ptr<acc_t>(),
                                                               var.const_data_ptr<acc_t>(), U.mutable_data_ptr<scalar_t>(),
                                                               DL.mutable_data_ptr<acc_t>()});
-        add_mm(h.wide(g.dzt), U, h.wide(V));  // U holds du
+        gemm_add(h.wide(g.dzt), U, h.wide(V));  // U holds du
         if (!one_tile) g.add_logits_grad(h, DL.to(h.zt.scalar_type()), c0, T);
       }
     }

@@ -1,7 +1,7 @@
 // The hessalign_emu operator library: every hessalign_ext op, run by the same host drivers
 // (csrc/host/) with the CUDA backend whose kernels execute under CPU emulation
-// (emu_kernels.cpp) on CPU tensors. cuBLAS is not emulated: the GEMMs run through ATen on
-// the CPU, and are covered on a real GPU only (scripts/gpu_check.sh).
+// (emu_kernels.cpp) on CPU tensors. cuBLAS is not emulated: the GEMMs run as the CPU ops'
+// do (host/gemm.h), and are covered on a real GPU only (scripts/gpu_check.sh).
 #include <torch/library.h>
 
 #include "../../csrc/cuda/cuda_kernels.h"

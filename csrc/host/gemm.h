@@ -1,0 +1,49 @@
+// Every GEMM of the host drivers goes through these three calls. On CUDA they are ATen's
+// (cuBLAS). On the CPU a float32 GEMM runs on oneDNN, the copy inside libtorch, where that is
+// faster than ATen's BLAS (cpu/onednn_gemm.cpp): MKL's and OpenBLAS's sgemm run 256-bit kernels
+// on AMD CPUs, oneDNN runs 512-bit FMAs on any CPU with AVX-512. Operands are 2-D, or 3-D for a
+// batch of GEMMs.
+#pragma once
+#include <ATen/ATen.h>
+
+namespace hessalign {
+
+// Whether out = a @ b runs on oneDNN (cpu/onednn_gemm.cpp); an undefined out stands for a new
+// contiguous tensor.
+bool onednn_gemm_applies(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b);
+// out = a @ b, or out += a @ b with accumulate, on oneDNN
+void onednn_gemm(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b, bool accumulate);
+
+// out = a @ b
+inline void gemm_out(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b) {
+  if (onednn_gemm_applies(out, a, b)) return onednn_gemm(out, a, b, false);
+  if (a.dim() == 3) at::bmm_out(const_cast<at::Tensor&>(out), a, b);
+  else at::mm_out(const_cast<at::Tensor&>(out), a, b);
+}
+
+// a @ b, a new tensor
+inline at::Tensor gemm(const at::Tensor& a, const at::Tensor& b) {
+  at::Tensor out = a.dim() == 3 ? at::empty({a.size(0), a.size(1), b.size(2)}, a.options())
+                                : at::empty({a.size(0), b.size(1)}, a.options());
+  gemm_out(out, a, b);
+  return out;
+}
+
+// acc += a @ b; acc may be of a wider dtype than a and b (float32 for bf16 inputs)
+inline void gemm_add(const at::Tensor& acc, const at::Tensor& a, const at::Tensor& b) {
+  if (acc.scalar_type() != a.scalar_type()) { acc.add_(gemm(a, b)); return; }
+  if (onednn_gemm_applies(acc, a, b)) return onednn_gemm(acc, a, b, true);
+  if (a.dim() == 3) acc.baddbmm_(a, b);
+  else acc.addmm_(a, b);
+}
+
+// bias + a @ b for a 2-D a, b and a (N,) bias broadcast over rows
+inline at::Tensor gemm_bias(const at::Tensor& bias, const at::Tensor& a, const at::Tensor& b) {
+  if (!onednn_gemm_applies({}, a, b)) return at::addmm(bias, a, b);
+  at::Tensor out = at::empty({a.size(0), b.size(1)}, a.options());
+  out.copy_(bias.expand_as(out));  // not expand().contiguous(): with one row that is bias itself
+  onednn_gemm(out, a, b, true);
+  return out;
+}
+
+}  // namespace hessalign
