@@ -30,6 +30,18 @@ inline void seg_tn(const Head& h, const at::Tensor& X, const at::Tensor& Y_in, c
   if (h.align_rows) out.copy_(tmp);
 }
 
+// out[e] = Σ_i X_e[i] (the column sums of each domain's rows of X); out (E, M) or a view.
+inline void seg_sum(const Head& h, const at::Tensor& X, const at::Tensor& out) {
+  if (const int64_t n = h.equal_rows()) {
+    at::sum_out(const_cast<at::Tensor&>(out), X.view({h.E, n, X.size(1)}), 1);
+    return;
+  }
+  for (int64_t e = 0; e < h.E; ++e) {
+    at::Tensor oe = out.select(0, e);
+    at::sum_out(oe, X.narrow(0, h.off[e], h.rows(e)), 0);  // an empty domain sums to zeros
+  }
+}
+
 // U_e = Y_e V_eᵀ for every domain: V is (E, M, D) per domain, or (M, D) shared by all; Y and V
 // are D-wide GEMM operands (Head::wide).
 inline at::Tensor seg_nt(const Head& h, const at::Tensor& Y_in, const at::Tensor& V_in) {

@@ -10,7 +10,12 @@ namespace hessalign {
 template <class K>
 at::Tensor head_grad_forward(HE_HEAD_PARAMS, const at::Tensor& labels, const at::Tensor& offsets, HE_CE_PARAMS) {
   HE_ENTRY(K, labels);
-  Head h = make_head<K>("head_grad", features, weight, bias, offsets, ce, true, class_tile, 2);
+  Head h = make_head<K>("head_grad", features, weight, bias, offsets, ce, true, class_tile, 2, /*augment=*/false);
+  // g_e's bias column is the column sums of R_e, so the GEMM reads Z itself and the N×D copy
+  // Z̃ = [Z | 1] is never made (its allocation and copy were ~10% of a DomainBed-sized call
+  // on the CPU); with a padded GEMM width the GEMM takes the padded Z̃ as before.
+  const bool bias_sums = h.has_bias && !h.align_rows;
+  if (!bias_sums) h.augment();
   prepare(h, k, ce);
   at::Tensor out = at::empty({h.E, h.C, h.D}, h.zt.options());
   HE_DISPATCH(K, h.zt.scalar_type(), [&] {
@@ -23,7 +28,13 @@ at::Tensor head_grad_forward(HE_HEAD_PARAMS, const at::Tensor& labels, const at:
         k.rows(h.N, ResidualOp<scalar_t, acc_t>{{}, h.view<scalar_t, acc_t>(L, c0, T), h.ce_rows<acc_t>(), nullptr,
                                                 R.mutable_data_ptr<scalar_t>()});
       }
-      seg_tn(h, R, h.zt, out.narrow(1, c0, T));
+      const at::Tensor o = out.narrow(1, c0, T);
+      if (bias_sums) {
+        seg_tn(h, R, h.z, o.narrow(2, 0, h.d));
+        seg_sum(h, R, o.select(2, h.d));
+      } else {
+        seg_tn(h, R, h.zt, o);
+      }
     }
   });
   return out;

@@ -171,6 +171,14 @@ struct Head {
     return N / E;
   }
 
+  // Z̃ = [Z | 1] with a bias, or Z in a padded buffer (align_rows): the D-wide GEMM operand.
+  void augment() {
+    if (!has_bias && !align_rows) return;
+    zt = rows_buffer({N, D}, z.options());
+    zt.narrow(1, 0, d).copy_(z);
+    if (has_bias) zt.select(1, d).fill_(1);
+  }
+
   at::Tensor logits(int64_t c0, int64_t T) const {
     if (logits_cache.defined()) return logits_cache;
     const bool all = c0 == 0 && T == C;  // no narrowing views: each is a dispatch on the host
@@ -280,11 +288,7 @@ Head make_head(const char* op, const at::Tensor& features, const at::Tensor& wei
   h.align_rows = align_rows_for(h.D, features.element_size());
   h.z = features.contiguous();
   h.zt = h.z;
-  if (augment && (h.has_bias || h.align_rows)) {  // Z̃ = [Z | 1], or Z in a padded buffer
-    h.zt = h.rows_buffer({h.N, h.D}, features.options());
-    h.zt.narrow(1, 0, h.d).copy_(h.z);
-    if (h.has_bias) h.zt.select(1, h.d).fill_(1);
-  }
+  if (augment) h.augment();
   h.w = weight.contiguous();
   if (h.has_bias) h.bias = bias->contiguous();
   h.max_rows = 0;
