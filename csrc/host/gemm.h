@@ -1,4 +1,4 @@
-// Every GEMM of the host drivers goes through these three calls. On CUDA they are ATen's
+// Every GEMM of the host drivers goes through these calls. On CUDA they are ATen's
 // (cuBLAS). On the CPU a float32 GEMM runs on oneDNN, the copy inside libtorch, where that is
 // faster than ATen's BLAS (cpu/onednn_gemm.cpp): MKL's and OpenBLAS's sgemm run 256-bit kernels
 // on AMD CPUs, oneDNN runs 512-bit FMAs on any CPU with AVX-512. Operands are 2-D, or 3-D for a
@@ -15,10 +15,10 @@ bool onednn_gemm_applies(const at::Tensor& out, const at::Tensor& a, const at::T
 void onednn_gemm(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b, bool accumulate);
 
 // out = a @ b
-inline void gemm_out(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b) {
+inline void gemm_out(at::Tensor out, const at::Tensor& a, const at::Tensor& b) {
   if (onednn_gemm_applies(out, a, b)) return onednn_gemm(out, a, b, false);
-  if (a.dim() == 3) at::bmm_out(const_cast<at::Tensor&>(out), a, b);
-  else at::mm_out(const_cast<at::Tensor&>(out), a, b);
+  if (a.dim() == 3) at::bmm_out(out, a, b);
+  else at::mm_out(out, a, b);
 }
 
 // a @ b, a new tensor
@@ -37,7 +37,7 @@ inline void gemm_add(const at::Tensor& acc, const at::Tensor& a, const at::Tenso
   else acc.addmm_(a, b);
 }
 
-// bias + a @ b for a 2-D a, b and a (N,) bias broadcast over rows
+// bias + a @ b for 2-D a and b, the bias (b.size(1),) broadcast over the rows
 inline at::Tensor gemm_bias(const at::Tensor& bias, const at::Tensor& a, const at::Tensor& b) {
   if (!onednn_gemm_applies({}, a, b)) return at::addmm(bias, a, b);
   at::Tensor out = at::empty({a.size(0), b.size(1)}, a.options());

@@ -31,9 +31,9 @@ inline void seg_tn(const Head& h, const at::Tensor& X, const at::Tensor& Y_in, c
 }
 
 // out[e] = Σ_i X_e[i] (the column sums of each domain's rows of X); out (E, M) or a view.
-inline void seg_sum(const Head& h, const at::Tensor& X, const at::Tensor& out) {
+inline void seg_sum(const Head& h, const at::Tensor& X, at::Tensor out) {
   if (const int64_t n = h.equal_rows()) {
-    at::sum_out(const_cast<at::Tensor&>(out), X.view({h.E, n, X.size(1)}), 1);
+    at::sum_out(out, X.view({h.E, n, X.size(1)}), 1);
     return;
   }
   for (int64_t e = 0; e < h.E; ++e) {
