@@ -50,11 +50,11 @@ HE_INLINE void ce_row_coeffs(const CeParams<acc_t>& p, index_t i, acc_t denom, a
 // The per-row coefficients as a kernel reads them.
 template <class acc_t>
 struct CeRows {
-  const acc_t* c;
-  const acc_t* a;
-  const acc_t* b;
-  const int64_t* labels;      // nullptr when a = b = 0
-  const acc_t* class_weight;  // nullptr: all ones
+  ReadOnly<acc_t> c;
+  ReadOnly<acc_t> a;
+  ReadOnly<acc_t> b;
+  ReadOnly<int64_t> labels;      // nullptr when a = b = 0
+  ReadOnly<acc_t> class_weight;  // nullptr: all ones
   // t_ic for the global class index cls
   HE_INLINE acc_t target(index_t i, index_t cls) const {
     if (!labels) return acc_t(0);

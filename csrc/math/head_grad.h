@@ -14,7 +14,7 @@ struct ResidualOp : RowOpBase<acc_t> {
   static constexpr int kSums = 0;
   LogitsTile<scalar_t, acc_t> lt;
   CeRows<acc_t> ce;
-  const acc_t* scale;
+  ReadOnly<acc_t> scale;
   scalar_t* out;  // N×T
   HE_INLINE index_t cols() const { return lt.T; }
   HE_INLINE void map(index_t i, index_t c, const acc_t*) const {

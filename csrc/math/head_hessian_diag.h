@@ -11,7 +11,7 @@ template <class scalar_t, class acc_t>
 struct DiagQOp : RowOpBase<acc_t> {
   static constexpr int kSums = 0;
   LogitsTile<scalar_t, acc_t> lt;
-  const acc_t* coef;
+  ReadOnly<acc_t> coef;
   scalar_t* Q;
   HE_INLINE index_t cols() const { return lt.T; }
   HE_INLINE void map(index_t i, index_t c, const acc_t*) const {
@@ -25,8 +25,8 @@ template <class scalar_t, class acc_t>
 struct DiagBackwardSumsOp : RowOpBase<acc_t> {
   static constexpr int kSums = 1;
   LogitsTile<scalar_t, acc_t> lt;
-  const acc_t* coef;
-  const scalar_t* dQ;
+  ReadOnly<acc_t> coef;
+  ReadOnly<scalar_t> dQ;
   acc_t* rho;
   HE_INLINE index_t cols() const { return lt.T; }
   HE_INLINE void partial(index_t i, index_t c, acc_t* s) const {
@@ -41,8 +41,8 @@ template <class scalar_t, class acc_t>
 struct DiagBackwardMapOp : RowOpBase<acc_t> {
   static constexpr int kSums = 0;
   LogitsTile<scalar_t, acc_t> lt;
-  const acc_t* coef;
-  const acc_t* rho;
+  ReadOnly<acc_t> coef;
+  ReadOnly<acc_t> rho;
   scalar_t* dQ;
   scalar_t* Q;
   HE_INLINE index_t cols() const { return lt.T; }

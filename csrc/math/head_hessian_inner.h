@@ -30,10 +30,10 @@ struct ProbTileOp : RowOpBase<acc_t> {
 template <class acc_t>
 struct InnerPairOp {
   index_t N;
-  const acc_t* S;
-  const acc_t* R;
-  const acc_t* K;
-  const acc_t* c;
+  ReadOnly<acc_t> S;
+  ReadOnly<acc_t> R;
+  ReadOnly<acc_t> K;
+  ReadOnly<acc_t> c;
   acc_t* G;
   HE_INLINE void operator()(index_t idx) const {
     const index_t i = idx / N, j = idx - i * N;
@@ -47,12 +47,12 @@ template <class acc_t>
 struct InnerPairBackwardOp {
   index_t N;
   index_t E;
-  const int64_t* domain;  // N: domain of each row
-  const acc_t* Ubar;      // E×E upstream
-  const acc_t* S;
-  const acc_t* R;
-  const acc_t* K;
-  const acc_t* c;
+  ReadOnly<int64_t> domain;  // N: domain of each row
+  ReadOnly<acc_t> Ubar;      // E×E upstream
+  ReadOnly<acc_t> S;
+  ReadOnly<acc_t> R;
+  ReadOnly<acc_t> K;
+  ReadOnly<acc_t> c;
   acc_t* GZ;
   acc_t* X;
   acc_t* A;
@@ -74,8 +74,8 @@ struct InnerDpOp : RowOpBase<acc_t> {
   static constexpr int kSums = 1;
   LogitsTile<scalar_t, acc_t> lt;
   acc_t* AP;
-  const acc_t* XQ;
-  const acc_t* XP;
+  ReadOnly<acc_t> XQ;
+  ReadOnly<acc_t> XP;
   acc_t* rho;
   HE_INLINE index_t cols() const { return lt.T; }
   HE_INLINE acc_t dp(index_t i, index_t c, acc_t p) const {

@@ -15,9 +15,9 @@ struct TraceRowOp : RowOpBase<acc_t> {
   LogitsTile<scalar_t, acc_t> lt;
   acc_t* q;
   acc_t* sq;
-  const acc_t* coef;  // c_i
-  const acc_t* zz;    // ‖z̃_i‖²
-  acc_t* rowval;      // or nullptr
+  ReadOnly<acc_t> coef;  // c_i
+  ReadOnly<acc_t> zz;    // ‖z̃_i‖²
+  acc_t* rowval;         // or nullptr
   bool first, last;
   HE_INLINE index_t cols() const { return lt.T; }
   HE_INLINE void partial(index_t i, index_t c, acc_t* s) const {
@@ -38,8 +38,8 @@ template <class scalar_t, class acc_t>
 struct TraceBackwardOp : RowOpBase<acc_t> {
   static constexpr int kSums = 0;
   LogitsTile<scalar_t, acc_t> lt;
-  const acc_t* k;
-  const acc_t* sq;
+  ReadOnly<acc_t> k;
+  ReadOnly<acc_t> sq;
   scalar_t* dl;
   HE_INLINE index_t cols() const { return lt.T; }
   HE_INLINE void map(index_t i, index_t c, const acc_t*) const {

@@ -28,7 +28,7 @@ template <class scalar_t, class acc_t>
 struct HvpMeanOp : RowOpBase<acc_t> {
   static constexpr int kSums = 1;
   HvpChunk<scalar_t, acc_t> ch;
-  const scalar_t* U;
+  ReadOnly<scalar_t> U;
   acc_t* m;
   HE_INLINE index_t cols() const { return ch.lt.T; }
   HE_INLINE void partial(index_t r, index_t c, acc_t* s) const {
@@ -42,8 +42,8 @@ template <class scalar_t, class acc_t>
 struct HvpSOp : RowOpBase<acc_t> {
   static constexpr int kSums = 0;
   HvpChunk<scalar_t, acc_t> ch;
-  const acc_t* coef;
-  const acc_t* m;
+  ReadOnly<acc_t> coef;
+  ReadOnly<acc_t> m;
   scalar_t* U;
   HE_INLINE index_t cols() const { return ch.lt.T; }
   HE_INLINE void map(index_t r, index_t c, const acc_t*) const {
@@ -58,9 +58,9 @@ template <class scalar_t, class acc_t>
 struct HvpBackwardSumsOp : RowOpBase<acc_t> {
   static constexpr int kSums = 2;
   HvpChunk<scalar_t, acc_t> ch;
-  const acc_t* coef;
-  const scalar_t* U;
-  const scalar_t* dS;
+  ReadOnly<acc_t> coef;
+  ReadOnly<scalar_t> U;
+  ReadOnly<scalar_t> dS;
   acc_t* t;
   acc_t* w;
   HE_INLINE index_t cols() const { return ch.lt.T; }
@@ -83,9 +83,9 @@ template <class scalar_t, class acc_t>
 struct HvpBackwardMapOp : RowOpBase<acc_t> {
   static constexpr int kSums = 0;
   HvpChunk<scalar_t, acc_t> ch;
-  const acc_t* coef;
-  const acc_t* m;
-  const acc_t* t;
+  ReadOnly<acc_t> coef;
+  ReadOnly<acc_t> m;
+  ReadOnly<acc_t> t;
   scalar_t* U;
   scalar_t* dS;
   acc_t* DP;  // N×T

@@ -3,6 +3,7 @@
 #pragma once
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 
 #if defined(__CUDACC__)
 #define HE_HOST_DEVICE __host__ __device__
@@ -28,6 +29,34 @@ struct ColumnRun {
     j0 = (idx - row * runs) * W;
     width = D - j0 < W ? D - j0 : W;
   }
+};
+
+// A kernel input that no thread writes while the kernel runs. On the GPU its loads take the
+// read-only path (__ldg), and that lets the compiler issue them ahead of the kernel's stores:
+// through a plain pointer every load after a store waits for it (any store may alias), so a
+// row kernel that reads, computes and writes element by element keeps one load in flight per
+// warp. Measured on an H100 at bf16, 8192 x 32768: such a pass (HvpSOp) took 11.9 ms, 18x the
+// pass that reads the same two arrays without writing (HvpMeanOp). The CPU build and the CUDA
+// emulation read plainly.
+template <class T>
+struct ReadOnly {
+  const T* p;
+  HE_INLINE ReadOnly(const T* q = nullptr) : p(q) {}
+  HE_INLINE T operator[](index_t i) const {
+#if defined(__CUDA_ARCH__)
+    if constexpr (sizeof(T) == 2) {  // at::Half, at::BFloat16: __ldg takes their bits
+      const unsigned short bits = __ldg(reinterpret_cast<const unsigned short*>(p + i));
+      T v;
+      memcpy(&v, &bits, sizeof v);
+      return v;
+    } else {
+      return __ldg(p + i);
+    }
+#else
+    return p[i];
+#endif
+  }
+  HE_INLINE explicit operator bool() const { return p != nullptr; }
 };
 
 // exp/log of the accumulation type (float or double) on host and device.

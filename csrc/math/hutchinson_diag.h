@@ -77,7 +77,7 @@ struct ProbeUpstreamOp {
 template <class scalar_t, class acc_t, int W>
 struct ClassMajorSOp {
   LogitsTile<scalar_t, acc_t> lt;  // all C classes
-  const acc_t* coef;               // c_i (N,)
+  ReadOnly<acc_t> coef;            // c_i (N,)
   index_t C, B;
   scalar_t* U;
   HE_INLINE static index_t items(index_t N, index_t B) { return ColumnRun<W>::items(N, B); }

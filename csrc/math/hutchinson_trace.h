@@ -14,8 +14,8 @@ template <class scalar_t, class acc_t>
 struct HutchinsonVarOp : RowOpBase<acc_t> {
   static constexpr int kSums = 1;
   HvpChunk<scalar_t, acc_t> ch;
-  const scalar_t* U;
-  const acc_t* m;
+  ReadOnly<scalar_t> U;
+  ReadOnly<acc_t> m;
   acc_t* var;
   HE_INLINE index_t cols() const { return ch.lt.T; }
   HE_INLINE void partial(index_t r, index_t c, acc_t* s) const {
@@ -31,9 +31,9 @@ template <class scalar_t, class acc_t>
 struct HutchinsonTraceBackwardOp : RowOpBase<acc_t> {
   static constexpr int kSums = 0;
   HvpChunk<scalar_t, acc_t> ch;
-  const acc_t* k;
-  const acc_t* m;
-  const acc_t* var;
+  ReadOnly<acc_t> k;
+  ReadOnly<acc_t> m;
+  ReadOnly<acc_t> var;
   scalar_t* U;
   acc_t* DL;  // N×T
   HE_INLINE index_t cols() const { return ch.lt.T; }

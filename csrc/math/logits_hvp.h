@@ -15,9 +15,9 @@ namespace hessalign {
 template <class scalar_t, class acc_t>
 struct LogitsHvpOp : RowOpBase<acc_t> {
   static constexpr int kSums = 1;
-  const scalar_t* P;     // N×C probabilities
-  const scalar_t* coef;  // N
-  const scalar_t* U;     // N·B × C
+  ReadOnly<scalar_t> P;     // N×C probabilities
+  ReadOnly<scalar_t> coef;  // N
+  ReadOnly<scalar_t> U;     // N·B × C
   index_t B, C;
   scalar_t* S;  // N·B × C
   scalar_t* M;  // N·B
@@ -36,10 +36,10 @@ struct LogitsHvpOp : RowOpBase<acc_t> {
 template <class scalar_t, class acc_t>
 struct LogitsHvpBackwardUOp : RowOpBase<acc_t> {
   static constexpr int kSums = 1;
-  const scalar_t* P;
-  const scalar_t* coef;
-  const scalar_t* dS;  // N·B × C, or nullptr (zero)
-  const scalar_t* dM;  // N·B, or nullptr (zero)
+  ReadOnly<scalar_t> P;
+  ReadOnly<scalar_t> coef;
+  ReadOnly<scalar_t> dS;  // N·B × C, or nullptr (zero)
+  ReadOnly<scalar_t> dM;  // N·B, or nullptr (zero)
   index_t B, C;
   scalar_t* dU;  // N·B × C
   acc_t* Nds;    // N·B
@@ -60,13 +60,13 @@ struct LogitsHvpBackwardUOp : RowOpBase<acc_t> {
 template <class scalar_t, class acc_t>
 struct LogitsHvpBackwardPOp : RowOpBase<acc_t> {
   static constexpr int kSums = 1;
-  const scalar_t* P;
-  const scalar_t* coef;
-  const scalar_t* U;
-  const scalar_t* M;
-  const scalar_t* dS;
-  const scalar_t* dM;
-  const acc_t* Nds;
+  ReadOnly<scalar_t> P;
+  ReadOnly<scalar_t> coef;
+  ReadOnly<scalar_t> U;
+  ReadOnly<scalar_t> M;
+  ReadOnly<scalar_t> dS;
+  ReadOnly<scalar_t> dM;
+  ReadOnly<acc_t> Nds;
   index_t B, C;
   scalar_t* dP;  // N×C
   scalar_t* dc;  // N

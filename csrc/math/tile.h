@@ -14,11 +14,11 @@ namespace hessalign {
 
 template <class scalar_t, class acc_t>
 struct LogitsTile {
-  const scalar_t* L;   // N×T logits of classes c0 .. c0+T-1, row-major
-  index_t T;           // columns in the tile
-  index_t c0;          // global index of the tile's first class
-  const acc_t* lse;    // N row log-sum-exps over all C classes
-  const acc_t* P = nullptr;  // N×T probabilities when the backend keeps them (K::kCacheProbs)
+  ReadOnly<scalar_t> L;  // N×T logits of classes c0 .. c0+T-1, row-major
+  index_t T;             // columns in the tile
+  index_t c0;            // global index of the tile's first class
+  ReadOnly<acc_t> lse;   // N row log-sum-exps over all C classes
+  ReadOnly<acc_t> P;     // N×T probabilities when the backend keeps them (K::kCacheProbs)
   HE_INLINE acc_t logit(index_t i, index_t c) const { return acc_t(L[i * T + c]); }
   HE_INLINE acc_t prob(index_t i, index_t c) const {
     return P ? P[i * T + c] : softmax_prob(logit(i, c), lse[i]);
@@ -39,7 +39,7 @@ struct RowOpBase {
 template <class scalar_t, class acc_t>
 struct RowSqNormOp : RowOpBase<acc_t> {
   static constexpr int kSums = 1;
-  const scalar_t* Z;  // N×d
+  ReadOnly<scalar_t> Z;  // N×d
   index_t d;
   acc_t ones;  // 1 with a bias, else 0
   acc_t* out;
@@ -56,8 +56,8 @@ template <class scalar_t, class acc_t>
 struct SoftmaxBackwardOp : RowOpBase<acc_t> {
   static constexpr int kSums = 0;
   LogitsTile<scalar_t, acc_t> lt;
-  const acc_t* DP;
-  const acc_t* rho;
+  ReadOnly<acc_t> DP;
+  ReadOnly<acc_t> rho;
   scalar_t* dl;
   HE_INLINE index_t cols() const { return lt.T; }
   HE_INLINE void map(index_t i, index_t c, const acc_t*) const {
