@@ -246,7 +246,8 @@ def classify(rc, out: str) -> tuple[str, str]:
 
 
 def sanitizer_run(wt: pathlib.Path, timeout: int) -> tuple[str, float]:
-    asan = sh("gcc", "-print-file-name=libasan.so").strip()
+    # libstdc++ after libasan: ASan's __cxa_throw interceptor needs the real one (scripts/test.sh)
+    asan = sh("gcc", "-print-file-name=libasan.so").strip() + " " + sh("gcc", "-print-file-name=libstdc++.so").strip()
     rc, out, secs = run_pytest(wt, {"HESSALIGN_EMU_SANITIZE": "1", "CUDAEMU_ORDER": "scrambled",
                                     "ASAN_OPTIONS": "detect_leaks=0:abort_on_error=1",
                                     "UBSAN_OPTIONS": "halt_on_error=1:print_stacktrace=1", "LD_PRELOAD": asan},

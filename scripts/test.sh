@@ -22,8 +22,12 @@ for order in forward reverse scrambled; do
 done
 
 step "pytest: emulated CUDA kernels under ASan + UBSan"
+# libstdc++ is preloaded after libasan so that ASan's __cxa_throw interceptor finds the real one
+# (python itself does not link libstdc++): without it the first C++ exception aborts the process,
+# e.g. oneDNN's matmul refusing a CPU without AVX-512 while a test module probes it.
 HESSALIGN_EMU_SANITIZE=1 CUDAEMU_ORDER=scrambled ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 \
-  UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 LD_PRELOAD="$(gcc -print-file-name=libasan.so)" \
+  UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+  LD_PRELOAD="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libstdc++.so)" \
   timeout 900 $PY -m pytest -q -m cuda_emulated -p no:cacheprovider -k "f64 and plain or probes"
 
 step "ctest: C++ CPU kernel vs a naive loop (CMake against libtorch)"
