@@ -13,7 +13,7 @@ if [ -z "${CUDA_HOME:-}" ] && [ -x /usr/local/cuda/bin/nvcc ]; then
   export CUDA_HOME=/usr/local/cuda
 fi
 # The build is skipped when csrc/, setup.py and torch are those of the last successful build.
-stamp=$({ find csrc -type f | sort | xargs cat; cat setup.py; echo "${CUDA_HOME:-}"; .venv/bin/python -c "import torch; print(torch.__version__)"; } | sha256sum | cut -c1-16)
+stamp=$({ find csrc -type f | sort | xargs cat; cat setup.py; echo "${CUDA_HOME:-} ${TORCH_CUDA_ARCH_LIST:-}"; .venv/bin/python -c "import torch; print(torch.__version__)"; } | sha256sum | cut -c1-16)
 if [ -f .venv/hessalign_build.stamp ] && [ "$(cat .venv/hessalign_build.stamp)" = "$stamp" ] \
    && .venv/bin/python -c "import hessalign_ext" 2>/dev/null; then
   echo "hessalign_ext is up to date (build stamp $stamp)"
