@@ -3,8 +3,8 @@
 The emulated library torch.ops.hessalign_emu runs the ops through the same host drivers,
 launchers and launch configurations as the GPU build, with the kernels executed by
 cuda_cpu_emu.h; each result is compared with the CPU op (itself tested against the float64
-reference). Run under CUDAEMU_ORDER=forward, reverse and scrambled (scripts/test.sh does),
-so that a missing __syncthreads changes a result.
+reference). scripts/test.sh runs them under CUDAEMU_ORDER=scrambled, and a subset that runs
+every kernel in float64 under forward and reverse, so that a missing __syncthreads changes a result.
 
 Kernels covered: rows_kernel (every row functor of csrc/math/), elements_kernel
 (RademacherFillOp, ProbeDiagAccumulateOp, ClassMajorSOp, ProbeClassFoldOp, ProbeUpstreamOp, InnerPairOp,
