@@ -45,10 +45,9 @@ def cuobjdump() -> str:
 
 
 def include_flags() -> list[str]:
-    import torch
-    base = os.path.join(os.path.dirname(torch.__file__), "include")
-    dirs = [base, os.path.join(base, "torch", "csrc", "api", "include"), sysconfig.get_paths()["include"]]
-    for site in sys.path:
+    from torch.utils import cpp_extension
+    dirs = [*cpp_extension.include_paths(), sysconfig.get_paths()["include"]]
+    for site in sys.path:  # cuBLAS's headers from pip's nvidia wheel (as setup.py finds them)
         sub = os.path.join(site, "nvidia", "cu13", "include")
         if os.path.isdir(sub):
             dirs.append(sub)
@@ -129,7 +128,8 @@ def main() -> None:
         for cubin in cubins:
             sass = subprocess.run([dump, "-sass", cubin], capture_output=True, text=True, check=True).stdout
             for mangled, code in functions(sass).items():
-                kernels.setdefault(mangled, storing_loops(code))
+                if mangled not in kernels:  # a kernel instantiated by several sources is read once
+                    kernels[mangled] = storing_loops(code)
     names = list(kernels)
     rows = []
     for mangled, pretty in zip(names, demangle(names)):
