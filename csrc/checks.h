@@ -49,6 +49,16 @@ inline void check_head(const char* op, const at::Tensor& features, const at::Ten
   }
 }
 
+// Offsets held on the host (E+1 >= 2 of them): sorted, 0 .. N.
+inline void check_offset_values(const char* op, at::IntArrayRef off, int64_t N) {
+  TORCH_CHECK_VALUE(off.size() >= 2, op, ": offsets must have E+1 >= 2 entries; got ", off.size());
+  TORCH_CHECK_VALUE(off.front() == 0 && off.back() == N, op, ": offsets must be sorted, start at 0 and end at N=", N,
+                    "; got first element ", off.front(), " and last element ", off.back());
+  for (size_t e = 1; e < off.size(); ++e)
+    TORCH_CHECK_VALUE(off[e] >= off[e - 1], op, ": offsets must be sorted, start at 0 and end at N=", N,
+                      "; got offsets[", e, "]=", off[e], " < offsets[", e - 1, "]=", off[e - 1]);
+}
+
 // offsets: int64 (E+1,), sorted, 0 .. N, on the CPU or the device of features. Returns them
 // on the host. Empty domains are allowed: they contribute zeros.
 inline std::vector<int64_t> check_offsets(const char* op, const at::Tensor& offsets, const at::Tensor& features) {
@@ -61,12 +71,7 @@ inline std::vector<int64_t> check_offsets(const char* op, const at::Tensor& offs
   const at::Tensor h = (offsets.is_cpu() ? offsets : offsets.to(at::kCPU)).contiguous();
   const int64_t* o = h.const_data_ptr<int64_t>();
   std::vector<int64_t> off(o, o + h.numel());
-  const int64_t N = features.size(0);
-  TORCH_CHECK_VALUE(off.front() == 0 && off.back() == N, op, ": offsets must be sorted, start at 0 and end at N=", N,
-                    "; got first element ", off.front(), " and last element ", off.back());
-  for (size_t e = 1; e < off.size(); ++e)
-    TORCH_CHECK_VALUE(off[e] >= off[e - 1], op, ": offsets must be sorted, start at 0 and end at N=", N,
-                      "; got offsets[", e, "]=", off[e], " < offsets[", e - 1, "]=", off[e - 1]);
+  check_offset_values(op, off, features.size(0));
   return off;
 }
 

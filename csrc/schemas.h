@@ -36,4 +36,9 @@
         "float label_smoothing, str reduction, ScalarType dtype) -> (Tensor, Tensor)"); \
   m.def("logits_hvp(Tensor probs, Tensor coef, Tensor vectors) -> (Tensor, Tensor)"); \
   m.def("_logits_hvp_backward(Tensor? grad_s, Tensor? grad_m, Tensor probs, Tensor coef, Tensor vectors, " \
-        "Tensor means) -> (Tensor, Tensor, Tensor)");
+        "Tensor means) -> (Tensor, Tensor, Tensor)"); \
+  m.def("hgp_fused(" HE_HEAD ", Tensor labels, int[] offsets, float alpha, float beta, bool mean_loss, " \
+        "int ignore_index, Tensor? class_weight, float label_smoothing, str reduction) -> (Tensor, Tensor, Tensor, " \
+        "Tensor[])"); \
+  m.def("_hgp_fused_backward(Tensor grad, " HE_HEAD ", int[] offsets, float alpha, float beta, Tensor[] saved, " \
+        "bool[3] output_mask) -> (Tensor, Tensor, Tensor)");

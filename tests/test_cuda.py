@@ -245,3 +245,16 @@ def test_hgp_penalty_cuda_matches_cpu(method, dtype):
         return
     for a, b in zip(run("cuda", dtype), run("cpu", dtype)):
         scaled_close(a, b, TOL[dtype])
+
+
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no_bias"])
+def test_hgp_fused_opcheck_cuda(bias):
+    """Schema, fake kernels and AOT dispatch of the HGP step's two ops on CUDA."""
+    gpu = to(make_problem(SHAPE["unequal"], torch.float64, "cpu"), "cuda")
+    b, off = gpu.bias if bias else None, gpu.offsets.tolist()
+    args = (gpu.features, gpu.weight, b, gpu.labels, off, 0.7, 0.3, True, -100, None, 0.1, "mean")
+    torch.library.opcheck(torch.ops.hessalign_ext.hgp_fused.default, args)
+    saved = torch.ops.hessalign_ext.hgp_fused(*args)[3]
+    grad = torch.tensor(1.5, dtype=torch.float64, device="cuda")
+    torch.library.opcheck(torch.ops.hessalign_ext._hgp_fused_backward.default,
+                          (grad, gpu.features, gpu.weight, b, off, 0.7, 0.3, saved, [True] * 3))

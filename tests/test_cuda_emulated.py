@@ -9,8 +9,8 @@ every kernel in float64 under forward and reverse, so that a missing __syncthrea
 Kernels covered: rows_kernel (every row functor of csrc/math/), elements_kernel
 (RademacherFillOp, ProbeDiagAccumulateOp, ClassMajorSOp, ProbeClassFoldOp, ProbeUpstreamOp, InnerPairOp,
 InnerPairBackwardOp), softmax_stats_kernel,
-segment_sum_kernel, ce_coeffs_kernel, domain_stats_kernel (with and without the domain losses), loss_rows and
-logits_hvp.
+segment_sum_kernel, ce_coeffs_kernel, domain_stats_kernel (with and without the domain losses), loss_rows,
+logits_hvp, and the HGP step's drivers (hgp_fused, whose kernels are loss_rows' and logits_hvp's).
 Not emulated, covered only by the real CUDA tests of scripts/gpu_check.sh on a GPU: the cuBLAS
 GEMMs (ATen runs them on the CPU here), streams and device guards, float16/bfloat16 kernels.
 """
@@ -179,3 +179,20 @@ def test_emulated_logits_hvp_matches_cpu(N, C, B, dtype):
         for e, c in zip(torch.ops.hessalign_emu._logits_hvp_backward(*back),
                         torch.ops.hessalign_ext._logits_hvp_backward(*back)):
             assert_matches(e, c, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("shape", SHAPES.values(), ids=SHAPES.keys())
+def test_emulated_hgp_fused_matches_cpu(shape, dtype):
+    """The HGP step's forward and backward drivers (host/hgp_fused.h) with the CUDA backend's
+    loss_rows and logits_hvp kernels: value, per-domain terms, saved tensors and gradients."""
+    sizes, C, d, bias = shape
+    features, weight, b, labels, offsets = _args("head_grad", sizes, C, d, bias, dtype, OPTIONS["plain"])[:5]
+    args = (features, weight, b, labels, offsets.tolist(), 0.7, 0.3, True, -100, None, 0.1, "mean")
+    emu, cpu = torch.ops.hessalign_emu.hgp_fused(*args), torch.ops.hessalign_ext.hgp_fused(*args)
+    for e, c in zip([*emu[:3], *emu[3]], [*cpu[:3], *cpu[3]]):
+        assert_matches(e, c, dtype)
+    back = (torch.tensor(1.3, dtype=dtype), features, weight, b, offsets.tolist(), 0.7, 0.3, cpu[3], [True] * 3)
+    for e, c in zip(torch.ops.hessalign_emu._hgp_fused_backward(*back),
+                    torch.ops.hessalign_ext._hgp_fused_backward(*back)):
+        assert_matches(e, c, dtype)

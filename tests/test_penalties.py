@@ -66,7 +66,7 @@ def assert_same(kernel_value, autograd_value, inputs):
 @pytest.mark.parametrize("C", [2, 4, 9])
 def test_hgp_backends_agree(bias, mean_target, method, C):
     """C = 2 takes the fused form's one concatenated GEMM for the features' gradient, C = 9
-    its accumulated GEMMs (hgp_fused._Rows.weighted_sum)."""
+    its accumulated GEMMs (DomainRows::weighted_sum, csrc/host/hgp_fused.h)."""
     z, W, b, y, off = problem(bias=bias, C=C)
     kw = dict(alpha=0.7, beta=0.3, mean_target=mean_target)
     kernel = penalties.hgp(z, W, b, y, off, backend="kernel", method=method, **kw)
@@ -148,7 +148,8 @@ def test_loss_rows_without_labels(sizes):
 
 def test_hgp_fused_form_under_torch_compile():
     """torch.compile (aot_eager; the offsets and the label check break the graph) around the
-    fused form's custom autograd.Function: value and gradients equal eager."""
+    fused form's autograd.Function and its two ops (traced through their fake kernels): value
+    and gradients equal eager."""
     z, W, b, y, off = problem(seed=13, C=4)
 
     def step(z, W, b):
@@ -171,9 +172,9 @@ def test_hgp_fused_form_gradient_subsets_and_layouts():
 
 
 def test_hgp_fused_form_in_bfloat16_on_the_cpu():
-    """bfloat16 inputs on the CPU, whose kernels run float32 and float64 only: the logit-space
-    products (common.logits_hvp) run in float32, the rest in bfloat16; the value and the
-    gradients stay within a bfloat16 bound of float64."""
+    """bfloat16 inputs on the CPU, whose kernels run float32 and float64 only: the step runs in
+    float32 (ops.hgp_fused casts the head up and the results back); the value and the gradients
+    stay within a bfloat16 bound of float64."""
     z, W, b, y, off = problem(seed=5, C=6, d=16, sizes=(20, 12, 16))
     truth = penalties.hgp(z, W, b, y, off, 0.5, 0.5, method="fused")
     low = [t.detach().bfloat16().requires_grad_(True) for t in (z, W, b)]

@@ -21,8 +21,8 @@ Two backends compute the same thing:
 Loss options (keywords of :func:`torch.nn.functional.cross_entropy`, applied per domain):
 ``ignore_index=-100``, ``class_weight=None``, ``label_smoothing=0.0``, ``reduction="mean"``.
 
-Where things live: ``hgp.py``, ``hgp_gram.py`` and ``hgp_fused.py`` (HGP, its row-space
-and its fused parameter-space closed forms),
+Where things live: ``hgp.py`` and ``hgp_gram.py`` (HGP and its row-space closed form; its
+fused parameter-space form is the compiled op ``hessalign_ext.ops.hgp_fused``),
 ``hutchinson.py``, ``full.py`` (whole-Hessian alignment), ``fishr.py`` (gradient variance),
 ``autograd_reference.py`` (the autograd backend's pieces), ``common.py`` (checks, loss
 options and their per-row coefficients).

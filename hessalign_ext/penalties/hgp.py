@@ -8,7 +8,6 @@ import torch
 from torch import autograd
 
 from . import hgp_gram
-from .hgp_fused import hgp_fused
 from .autograd_reference import _autograd_domain_grads, _autograd_hvp_by_norm
 from .common import _check, _flat, _ops, _params, _result, _sqdev, _sqdist, loss_options
 
@@ -33,7 +32,8 @@ def hgp(features: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
     The kernel backend has three exact forms (``method``): ``"gram"``, the row-space closed
     form through the features' Gram matrix (:mod:`.hgp_gram`; its N×N part in float64);
     ``"fused"``, the (C, D)-space closed form with a hand-written backward, ten passes over
-    the features (:mod:`.hgp_fused`); and ``"ops"``, the composition of the ``head_grad`` and
+    the features, forward and backward each one compiled op (:mod:`hessalign_ext.ops.hgp_fused`);
+    and ``"ops"``, the composition of the ``head_grad`` and
     ``head_hvp`` ops with autograd through their backwards. ``"auto"`` takes the cheaper of
     ``"gram"`` and ``"fused"`` (``hgp_gram.choose``: by a cost rule on the CPU, the fused form
     on CUDA). Near-aligned domains, the head's
@@ -62,8 +62,8 @@ def hgp(features: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
         penalty = ((alpha * hess_terms + beta * grad_terms).sum() / E).to(features.dtype)
         return _result(penalty, hess_terms.to(features.dtype), grad_terms.to(features.dtype), return_terms)
     if backend == "kernel" and method == "fused":
-        penalty, hess_terms, grad_terms = hgp_fused(features, weight, bias, labels, offs, opts, alpha, beta,
-                                                    mean_target)
+        penalty, hess_terms, grad_terms = _ops().hgp_fused(features, weight, bias, labels, offs, alpha=alpha, beta=beta,
+                                                           mean_loss=mean_target == "mean_loss", **opts)
         return _result(penalty, hess_terms, grad_terms, return_terms)
     if backend == "kernel":
         ops = _ops()

@@ -9,8 +9,9 @@ Every parameter-shaped quantity of HGP is a sum of outer products over the rows,
 so ``V z̃_i`` and ``⟨X, Y⟩`` only need ``K = Z̃ Z̃ᵀ`` (N×N): ``g_e z̃_i = Σ_{j∈e} K_ij r_j``,
 ``⟨Σ x_i z̃_iᵀ, Σ y_j z̃_jᵀ⟩ = Σ_ij K_ij x_i·y_j``. The penalty then costs one N×N×D Gram
 GEMM and N×N×C products instead of ten passes of N×C×D and wider through (E, C, D) blocks
-(:mod:`.hgp_fused`): on the CPU cheaper unless the head has few classes (``choose``: at 3×32
-rows and d = 2048, from C = 36); on a GPU, where a small head's step is bound by its launches,
+(the fused form, :mod:`hessalign_ext.ops.hgp_fused`): on the CPU cheaper unless the head has
+few classes (``choose``: at 3×32 rows and d = 2048, from C = 36); on a GPU, where a small
+head's step is bound by its launches,
 the fused form was the faster at every DomainBed head.
 
 The N×N part runs in float64: the squared distances are differences of near-equal sums when
@@ -42,10 +43,10 @@ def choose(num_rows: int, num_classes: int, width: int, device: torch.device) ->
     its launches, and the Gram form makes more (132 kernels against 92 at 3×32, d = 512, C = 7).
 
     CPU: ``"gram"`` (logits and their backward, 3·N·C·D, plus about 6·N²·C + 4·N²·D in float64
-    in the Gram space) or ``"fused"`` (ten passes of N·C·D to N·4C·D, :mod:`.hgp_fused`). The
-    bound, 11·C·D, is where the two crossed: at N·(6C + 4D) / (C·D) near 16 at d = 2048 and
-    between 9 and 12 at d = 512 (DomainBed heads, and 3×256 rows at d = 2048, where the two
-    tie at 11.2)."""
+    in the Gram space) or ``"fused"`` (ten passes of N·C·D to N·4C·D,
+    :mod:`hessalign_ext.ops.hgp_fused`). The bound, 11·C·D, is where the two crossed: at
+    N·(6C + 4D) / (C·D) near 16 at d = 2048 and between 9 and 12 at d = 512 (DomainBed heads,
+    and 3×256 rows at d = 2048, where the two tie at 11.2)."""
     N, C, D = num_rows, num_classes, width
     if device.type == "cuda":
         return "fused"

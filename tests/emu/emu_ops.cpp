@@ -7,6 +7,7 @@
 #include "../../csrc/cuda/cuda_kernels.h"
 #include "../../csrc/host/domain_losses.h"
 #include "../../csrc/host/head_grad.h"
+#include "../../csrc/host/hgp_fused.h"
 #include "../../csrc/host/head_hessian_diag.h"
 #include "../../csrc/host/head_hessian_inner.h"
 #include "../../csrc/host/head_hessian_trace.h"
@@ -33,6 +34,7 @@ TORCH_LIBRARY(hessalign_emu, m) { HE_DEFINE_SCHEMAS(m); }
 TORCH_LIBRARY_IMPL(hessalign_emu, CPU, m) {
   HE_EMU_IMPL(domain_losses)
   HE_EMU_IMPL(head_grad)
+  HE_EMU_IMPL(hgp_fused)
   HE_EMU_IMPL(head_hvp)
   HE_EMU_IMPL(head_hessian_diag)
   HE_EMU_IMPL(head_hessian_inner)
