@@ -190,11 +190,14 @@ def test_hgp_auto_method_picks_the_cheaper_form():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert hgp_gram.choose(96, 7, 2049, cpu) == "fused" and hgp_gram.choose(96, 65, 2049, cpu) == "gram"
     assert hgp_gram.choose(96, 35, 2049, cpu) == "fused" and hgp_gram.choose(96, 36, 2049, cpu) == "gram"
+    # d = 512: the fused form up to C = 65, the Gram form from C = 120; a narrow head: fused
+    assert hgp_gram.choose(96, 65, 513, cpu) == "fused" and hgp_gram.choose(96, 120, 513, cpu) == "gram"
+    assert hgp_gram.choose(96, 345, 129, cpu) == "fused" and hgp_gram.choose(64, 1000, 41, cpu) == "fused"
     assert hgp_gram.choose(hgp_gram.MAX_ROWS + 1, 10**6, 10**4, cpu) == "fused"
     assert hgp_gram.choose(96, 345, 2049, cuda) == "fused"  # launch-bound on a GPU: fewer launches
-    for C, method in ((200, "gram"), (2, "fused")):
-        z, W, b, y, off = problem(seed=6, C=C, d=40, sizes=(30, 34))
-        assert hgp_gram.choose(64, C, 41, cpu) == method
+    for C, d, method in ((200, 600, "gram"), (2, 40, "fused")):
+        z, W, b, y, off = problem(seed=6, C=C, d=d, sizes=(30, 34))
+        assert hgp_gram.choose(64, C, d + 1, cpu) == method
         assert torch.equal(penalties.hgp(z, W, b, y, off), penalties.hgp(z, W, b, y, off, method=method))
 
 

@@ -9,10 +9,10 @@ Every parameter-shaped quantity of HGP is a sum of outer products over the rows,
 so ``V z̃_i`` and ``⟨X, Y⟩`` only need ``K = Z̃ Z̃ᵀ`` (N×N): ``g_e z̃_i = Σ_{j∈e} K_ij r_j``,
 ``⟨Σ x_i z̃_iᵀ, Σ y_j z̃_jᵀ⟩ = Σ_ij K_ij x_i·y_j``. The penalty then costs one N×N×D Gram
 GEMM and N×N×C products instead of ten passes of N×C×D and wider through (E, C, D) blocks
-(the fused form, :mod:`hessalign_ext.ops.hgp_fused`): on the CPU cheaper unless the head has
-few classes (``choose``: at 3×32 rows and d = 2048, from C = 36); on a GPU, where a small
-head's step is bound by its launches,
-the fused form was the faster at every DomainBed head.
+(the fused form, :mod:`hessalign_ext.ops.hgp_fused`): on the CPU cheaper where the head is
+wide and has many classes for its rows (``choose``: at 3×32 rows, from C = 36 at d = 2048 and
+past C = 65 at d = 512); on a GPU, where a small head's step is bound by its launches, the
+fused form was the faster at every DomainBed head.
 
 The N×N part runs in float64: the squared distances are differences of near-equal sums when
 the domains are aligned, which is where training drives them; float64 there is cheap (N²)
@@ -43,14 +43,21 @@ def choose(num_rows: int, num_classes: int, width: int, device: torch.device) ->
     its launches, and the Gram form makes more (132 kernels against 92 at 3×32, d = 512, C = 7).
 
     CPU: ``"gram"`` (logits and their backward, 3·N·C·D, plus about 6·N²·C + 4·N²·D in float64
-    in the Gram space) or ``"fused"`` (ten passes of N·C·D to N·4C·D,
-    :mod:`hessalign_ext.ops.hgp_fused`). The bound, 11·C·D, is where the two crossed: at
-    N·(6C + 4D) / (C·D) near 16 at d = 2048 and between 9 and 12 at d = 512 (DomainBed heads,
-    and 3×256 rows at d = 2048, where the two tie at 11.2)."""
+    in the Gram space, and more calls) or ``"fused"`` (ten passes of N·C·D to N·4C·D,
+    :mod:`hessalign_ext.ops.hgp_fused`). The Gram form where all three hold: D ≥ 512,
+    N·(6C + 4D) ≤ 11·C·D and C·D ≥ 4·N². Measured with the fused form as compiled ops
+    (2026-11-27, one thread of an AVX2 EPYC, gram / fused step time): 3×32 rows, d = 2048:
+    1.06 at C = 28, 0.85 at 36, 0.54 at 65; d = 512: 2.52 at C = 7, 1.38 at 65, 0.69 at 120,
+    0.60 at 345; 5×32 rows, d = 512: 1.40 at C = 65, 0.75 at 200; d = 2048: 1.22 at C = 36,
+    0.64 at 65; 3×256 rows: 1.52 at d = 2048, C = 250 and 2.13 at d = 512, C = 700; narrow
+    heads, whose (E, C, D) passes are cheap: 1.62 at 3×32, d = 128, C = 345 and 2.36 at 2×32,
+    d = 40, C = 1000. The first bound alone (all that decided before the fused form was
+    compiled) took the Gram form at d = 512, C = 65 and at the narrow heads."""
     N, C, D = num_rows, num_classes, width
     if device.type == "cuda":
         return "fused"
-    return "gram" if N <= MAX_ROWS and N * (6 * C + 4 * D) <= 11 * C * D else "fused"
+    gram = N <= MAX_ROWS and D >= 512 and N * (6 * C + 4 * D) <= 11 * C * D and C * D >= 4 * N * N
+    return "gram" if gram else "fused"
 
 
 class _Gram(torch.autograd.Function):
