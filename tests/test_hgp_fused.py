@@ -60,6 +60,13 @@ def test_opcheck(sizes, bias):
                               (torch.tensor(1.5, dtype=F64), z, W, b, off, 0.7, 0.3, saved, mask))
 
 
+def test_offsets_as_a_tensor():
+    inputs, y, off = head(SIZES["unequal"], requires_grad=False)
+    for a, b in zip(ops.hgp_fused(*inputs, y, off, alpha=0.5, beta=0.5),
+                    ops.hgp_fused(*inputs, y, torch.tensor(off), alpha=0.5, beta=0.5)):
+        assert torch.equal(a, b)
+
+
 def test_double_backward_raises():
     inputs, y, off = head(SIZES["equal"])
     penalty = ops.hgp_fused(*inputs, y, off, alpha=0.5, beta=0.5)[0]

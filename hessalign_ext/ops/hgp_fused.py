@@ -4,14 +4,14 @@ csrc/cuda/hgp_fused_cuda.cu), its fake kernels and its autograd. ``penalties.hgp
 ``method="fused"`` calls it."""
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import torch
 
 from ._registry import ce_args
 
-def hgp_fused(features, weight, bias, labels, offsets: Sequence[int], *, alpha: float, beta: float,
-              mean_loss: bool = True, ignore_index=-100, class_weight=None, label_smoothing=0.0, reduction="mean"):
+def hgp_fused(features, weight, bias, labels, offsets: Union[Sequence[int], torch.Tensor], *, alpha: float,
+              beta: float, mean_loss: bool = True, ignore_index=-100, class_weight=None, label_smoothing=0.0, reduction="mean"):
     """``(penalty, hess_terms, grad_terms)`` of HGP (DESIGN.md §2):
     ``penalty = (1/E) Σ_e α ‖H_e g_e − T‖² + β ‖g_e − ḡ‖²`` with ``g_e``, ``H_e`` the gradient
     and Hessian of domain e's loss over ``[W | b]``, ``ḡ = mean_e g_e`` and the target ``T =
@@ -21,7 +21,8 @@ def hgp_fused(features, weight, bias, labels, offsets: Sequence[int], *, alpha: 
     Args:
         features (N, d), weight (C, d), bias (C,) or None: one floating dtype and device
             (float16/bfloat16 also on the CPU, computed there in float32).
-        labels: int64 (N,); offsets: the E+1 domain boundaries as ints (host values).
+        labels: int64 (N,); offsets: the E+1 domain boundaries, ints or an int64 tensor (read
+            on the host once).
         Loss options as in ``torch.nn.functional.cross_entropy`` applied to each domain.
 
     The penalty is differentiable with respect to features, weight and bias through the
@@ -30,7 +31,7 @@ def hgp_fused(features, weight, bias, labels, offsets: Sequence[int], *, alpha: 
     """
     ignore_index, class_weight, label_smoothing, reduction, _ = ce_args(
         "hgp", ignore_index, class_weight, label_smoothing, reduction, None)
-    offsets = [int(o) for o in offsets]
+    offsets = offsets.tolist() if torch.is_tensor(offsets) else [int(o) for o in offsets]
     if features.device.type == "cpu" and features.dtype in (torch.float16, torch.bfloat16):
         # the CPU kernels run float32 and float64; the casts carry the gradients back
         up = [None if t is None else t.float() for t in (features, weight, bias)]
