@@ -11,7 +11,8 @@ import torch
 from ._registry import ce_args
 
 def hgp_fused(features, weight, bias, labels, offsets: Union[Sequence[int], torch.Tensor], *, alpha: float,
-              beta: float, mean_loss: bool = True, ignore_index=-100, class_weight=None, label_smoothing=0.0, reduction="mean"):
+              beta: float, mean_loss: bool = True, ignore_index=-100, class_weight=None, label_smoothing=0.0,
+              reduction="mean"):
     """``(penalty, hess_terms, grad_terms)`` of HGP (DESIGN.md §2):
     ``penalty = (1/E) Σ_e α ‖H_e g_e − T‖² + β ‖g_e − ḡ‖²`` with ``g_e``, ``H_e`` the gradient
     and Hessian of domain e's loss over ``[W | b]``, ``ḡ = mean_e g_e`` and the target ``T =
