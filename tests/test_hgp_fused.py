@@ -87,6 +87,7 @@ def _forward(z, W, b, y, off, **kw):
     (lambda z, W, b, y, off: _forward(z, W, b, y[:-1], off), "labels"),
     (lambda z, W, b, y, off: _forward(z, W, b, y.int(), off), "labels"),
     (lambda z, W, b, y, off: _forward(z, W.float(), b, y, off), "weight"),
+    (lambda z, W, b, y, off: _forward(z.bfloat16(), W.float(), b.float(), y, off), "features"),
     (lambda z, W, b, y, off: _forward(z, W[:, :-1], b, y, off), "weight"),
     (lambda z, W, b, y, off: _forward(z, W, b[:-1], y, off), "bias"),
     (lambda z, W, b, y, off: _forward(z, W, b, y, off, class_weight=torch.ones(2, dtype=F64)), "class_weight"),
@@ -97,7 +98,7 @@ def _forward(z, W, b, y, off, **kw):
     (lambda z, W, b, y, off: torch.ops.hessalign_ext._hgp_fused_backward(
         torch.tensor(1.0, dtype=F64), z, W, b, off, 0.5, 0.5, _saved(z, W, b, y, off)[:-1], [True] * 3), "saved"),
 ], ids=["offsets_unsorted", "offsets_end", "offsets_single", "labels_range", "labels_length", "labels_dtype",
-        "weight_dtype", "weight_shape", "bias_shape", "class_weight_length", "label_smoothing", "reduction",
+        "weight_dtype", "bf16_features_f32_head", "weight_shape", "bias_shape", "class_weight_length", "label_smoothing", "reduction",
         "backward_grad", "backward_saved"])
 def test_bad_arguments(case, message):
     (z, W, b), y, off = head(SIZES["equal"], C=4, requires_grad=False)

@@ -10,6 +10,7 @@ import torch
 
 from ._registry import ce_args
 
+
 def hgp_fused(features, weight, bias, labels, offsets: Union[Sequence[int], torch.Tensor], *, alpha: float,
               beta: float, mean_loss: bool = True, ignore_index=-100, class_weight=None, label_smoothing=0.0,
               reduction="mean"):
@@ -33,7 +34,9 @@ def hgp_fused(features, weight, bias, labels, offsets: Union[Sequence[int], torc
     ignore_index, class_weight, label_smoothing, reduction, _ = ce_args(
         "hgp", ignore_index, class_weight, label_smoothing, reduction, None)
     offsets = offsets.tolist() if torch.is_tensor(offsets) else [int(o) for o in offsets]
-    if features.device.type == "cpu" and features.dtype in (torch.float16, torch.bfloat16):
+    half = (torch.float16, torch.bfloat16)
+    if features.device.type == "cpu" and features.dtype in half and weight.dtype == features.dtype and (
+            bias is None or bias.dtype == features.dtype):
         # the CPU kernels run float32 and float64; the casts carry the gradients back
         up = [None if t is None else t.float() for t in (features, weight, bias)]
         if class_weight is not None:
