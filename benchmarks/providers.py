@@ -42,6 +42,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import re
 import warnings
 from typing import Callable, Dict, List, Optional
 
@@ -97,6 +98,14 @@ class Shape:
     @property
     def id(self) -> str:
         return f"E{self.E}xn{self.n}_d{self.d}_C{self.C}"
+
+    @classmethod
+    def from_id(cls, shape_id: str, tag: str = "") -> "Shape":
+        """The head an id names (the inverse of ``id``)."""
+        m = re.fullmatch(r"E(\d+)xn(\d+)_d(\d+)_C(\d+)", shape_id)
+        if m is None:
+            raise ValueError(f"shape id {shape_id!r} is not of the form E3xn32_d512_C65")
+        return cls(*map(int, m.groups()), tag)
 
     def reduced(self) -> "Shape":
         """The same domains with a small head: where the float64 reference cannot afford the real one."""

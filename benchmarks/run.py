@@ -731,6 +731,9 @@ def main(argv=None):
                     help="comma list of job sets to run: domainbed, large, scaling-C, scaling-N, scaling-K, scaling-E")
     ap.add_argument("--only-shapes", default=None,
                     help="comma list of shape ids to run (as in the tables, e.g. E5xn32_d512_C65)")
+    ap.add_argument("--heads", default=None,
+                    help="comma list of heads to run instead of the planned shapes, as shape ids (E3xn32_d512_C65): "
+                         "every case of --only (default all) at each; their table is 'chosen heads'")
     ap.add_argument("--budget-s", type=float, default=None,
                     help="start no new (case, shape) job after this many seconds; the rest is recorded as not run")
     ap.add_argument("--report", metavar="JSON", default=None,
@@ -758,6 +761,10 @@ def main(argv=None):
     only = None if args.only is None else set(args.only.split(","))
     only_tags = None if args.only_tags is None else set(args.only_tags.split(","))
     only_shapes = None if args.only_shapes is None else set(args.only_shapes.split(","))
+    try:
+        heads = None if args.heads is None else [P.Shape.from_id(x, "heads") for x in args.heads.split(",")]
+    except ValueError as e:
+        ap.error(f"--heads: {e}")
 
     t_start = time.time()
     now = dt.datetime.now(dt.timezone.utc)
@@ -769,7 +776,7 @@ def main(argv=None):
     stem = os.path.join(args.out, f"{now:%Y-%m-%d}_{args.device}" + ("_quick" if args.quick else "") +
                         ("_smoke" if args.smoke else "") +
                         ("" if only_tags is None else "_" + "_".join(sorted(only_tags))) +
-                        ("" if only_shapes is None else "_shapes") +
+                        ("" if only_shapes is None else "_shapes") + ("" if heads is None else "_heads") +
                         ("" if not args.only else "_" + "_".join(sorted(args.only.split(",")))) +
                         ("" if dtypes == [torch.float32] or (args.dtype is None) else "_" + "_".join(
                             str(d).replace("torch.", "") for d in dtypes)))
@@ -796,7 +803,8 @@ def main(argv=None):
         os.replace(stem + ".json.tmp", stem + ".json")
 
     for dtype in dtypes:
-        jobs = plan(args.device, args.quick, dtype, args.smoke)
+        jobs = plan(args.device, args.quick, dtype, args.smoke) if heads is None else [
+            (c, s, None, {"heads"}) for s in heads for c in op_cases((1, 10, 300)) + STEP_CASES]
         if only:
             jobs = [j for j in jobs if j[0].op in only]
         if only_tags:
@@ -878,7 +886,7 @@ def report(meta, records, pngs, quick=False):
     md += ["## Targets (issue 4)", ""] + targets(records, dev)
     for ds in dict.fromkeys(r["dtype"] for r in records):
         recs = [r for r in records if r["dtype"] == ds]
-        for tag, title in (("domainbed", "DomainBed heads"), ("large", "large heads")):
+        for tag, title in (("domainbed", "DomainBed heads"), ("large", "large heads"), ("heads", "chosen heads")):
             sub = [r for r in recs if tag in r["tags"]]
             if sub:
                 md += ["", f"## {title}, {ds}: time / ours", ratio_tables(sub, P.OP_PROVIDER_ORDER)]

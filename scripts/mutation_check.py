@@ -37,7 +37,8 @@ import time
 REPO = pathlib.Path(__file__).resolve().parents[1]
 ORDERS = ("forward", "reverse", "scrambled")
 TEST_FILE = "tests/test_cuda_emulated.py"
-SANITIZE_K = "f64 and (plain or fold or logits_hvp) or probes"  # scripts/test.sh's EVERY_KERNEL: each kernel once
+# The -k subset that runs each kernel once: scripts/test.sh's EVERY_KERNEL, read from there
+SANITIZE_K = re.search(r'^EVERY_KERNEL="([^"]+)"', (REPO / "scripts" / "test.sh").read_text(), re.M).group(1)
 
 # category: a = dropped __syncthreads, b = thread/lane/row index shifted by one, c = broken tail
 # guard, d = wrong shuffle offset, e = off-by-one in a per-domain loop.

@@ -23,7 +23,7 @@ CUDAEMU_ORDER=scrambled timeout 600 $PY -m pytest -q -m cuda_emulated -p no:cach
 # Every kernel again in two fixed thread orders and under the sanitizers, on a subset that runs each
 # of them (float64: every op with the plain options, the probe folds, logits_hvp, the probes); the
 # whole matrix in three orders took 6 of CI's 20 minutes on a slow machine.
-EVERY_KERNEL="f64 and (plain or fold or logits_hvp) or probes"
+EVERY_KERNEL="f64 and (plain or fold or logits_hvp) or probes"  # scripts/mutation_check.py reads this line
 for order in forward reverse; do
   step "pytest: emulated CUDA kernels, CUDAEMU_ORDER=$order (every kernel, float64)"
   CUDAEMU_ORDER=$order timeout 600 $PY -m pytest -q -m cuda_emulated -p no:cacheprovider -k "$EVERY_KERNEL"

@@ -97,9 +97,19 @@ def _forward(z, W, b, y, off, **kw):
         torch.ones(2, dtype=F64), z, W, b, off, 0.5, 0.5, _saved(z, W, b, y, off), [True] * 3), "grad"),
     (lambda z, W, b, y, off: torch.ops.hessalign_ext._hgp_fused_backward(
         torch.tensor(1.0, dtype=F64), z, W, b, off, 0.5, 0.5, _saved(z, W, b, y, off)[:-1], [True] * 3), "saved"),
+    (lambda z, W, b, y, off: torch.ops.hessalign_ext._hgp_fused_backward(
+        torch.tensor(1.0, dtype=F64), z, W, b, off, 0.5, 0.5, _saved_with(z, W, b, y, off, 1, lambda t: t[:, :-1]),
+        [True] * 3), r"saved\[1\] must have shape"),
+    (lambda z, W, b, y, off: torch.ops.hessalign_ext._hgp_fused_backward(
+        torch.tensor(1.0, dtype=F64), z, W, b, off, 0.5, 0.5, _saved_with(z, W, b, y, off, 0, lambda t: t.float()),
+        [True] * 3), r"saved\[0\] must have dtype"),
+    (lambda z, W, b, y, off: torch.ops.hessalign_ext._hgp_fused_backward(
+        torch.tensor(1.0, dtype=F64), z, W, b, off, 0.5, 0.5, _saved(z, W, b, y, [0, 18]),
+        [True] * 3), r"saved\[6\] must have shape"),
 ], ids=["offsets_unsorted", "offsets_end", "offsets_single", "labels_range", "labels_length", "labels_dtype",
         "weight_dtype", "bf16_features_f32_head", "weight_shape", "bias_shape", "class_weight_length", "label_smoothing", "reduction",
-        "backward_grad", "backward_saved"])
+        "backward_grad", "backward_saved", "backward_saved_probs_shape", "backward_saved_coef_dtype",
+        "backward_saved_other_domains"])
 def test_bad_arguments(case, message):
     (z, W, b), y, off = head(SIZES["equal"], C=4, requires_grad=False)
     with pytest.raises(ValueError, match=message):
@@ -108,3 +118,9 @@ def test_bad_arguments(case, message):
 
 def _saved(z, W, b, y, off):
     return torch.ops.hessalign_ext.hgp_fused(z, W, b, y, off, 0.5, 0.5, True, -100, None, 0.0, "mean")[3]
+
+
+def _saved_with(z, W, b, y, off, index, change):
+    saved = _saved(z, W, b, y, off)
+    saved[index] = change(saved[index])
+    return saved

@@ -48,9 +48,9 @@ struct CeOptions {
   int64_t ignore_index, const std::optional<at::Tensor>&class_weight, double label_smoothing,        \
       c10::string_view reduction, int64_t class_tile
 // Opens an entry point: device guard, backend on the current stream, the loss options.
-#define HE_ENTRY(K, labels)         \
-  auto he_guard = K::guard(features); \
-  const K k = K::current();           \
+#define HE_ENTRY(K, labels)                            \
+  [[maybe_unused]] auto he_guard = K::guard(features); \
+  const K k = K::current();                            \
   const CeOptions ce = make_ce(labels, ignore_index, class_weight, label_smoothing, reduction)
 
 inline CeOptions make_ce(const std::optional<at::Tensor>& labels, int64_t ignore_index,
@@ -135,6 +135,16 @@ inline bool align_rows_for(int64_t D, int64_t elem) {
   return env && env[0] == '1' && padded_width(D, elem) != D;
 }
 
+// n when E > 1 domains all hold n > 0 rows (offsets off): the per-domain products are then one
+// batched GEMM (one launch instead of E); 0 otherwise.
+inline int64_t equal_domain_rows(const std::vector<int64_t>& off) {
+  const int64_t E = int64_t(off.size()) - 1, N = off.back();
+  if (E < 2 || N == 0 || N % E != 0) return 0;
+  for (int64_t e = 0; e < E; ++e)
+    if (off[e + 1] - off[e] != N / E) return 0;
+  return N / E;
+}
+
 struct Head {
   const char* op;
   at::Tensor zt;   // (N, D) features, with a ones column when there is a bias (a padded
@@ -162,14 +172,7 @@ struct Head {
 
   int64_t num_tiles() const { return (C + tile - 1) / tile; }
   int64_t rows(int64_t e) const { return off[e + 1] - off[e]; }
-  // n when E > 1 domains all hold n > 0 rows: the per-domain products are then one batched
-  // GEMM (one launch instead of E); 0 otherwise.
-  int64_t equal_rows() const {
-    if (E < 2 || N == 0 || N % E != 0) return 0;
-    for (int64_t e = 0; e < E; ++e)
-      if (rows(e) != N / E) return 0;
-    return N / E;
-  }
+  int64_t equal_rows() const { return equal_domain_rows(off); }
 
   // Z̃ = [Z | 1] with a bias, or Z in a padded buffer (align_rows): the D-wide GEMM operand.
   void augment() {

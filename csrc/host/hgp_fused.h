@@ -30,12 +30,14 @@
 namespace hessalign {
 
 // Products of per-domain (k, D) blocks with the rows of their domain: one batched GEMM when
-// the domains hold equal rows, one GEMM per domain otherwise. A block's bias column
-// multiplies the implicit 1 of z̃_i: no augmented copy of the features.
+// the domains hold equal rows, one GEMM per domain otherwise. Unlike head_gemms.h's seg_*, whose
+// operands carry the ones column of z̃_i (Head::augment: an N×D copy of the features), a block's
+// bias column here multiplies an implicit 1 (baddbmm, a column sum), and every GEMM is ATen's:
+// the numerics of the penalties' plain-torch forms, which the HGP tests hold this op to.
 struct DomainRows {
   at::Tensor X;  // (N, d), contiguous
   std::vector<int64_t> off;
-  int64_t E, N, d, n;  // n: every domain's rows when they are equal and N > 0, else 0
+  int64_t E, N, d, n;  // n: equal_domain_rows
   bool bias;
 
   DomainRows(at::Tensor features, std::vector<int64_t> offsets, bool has_bias)
@@ -43,9 +45,7 @@ struct DomainRows {
     E = int64_t(off.size()) - 1;
     N = X.size(0);
     d = X.size(1);
-    n = N > 0 && N % E == 0 ? N / E : 0;
-    for (int64_t e = 0; n && e < E; ++e)
-      if (off[e + 1] - off[e] != n) n = 0;
+    n = equal_domain_rows(off);
   }
 
   at::Tensor rows(const at::Tensor& t, int64_t e) const { return t.narrow(0, off[e], off[e + 1] - off[e]); }
@@ -140,7 +140,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> hgp_fuse
   const char* op = "hgp";
   check_head(op, features, weight, bias, K::kReducedPrecision);
   check_offset_values(op, offsets, features.size(0));
-  auto he_guard = K::guard(features);
+  [[maybe_unused]] auto he_guard = K::guard(features);
   const K k = K::current();
   const CeOptions ce = make_ce(labels, ignore_index, class_weight, label_smoothing, reduction);
   const int64_t C = weight.size(0);
@@ -162,7 +162,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> hgp_fuse
   const std::optional<at::Tensor> g_bar_b = bias ? std::optional<at::Tensor>(g_bar.select(1, d)) : std::nullopt;
   const at::Tensor U_bar = at::linear(rows.X, g_bar.narrow(1, 0, d), g_bar_b);
   const at::Tensor U_diff = rows.apply(g_diff);
-  const auto [S_pair, m_pair] = logits_hvp<K>(p, c, at::cat({U_bar, U_diff}, 1));
+  const auto [S_pair, m_pair] = logits_hvp_of(k, p, c, at::cat({U_bar, U_diff}, 1));
   const at::Tensor U = U_bar + U_diff;
   const at::Tensor S = S_pair.narrow(1, 0, C) + S_pair.narrow(1, C, C);
   const at::Tensor pu = m_pair.sum(1, /*keepdim=*/true);  // p_i · u_i
@@ -192,20 +192,28 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> hgp_fused_backward(
                     shape_str(grad), " on ", grad.device());
   TORCH_CHECK_VALUE(saved.size() == kNumSaved, op, ": saved must hold the ", int(kNumSaved),
                     " tensors hgp_fused returned; got ", saved.size());
-  auto he_guard = K::guard(features);
+  const int64_t N = features.size(0), E = int64_t(offsets.size()) - 1, C = weight.size(0), d = features.size(1);
+  const int64_t D = d + bias.has_value();
+  // the row kernels read these unchecked: each must have the shape the forward gave it
+  const std::vector<int64_t> shapes[kNumSaved] = {{N}, {N, C}, {N, C}, {N, C}, {N, C}, {N, 1}, {E, C, D}, {E, C, D},
+                                                  {E, C, D}};
+  for (int i = 0; i < kNumSaved; ++i)
+    check_shaped_like(op, ("saved[" + std::to_string(i) + "]").c_str(), saved[i], shapes[i], features);
+  [[maybe_unused]] auto he_guard = K::guard(features);
+  const K k = K::current();
   const DomainRows rows(features.contiguous(), offsets.vec(), bias.has_value());
-  const int64_t E = rows.E, C = weight.size(0), d = rows.d;
-  const at::Tensor &c = saved[kCoef], &p = saved[kProbs], &U = saved[kU], &g = saved[kGrads];
+  const at::Tensor c = saved[kCoef].contiguous(), p = saved[kProbs].contiguous();
+  const at::Tensor &U = saved[kU], &g = saved[kGrads];
   const at::Tensor scale = grad.reshape({}).to(features.scalar_type());
 
   const at::Tensor A = saved[kHessDiff] * (scale * (2.0 * alpha / E));  // ∂P/∂(H_e g_e)
   const at::Tensor a = rows.apply(A);
-  const auto [h, pa] = logits_hvp<K>(p, c, a);  // H_i a_i, p_i · a_i
+  const auto [h, pa] = logits_hvp_of(k, p, c, a);  // H_i a_i, p_i · a_i
   const at::Tensor G = rows.outer(h).addcmul_(saved[kGradDiff], scale * (2.0 * beta / E));  // ∂P/∂g_e
   // ∂P/∂p_i = c_i (a_i ⊙ (u_i − p_i·u_i) − u_i (p_i·a_i) + q_i), and the softmax's Jacobian
   // times c_i is H_i: ∂P/∂logits_i = H_i (∂P/∂p_i / c_i)
   const at::Tensor dp = at::addcmul(rows.apply(G), a, U - saved[kPu]).addcmul_(U, pa, -1);
-  const at::Tensor dl = std::get<0>(logits_hvp<K>(p, c, dp));
+  const at::Tensor dl = std::get<0>(logits_hvp_of(k, p, c, dp));
   // distinct empty tensors: outputs of an op must not alias each other
   at::Tensor d_features = features.new_empty({0}), d_weight = features.new_empty({0});
   at::Tensor d_bias = features.new_empty({0});

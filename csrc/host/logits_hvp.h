@@ -7,16 +7,13 @@
 
 namespace hessalign {
 
+// (S, M) for contiguous probs, coef and vectors already checked, on the backend's device.
 template <class K>
-std::tuple<at::Tensor, at::Tensor> logits_hvp(const at::Tensor& probs, const at::Tensor& coef,
-                                              const at::Tensor& vectors) {
-  check_logits_rows("logits_hvp", probs, coef, vectors, K::kReducedPrecision);
-  auto he_guard = K::guard(probs);
-  const K k = K::current();
-  const int64_t N = probs.size(0), C = probs.size(1), B = vectors.size(1) / C;
-  at::Tensor S = at::empty({N, B * C}, vectors.options()), M = at::empty({N, B}, vectors.options());
+std::tuple<at::Tensor, at::Tensor> logits_hvp_of(const K& k, const at::Tensor& P, const at::Tensor& c,
+                                                 const at::Tensor& U) {
+  const int64_t N = P.size(0), C = P.size(1), B = U.size(1) / C;
+  at::Tensor S = at::empty({N, B * C}, U.options()), M = at::empty({N, B}, U.options());
   if (N * B == 0) return {S, M};
-  const at::Tensor P = probs.contiguous(), c = coef.contiguous(), U = vectors.contiguous();
   HE_DISPATCH(K, P.scalar_type(), [&] {
     using acc_t = at::opmath_type<scalar_t>;
     k.rows(N * B, LogitsHvpOp<scalar_t, acc_t>{{}, P.const_data_ptr<scalar_t>(), c.const_data_ptr<scalar_t>(),
@@ -24,6 +21,14 @@ std::tuple<at::Tensor, at::Tensor> logits_hvp(const at::Tensor& probs, const at:
                                                 M.mutable_data_ptr<scalar_t>()});
   });
   return {S, M};
+}
+
+template <class K>
+std::tuple<at::Tensor, at::Tensor> logits_hvp(const at::Tensor& probs, const at::Tensor& coef,
+                                              const at::Tensor& vectors) {
+  check_logits_rows("logits_hvp", probs, coef, vectors, K::kReducedPrecision);
+  [[maybe_unused]] auto he_guard = K::guard(probs);
+  return logits_hvp_of(K::current(), probs.contiguous(), coef.contiguous(), vectors.contiguous());
 }
 
 // (d probs, d coef, d vectors) from the upstream gradients of s and m (either may be None:
@@ -38,7 +43,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> logits_hvp_backward(
   check_shaped_like(op, "means", means, {N, B}, probs);
   if (grad_s) check_shaped_like(op, "grad_s", *grad_s, {N, B * C}, probs);
   if (grad_m) check_shaped_like(op, "grad_m", *grad_m, {N, B}, probs);
-  auto he_guard = K::guard(probs);
+  [[maybe_unused]] auto he_guard = K::guard(probs);
   const K k = K::current();
   at::Tensor dP = at::empty({N, C}, probs.options()), dc = at::empty({N}, probs.options());
   at::Tensor dU = at::empty({N, B * C}, probs.options());

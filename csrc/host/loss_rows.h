@@ -38,7 +38,7 @@ std::tuple<at::Tensor, at::Tensor> loss_rows(const at::Tensor& labels, const at:
                                              int64_t ignore_index, const std::optional<at::Tensor>& class_weight,
                                              double label_smoothing, c10::string_view reduction, at::ScalarType dtype) {
   const char* op = "loss_rows";
-  auto he_guard = K::guard(labels);
+  [[maybe_unused]] auto he_guard = K::guard(labels);
   const K k = K::current();
   const CeOptions ce = make_ce(labels, ignore_index, class_weight, label_smoothing, reduction);
   TORCH_CHECK_VALUE(num_classes >= 1, op, ": num_classes must be >= 1; got ", num_classes);

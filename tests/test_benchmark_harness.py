@@ -1,0 +1,39 @@
+"""benchmarks/run.py end to end on a tiny head: the harness times every provider that applies,
+checks them against the reference first, and writes the JSON and markdown it reports from."""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import providers  # noqa: E402
+
+
+def test_shape_ids_round_trip():
+    shape = providers.Shape(5, 32, 2048, 345)
+    assert providers.Shape.from_id(shape.id) == shape
+    with pytest.raises(ValueError, match="E3xn32_d512_C65"):
+        providers.Shape.from_id("E3x32_d512_C65")
+
+
+def test_run_at_chosen_heads(tmp_path):
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--heads", "E2xn4_d8_C3,E3xn5_d6_C4",
+           "--only", "head_grad,hgp_step", "--no-plots", "--no-memory", "--rounds", "1", "--burst", "0.005",
+           "--threads", "1", "--out", str(tmp_path)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    (json_path,) = tmp_path.glob("*_heads_head_grad_hgp_step.json")
+    records = json.loads(json_path.read_text())["records"]
+    timed = {(r["case"], r["provider"], r["E"]) for r in records if r.get("status") == "ok"}
+    for E in (2, 3):
+        for case, provider in [("head_grad", "ours"), ("head_grad", "closed_form"), ("head_grad", "autograd"),
+                               ("hgp_step", "kernel"), ("hgp_step", "kernel_gram"), ("hgp_step", "kernel_fused"),
+                               ("hgp_step", "autograd")]:
+            assert (case, provider, E) in timed
+    assert all(r["p50_ms"] > 0 and r["ratio_vs_ours"] > 0 for r in records if r.get("status") == "ok")
+    md = json_path.with_suffix(".md").read_text()
+    assert "## chosen heads, float32: time / ours" in md and "| 3×5, 6, 4 |" in md
