@@ -5,10 +5,8 @@ import torch
 
 import hessalign_ext
 from hessalign_ext import reference
-from conftest import (
-    DEVICES, DTYPES, LOSS_CASE_IDS, LOSS_CASES, LOSS_SHAPE, SHAPE, SHAPE_IDS, SHAPES, SMALL_SHAPE_IDS,
-    SMALL_SHAPES, assert_close, assert_double_backward_raises, check_backward, make_problem,
-)
+from conftest import DEVICES, DTYPES, SHAPE, SHAPE_IDS, SHAPES, assert_close, check_backward, make_problem
+from op_contract import OpContract
 
 
 def call(impl, p, vectors=None, **opts):
@@ -44,31 +42,9 @@ def test_noncontiguous_vectors_and_weight():
     assert_close(out, call(reference, p))
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("case", LOSS_CASE_IDS)
-def test_loss_options(case, dtype):
-    p = make_problem(LOSS_SHAPE, dtype)
-    opts = LOSS_CASES[case](p)
-    assert_close(call(hessalign_ext, p, **opts), call(reference, p, **opts), dtype)
-
-
 def test_no_labels_is_plain_mean_loss():
     p = make_problem(SHAPE["unequal"])
     assert_close(call(hessalign_ext, p), call(reference, p, labels=p.labels))
-
-
-@pytest.mark.parametrize("shape", SMALL_SHAPES, ids=SMALL_SHAPE_IDS)
-def test_backward(shape):
-    p = make_problem(shape, requires_grad=True)
-    check_backward(lambda: call(hessalign_ext, p), lambda: call(reference, p), p, (*p.head(), p.vectors))
-
-
-@pytest.mark.parametrize("case", ["all_together_mean", "all_together_sum", "all_ignored_domain"])
-def test_backward_loss_options(case):
-    p = make_problem(LOSS_SHAPE, requires_grad=True)
-    opts = LOSS_CASES[case](p)
-    check_backward(lambda: call(hessalign_ext, p, **opts), lambda: call(reference, p, **opts), p,
-                   (*p.head(), p.vectors))
 
 
 def test_backward_shared_vectors():
@@ -77,72 +53,16 @@ def test_backward_shared_vectors():
     check_backward(lambda: call(hessalign_ext, p, v), lambda: call(reference, p, v), p, (*p.head(), v))
 
 
-def test_backward_float32():
-    p = make_problem(SHAPE["domainbed"], torch.float32, requires_grad=True)
-    check_backward(lambda: call(hessalign_ext, p), lambda: call(reference, p), p, (*p.head(), p.vectors))
-
-
-@pytest.mark.parametrize("shape", [SHAPE["tiny"], SHAPE["no_bias"]], ids=["tiny", "no_bias"])
-def test_gradcheck(shape):
-    p = make_problem(shape, requires_grad=True)
-    opts = dict(labels=p.labels, label_smoothing=0.1, class_weight=p.class_weight)
-
-    def f(z, w, b, v):
-        return hessalign_ext.head_hvp(z, w, b, v, p.offsets, **opts)
-
-    assert torch.autograd.gradcheck(f, (*p.head(), p.vectors))
-
-
-@pytest.mark.parametrize("with_options", [False, True], ids=["plain", "options"])
-@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no_bias"])
-def test_opcheck(bias, with_options):
-    p = make_problem(SHAPE["unequal"] if bias else SHAPE["no_bias"], requires_grad=True)
-    if with_options:
-        ce = (p.labels, -100, p.class_weight, 0.2, "sum", 2)
-    else:
-        ce = (None, -100, None, 0.0, "mean", 0)
-    args = (*p.head(), p.vectors, p.offsets, ce[0], *ce[1:])
-    torch.library.opcheck(torch.ops.hessalign_ext.head_hvp.default, args)
-
-
-@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no_bias"])
-def test_compile(bias):
-    p = make_problem(SHAPE["unequal"] if bias else SHAPE["no_bias"], requires_grad=True)
-    inputs = [t for t in (*p.head(), p.vectors) if t is not None]
-
-    def f(z, w, b, v):
-        return hessalign_ext.head_hvp(z, w, b, v, p.offsets, labels=p.labels, label_smoothing=0.1).square().sum()
-
-    compiled = torch.compile(f, backend="aot_eager", fullgraph=True)
-    eager_val = f(*p.head(), p.vectors)
-    comp_val = compiled(*p.head(), p.vectors)
-    assert_close(comp_val, eager_val)
-    for a, b in zip(torch.autograd.grad(comp_val, inputs), torch.autograd.grad(eager_val, inputs)):
-        assert_close(a, b)
-
-
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("shape,tile", [("off_tile", 3), ("off_tile", 1), ("c1000", 64), ("c1000", 999)])
-def test_class_tile(shape, tile, dtype):
-    p = make_problem(SHAPE[shape], dtype)
-    opts = dict(labels=p.labels, class_weight=p.class_weight, label_smoothing=0.1)
-    assert_close(call(hessalign_ext, p, class_tile=tile, **opts), call(hessalign_ext, p, **opts), dtype)
-
-
-def test_class_tile_backward():
-    p = make_problem(SHAPE["off_tile"], requires_grad=True)
-    check_backward(lambda: call(hessalign_ext, p, class_tile=4), lambda: call(hessalign_ext, p), p,
-                   (*p.head(), p.vectors))
-
-
-def test_double_backward_raises():
-    p = make_problem(SHAPE["unequal"], requires_grad=True)
-    assert_double_backward_raises("head_hvp", lambda: call(hessalign_ext, p), (*p.head(), p.vectors))
-
-
 def test_labels_not_differentiable_and_inputs_unchanged():
     p = make_problem(SHAPE["noncontiguous"])
     before = [t.clone() for t in (*p.head(), p.vectors)]
     call(hessalign_ext, p, labels=p.labels, class_weight=p.class_weight)
     for a, b in zip(before, (*p.head(), p.vectors)):
         assert torch.equal(a, b)
+
+
+class TestContract(OpContract):
+    op = "head_hvp"
+
+    def inputs(self, p):
+        return (*p.head(), p.vectors)

@@ -1,0 +1,113 @@
+"""The contract every head op's tests check, written once: loss options against the reference,
+the closed-form backward (every small shape, loss options, float32, class tiles), gradcheck,
+opcheck, torch.compile and the double-backward error. A test module subclasses OpContract and
+says how its op is called; its own tests (forward shapes, identities) stay beside it.
+"""
+
+import pytest
+import torch
+
+import hessalign_ext
+from hessalign_ext import reference
+from conftest import (
+    DTYPES, LOSS_CASE_IDS, LOSS_CASES, LOSS_SHAPE, SHAPE, SMALL_SHAPE_IDS, SMALL_SHAPES, assert_close,
+    assert_double_backward_raises, check_backward, make_problem,
+)
+
+
+class OpContract:
+    op: str  # the name in hessalign_ext, hessalign_ext.reference and torch.ops.hessalign_ext
+    labels_positional = False  # labels are required, the argument after the head (domain_losses, head_grad)
+
+    def inputs(self, p):
+        """The differentiable arguments, first in the op's signature."""
+        return p.head()
+
+    def trailing(self, p):
+        """Positional arguments after offsets (the Hutchinson ops: num_probes, seed)."""
+        return ()
+
+    def call(self, impl, p, inputs=None, labels=None, **opts):
+        """The op of impl (hessalign_ext or reference) on problem p; the loss options as keywords."""
+        fn, inputs = getattr(impl, self.op), self.inputs(p) if inputs is None else inputs
+        if self.labels_positional:
+            return fn(*inputs, p.labels if labels is None else labels, p.offsets, *self.trailing(p), **opts)
+        return fn(*inputs, p.offsets, *self.trailing(p), labels=labels, **opts)
+
+    def schema_args(self, p, labels, ce):
+        """The op's positional schema arguments, ce = (ignore_index, class_weight, label_smoothing,
+        reduction, class_tile)."""
+        if self.labels_positional:
+            return (*self.inputs(p), labels, p.offsets, *self.trailing(p), *ce)
+        return (*self.inputs(p), p.offsets, *self.trailing(p), labels, *ce)
+
+    @pytest.mark.parametrize("dtype", DTYPES, ids=str)
+    @pytest.mark.parametrize("case", LOSS_CASE_IDS)
+    def test_loss_options(self, case, dtype):
+        p = make_problem(LOSS_SHAPE, dtype)
+        opts = LOSS_CASES[case](p)
+        assert_close(self.call(hessalign_ext, p, **opts), self.call(reference, p, **opts), dtype)
+
+    @pytest.mark.parametrize("shape", SMALL_SHAPES, ids=SMALL_SHAPE_IDS)
+    def test_backward(self, shape):
+        p = make_problem(shape, requires_grad=True)
+        check_backward(lambda: self.call(hessalign_ext, p), lambda: self.call(reference, p), p, self.inputs(p))
+
+    @pytest.mark.parametrize("case", ["all_together_mean", "all_together_sum", "all_ignored_domain"])
+    def test_backward_loss_options(self, case):
+        p = make_problem(LOSS_SHAPE, requires_grad=True)
+        opts = LOSS_CASES[case](p)
+        check_backward(lambda: self.call(hessalign_ext, p, **opts), lambda: self.call(reference, p, **opts), p,
+                       self.inputs(p))
+
+    def test_backward_float32(self):
+        p = make_problem(SHAPE["domainbed"], torch.float32, requires_grad=True)
+        check_backward(lambda: self.call(hessalign_ext, p), lambda: self.call(reference, p), p, self.inputs(p))
+
+    @pytest.mark.parametrize("shape", [SHAPE["tiny"], SHAPE["no_bias"]], ids=["tiny", "no_bias"])
+    def test_gradcheck(self, shape):
+        p = make_problem(shape, requires_grad=True)
+        opts = dict(labels=p.labels, label_smoothing=0.1, class_weight=p.class_weight)
+        assert torch.autograd.gradcheck(lambda *inputs: self.call(hessalign_ext, p, inputs, **opts), self.inputs(p))
+
+    @pytest.mark.parametrize("with_options", [False, True], ids=["plain", "options"])
+    @pytest.mark.parametrize("bias", [True, False], ids=["bias", "no_bias"])
+    def test_opcheck(self, bias, with_options):
+        p = make_problem(SHAPE["unequal"] if bias else SHAPE["no_bias"], requires_grad=True)
+        labels = p.labels if with_options or self.labels_positional else None
+        ce = (-100, p.class_weight, 0.2, "sum", 2) if with_options else (-100, None, 0.0, "mean", 0)
+        torch.library.opcheck(getattr(torch.ops.hessalign_ext, self.op).default, self.schema_args(p, labels, ce))
+
+    @pytest.mark.parametrize("bias", [True, False], ids=["bias", "no_bias"])
+    def test_compile(self, bias):
+        p = make_problem(SHAPE["unequal"] if bias else SHAPE["no_bias"], requires_grad=True)
+        inputs = self.inputs(p)
+        present = [t for t in inputs if t is not None]
+
+        def f(*inputs):
+            return self.call(hessalign_ext, p, inputs, labels=p.labels, label_smoothing=0.1).square().sum()
+
+        # every op's f is this one code object: without a reset, dynamo's per-code cache limit (8)
+        # is reached by the fifth op and fullgraph=True then raises
+        torch._dynamo.reset()
+        compiled = torch.compile(f, backend="aot_eager", fullgraph=True)
+        eager_val, comp_val = f(*inputs), compiled(*inputs)
+        assert_close(comp_val, eager_val)
+        for a, b in zip(torch.autograd.grad(comp_val, present), torch.autograd.grad(eager_val, present)):
+            assert_close(a, b)
+
+    @pytest.mark.parametrize("dtype", DTYPES, ids=str)
+    @pytest.mark.parametrize("shape,tile", [("off_tile", 3), ("off_tile", 1), ("c1000", 64), ("c1000", 999)])
+    def test_class_tile(self, shape, tile, dtype):
+        p = make_problem(SHAPE[shape], dtype)
+        opts = dict(labels=p.labels, class_weight=p.class_weight, label_smoothing=0.1)
+        assert_close(self.call(hessalign_ext, p, class_tile=tile, **opts), self.call(hessalign_ext, p, **opts), dtype)
+
+    def test_class_tile_backward(self):
+        p = make_problem(SHAPE["off_tile"], requires_grad=True)
+        check_backward(lambda: self.call(hessalign_ext, p, class_tile=4), lambda: self.call(hessalign_ext, p), p,
+                       self.inputs(p))
+
+    def test_double_backward_raises(self):
+        p = make_problem(SHAPE["unequal"], requires_grad=True)
+        assert_double_backward_raises(self.op, lambda: self.call(hessalign_ext, p), self.inputs(p))
