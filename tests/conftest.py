@@ -214,6 +214,19 @@ LOSS_CASE_IDS = list(LOSS_CASES)
 LOSS_SHAPE = Shape("loss_options", (5, 1, 6), C=5, d=4)
 
 
+def full_hessians(p: Problem) -> torch.Tensor:
+    """(E, C·D, C·D): each domain's Hessian of its plain mean loss over [W | b], by autograd
+    (small heads only: the probe ops' variance tests)."""
+    hs = []
+    for e in range(p.shape.E):
+        lo, hi = int(p.offsets[e]), int(p.offsets[e + 1])
+        zt = torch.cat([p.features[lo:hi], torch.ones(hi - lo, 1, dtype=torch.float64)], 1)
+        theta = torch.cat([p.weight, p.bias[:, None]], 1)
+        h = torch.autograd.functional.hessian(lambda t: torch.logsumexp(zt @ t.T, 1).mean(), theta)
+        hs.append(h.reshape(theta.numel(), theta.numel()))
+    return torch.stack(hs)
+
+
 # --------------------------------------------------------------------------------------
 # Backward helpers
 # --------------------------------------------------------------------------------------

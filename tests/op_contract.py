@@ -1,7 +1,8 @@
 """The contract every head op's tests check, written once: loss options against the reference,
 the closed-form backward (every small shape, loss options, float32, class tiles), gradcheck,
-opcheck, torch.compile and the double-backward error. A test module subclasses OpContract and
-says how its op is called; its own tests (forward shapes, identities) stay beside it.
+opcheck, torch.compile and the double-backward error; and, for the probe ops, the probes'
+numbering and determinism. A test module subclasses OpContract (or ProbeContract) and says how
+its op is called; its own tests (forward shapes, identities) stay beside it.
 """
 
 import pytest
@@ -27,12 +28,13 @@ class OpContract:
         """Positional arguments after offsets (the Hutchinson ops: num_probes, seed)."""
         return ()
 
-    def call(self, impl, p, inputs=None, labels=None, **opts):
+    def call(self, impl, p, inputs=None, labels=None, trailing=None, **opts):
         """The op of impl (hessalign_ext or reference) on problem p; the loss options as keywords."""
         fn, inputs = getattr(impl, self.op), self.inputs(p) if inputs is None else inputs
+        trailing = self.trailing(p) if trailing is None else trailing
         if self.labels_positional:
-            return fn(*inputs, p.labels if labels is None else labels, p.offsets, *self.trailing(p), **opts)
-        return fn(*inputs, p.offsets, *self.trailing(p), labels=labels, **opts)
+            return fn(*inputs, p.labels if labels is None else labels, p.offsets, *trailing, **opts)
+        return fn(*inputs, p.offsets, *trailing, labels=labels, **opts)
 
     def schema_args(self, p, labels, ce):
         """The op's positional schema arguments, ce = (ignore_index, class_weight, label_smoothing,
@@ -111,3 +113,30 @@ class OpContract:
     def test_double_backward_raises(self):
         p = make_problem(SHAPE["unequal"], requires_grad=True)
         assert_double_backward_raises(self.op, lambda: self.call(hessalign_ext, p), self.inputs(p))
+
+
+class ProbeContract(OpContract):
+    """The Rademacher-probe ops (hutchinson_diag, hutchinson_trace): num_probes and seed follow
+    offsets; the reference draws the same probes (hessalign_ext.probes)."""
+    K, SEED = 3, 20240607
+
+    def trailing(self, p):
+        return (self.K, self.SEED)
+
+    @pytest.mark.parametrize("seed", [0, -7, 2**62 + 12345, -(2**63)])
+    @pytest.mark.parametrize("num_probes", [1, 2, 37])
+    def test_probes_match_reference(self, num_probes, seed):
+        p = make_problem(SHAPE["unequal"])
+        assert_close(self.call(hessalign_ext, p, trailing=(num_probes, seed)),
+                     self.call(reference, p, trailing=(num_probes, seed)))
+
+    def test_same_seed_same_result(self):
+        p = make_problem(SHAPE["domainbed"], torch.float32)
+        a = self.call(hessalign_ext, p, trailing=(5, 11))
+        assert torch.equal(a, self.call(hessalign_ext, p, trailing=(5, 11)))
+        assert not torch.equal(a, self.call(hessalign_ext, p, trailing=(5, 12)))
+
+    def test_many_probes(self):
+        """More probes than one chunk may hold: chunked probe generation keeps the probe numbering."""
+        p = make_problem(SHAPE["unequal"])
+        assert_close(self.call(hessalign_ext, p, trailing=(300, 1)), self.call(reference, p, trailing=(300, 1)))

@@ -11,11 +11,11 @@ import hessalign_ext
 from hessalign_ext import probes, reference
 from conftest import (
     DEVICES, DTYPES, LOSS_CASE_IDS, LOSS_CASES, LOSS_SHAPE, SHAPE, SHAPE_IDS, SHAPES, Shape, assert_close,
-    make_problem,
+    full_hessians, make_problem,
 )
-from op_contract import OpContract
+from op_contract import ProbeContract
 
-K, SEED = 3, 20240607
+K, SEED = ProbeContract.K, ProbeContract.SEED
 
 
 def call(impl, p, num_probes=K, seed=SEED, **opts):
@@ -72,12 +72,6 @@ def test_forward(shape, dtype, device):
     assert_close(out, call(reference, p), dtype, shape.id)
 
 
-@pytest.mark.parametrize("seed", [0, -7, 2**62 + 12345, -(2**63)])
-@pytest.mark.parametrize("num_probes", [1, 2, 37])
-def test_probes_match_reference(num_probes, seed):
-    p = make_problem(SHAPE["unequal"])
-    assert_close(call(hessalign_ext, p, num_probes, seed), call(reference, p, num_probes, seed))
-
 
 def test_one_probe_is_v_times_hvp():
     p = make_problem(SHAPE["domainbed"])
@@ -86,17 +80,6 @@ def test_one_probe_is_v_times_hvp():
     assert_close(call(hessalign_ext, p, 1), expected)
 
 
-def test_same_seed_same_result():
-    p = make_problem(SHAPE["domainbed"], torch.float32)
-    a = call(hessalign_ext, p, 5, 11)
-    assert torch.equal(a, call(hessalign_ext, p, 5, 11))
-    assert not torch.equal(a, call(hessalign_ext, p, 5, 12))
-
-
-def test_many_probes():
-    # More probes than one chunk may hold: chunked probe generation keeps the probe numbering.
-    p = make_problem(SHAPE["unequal"])
-    assert_close(call(hessalign_ext, p, 300, 1), call(reference, p, 300, 1))
 
 
 # More probes than a domain has rows: the by-class fold (math/hutchinson_diag.h); class tiles
@@ -153,17 +136,6 @@ STAT_SEEDS = range(8)
 STAT_KS = (4, 64, 1024)
 
 
-def _full_hessians(p):
-    hs = []
-    for e in range(p.shape.E):
-        lo, hi = int(p.offsets[e]), int(p.offsets[e + 1])
-        zt = torch.cat([p.features[lo:hi], torch.ones(hi - lo, 1, dtype=torch.float64)], 1)
-        theta = torch.cat([p.weight, p.bias[:, None]], 1)
-        h = torch.autograd.functional.hessian(lambda t: torch.logsumexp(zt @ t.T, 1).mean(), theta)
-        hs.append(h.reshape(theta.numel(), theta.numel()))
-    return torch.stack(hs)
-
-
 def test_converges():
     """E‖D_K − diag H‖² = ‖offdiag H‖_F² / K for Rademacher probes.
 
@@ -171,7 +143,7 @@ def test_converges():
     for every K in (4, 64, 1024), so the error shrinks as 1/sqrt(K).
     """
     p = make_problem(STAT_SHAPE)
-    h = _full_hessians(p)
+    h = full_hessians(p)
     exact = torch.diagonal(h, dim1=1, dim2=2)
     offdiag_sq = (h.square().sum((1, 2)) - exact.square().sum(1))  # (E,)
     mse = {}
@@ -183,8 +155,5 @@ def test_converges():
     assert (mse[1024] < mse[4] / 50).all()
 
 
-class TestContract(OpContract):
+class TestContract(ProbeContract):
     op = "hutchinson_diag"
-
-    def trailing(self, p):
-        return (K, SEED)

@@ -9,10 +9,10 @@ import torch
 
 import hessalign_ext
 from hessalign_ext import probes, reference
-from conftest import DEVICES, DTYPES, SHAPE, SHAPE_IDS, SHAPES, Shape, assert_close, make_problem
-from op_contract import OpContract
+from conftest import DEVICES, DTYPES, SHAPE, SHAPE_IDS, SHAPES, Shape, assert_close, full_hessians, make_problem
+from op_contract import ProbeContract
 
-K, SEED = 3, 20240607
+K, SEED = ProbeContract.K, ProbeContract.SEED
 
 
 def call(impl, p, num_probes=K, seed=SEED, **opts):
@@ -29,12 +29,6 @@ def test_forward(shape, dtype, device):
     assert_close(out, call(reference, p), dtype, shape.id)
 
 
-@pytest.mark.parametrize("seed", [0, -7, 2**62 + 12345, -(2**63)])
-@pytest.mark.parametrize("num_probes", [1, 2, 37])
-def test_probes_match_reference(num_probes, seed):
-    p = make_problem(SHAPE["unequal"])
-    assert_close(call(hessalign_ext, p, num_probes, seed), call(reference, p, num_probes, seed))
-
 
 def test_one_probe_is_v_dot_hvp():
     p = make_problem(SHAPE["domainbed"])
@@ -50,34 +44,12 @@ def test_is_sum_of_hutchinson_diag():
     assert_close(call(hessalign_ext, p, 7, 3, **opts), diag.sum((1, 2)))
 
 
-def test_same_seed_same_result():
-    p = make_problem(SHAPE["domainbed"], torch.float32)
-    a = call(hessalign_ext, p, 5, 11)
-    assert torch.equal(a, call(hessalign_ext, p, 5, 11))
-    assert not torch.equal(a, call(hessalign_ext, p, 5, 12))
-
-
-def test_many_probes():
-    # More probes than one chunk may hold: chunked probe generation keeps the probe numbering.
-    p = make_problem(SHAPE["unequal"])
-    assert_close(call(hessalign_ext, p, 300, 1), call(reference, p, 300, 1))
 
 
 # Small enough to form each domain's full Hessian for the variance.
 STAT_SHAPE = Shape("stat", (6, 9), C=4, d=3)
 STAT_SEEDS = range(32)  # one scalar per seed: more seeds than the diagonal needs
 STAT_KS = (4, 64, 1024)
-
-
-def _full_hessians(p):
-    hs = []
-    for e in range(p.shape.E):
-        lo, hi = int(p.offsets[e]), int(p.offsets[e + 1])
-        zt = torch.cat([p.features[lo:hi], torch.ones(hi - lo, 1, dtype=torch.float64)], 1)
-        theta = torch.cat([p.weight, p.bias[:, None]], 1)
-        h = torch.autograd.functional.hessian(lambda t: torch.logsumexp(zt @ t.T, 1).mean(), theta)
-        hs.append(h.reshape(theta.numel(), theta.numel()))
-    return torch.stack(hs)
 
 
 def test_converges():
@@ -87,7 +59,7 @@ def test_converges():
     for every K in (4, 64, 1024), so the error shrinks as 1/sqrt(K).
     """
     p = make_problem(STAT_SHAPE)
-    h = _full_hessians(p)
+    h = full_hessians(p)
     exact = torch.diagonal(h, dim1=1, dim2=2)
     variance_1 = 2 * (h.square().sum((1, 2)) - exact.square().sum(1))  # (E,) variance of one probe
     mse = {}
@@ -99,8 +71,5 @@ def test_converges():
     assert (mse[1024] < mse[4] / 50).all()
 
 
-class TestContract(OpContract):
+class TestContract(ProbeContract):
     op = "hutchinson_trace"
-
-    def trailing(self, p):
-        return (K, SEED)

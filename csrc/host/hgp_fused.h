@@ -33,7 +33,8 @@ namespace hessalign {
 // the domains hold equal rows, one GEMM per domain otherwise. Unlike head_gemms.h's seg_*, whose
 // operands carry the ones column of z̃_i (Head::augment: an N×D copy of the features), a block's
 // bias column here multiplies an implicit 1 (baddbmm, a column sum), and every GEMM is ATen's:
-// the numerics of the penalties' plain-torch forms, which the HGP tests hold this op to.
+// gemm.h would send CPU float32 GEMMs to oneDNN on AVX-512 machines, where the near-aligned
+// domains test (test_hgp_exact_when_domains_align) has not been run.
 struct DomainRows {
   at::Tensor X;  // (N, d), contiguous
   std::vector<int64_t> off;
