@@ -1,7 +1,8 @@
 """Builds hessalign_ext._C: the CPU kernels always, the CUDA kernels whenever nvcc is found.
 
 Environment: FORCE_CUDA=1 (CUDA sources even without CUDA_HOME detection), FORCE_ONLY_CPU=1
-(skip CUDA), HESSALIGN_PORTABLE=1 (no AVX2/FMA for the CPU kernels, see cpu_isa_flags), TORCH_CUDA_ARCH_LIST (default "8.0;9.0": sm_80 and sm_90), DEBUG=1 (-O0 -g),
+(skip CUDA), HESSALIGN_PORTABLE=1 (no AVX2/FMA for the CPU kernels, see cpu_isa_flags),
+TORCH_CUDA_ARCH_LIST (default "8.0;9.0": sm_80 and sm_90), DEBUG=1 (-O0 -g),
 MAX_JOBS (parallel compile jobs), HESSALIGN_UNITY=0 (one translation unit per source file,
 for quick rebuilds while editing one op; see unity_sources). A GPU is never needed to compile
 the CUDA sources.
@@ -89,7 +90,8 @@ def extension():
     else:
         cls = cpp_extension.CppExtension
     sources = unity_sources(groups)
-    print(f"hessalign_ext: building {'CPU + CUDA (' + os.environ['TORCH_CUDA_ARCH_LIST'] + ')' if with_cuda else 'CPU only'}"
+    target = f"CPU + CUDA ({os.environ['TORCH_CUDA_ARCH_LIST']})" if with_cuda else "CPU only"
+    print(f"hessalign_ext: building {target}"
           f", {'debug' if debug else 'release'}, CPU ISA {' '.join(isa) or 'baseline'}, {len(sources)} sources")
     return cls("hessalign_ext._C", sources, extra_compile_args=args, extra_link_args=["-fopenmp"], **kwargs)
 

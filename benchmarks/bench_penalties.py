@@ -5,7 +5,8 @@ import pytest
 import providers as P
 from _suite import SHAPES, params, run
 
-CASES = params([P.Case("hgp_step"), P.Case("hutchinson_exact_step")]) + params([P.Case("hutchinson_step", 300)], SHAPES[:1])
+CASES = (params([P.Case("hgp_step"), P.Case("hutchinson_exact_step")])
+         + params([P.Case("hutchinson_step", 300)], SHAPES[:1]))
 
 
 @pytest.mark.parametrize("case,provider,shape", CASES)

@@ -98,7 +98,8 @@ def call_syncs(fn, cuda: bool):
 def profile_shape(shape: P.Shape, device: str, calls: int) -> list:
     cuda = device == "cuda"
     problem = P.make_problem(shape, device, torch.float32)
-    lines = ["", f"## {shape.id}", "", "| case | provider | kernels | copies | syncs | device us | event us | host us |",
+    lines = ["", f"## {shape.id}", "",
+             "| case | provider | kernels | copies | syncs | device us | event us | host us |",
              "|---|---|---:|---:|---:|---:|---:|---:|"]
     kernel_lists = []
     for case in CASES + STEPS:

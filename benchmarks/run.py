@@ -310,7 +310,8 @@ def cpu_model():
 def git_sha():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     try:
-        sha = subprocess.check_output(["git", "rev-parse", "HEAD"], cwd=root, text=True, stderr=subprocess.DEVNULL).strip()
+        sha = subprocess.check_output(["git", "rev-parse", "HEAD"], cwd=root, text=True,
+                                      stderr=subprocess.DEVNULL).strip()
         dirty = subprocess.call(["git", "diff", "--quiet", "HEAD", "--", "csrc", "hessalign_ext"], cwd=root,
                                 stderr=subprocess.DEVNULL) != 0
         return sha + ("+dirty" if dirty else "")
@@ -505,7 +506,8 @@ def series_tables(records):
                 o = cell.get("ours")
                 cols = [f"{cell[p]['ratio_vs_ours']:.2f}×" if p in cell and "ratio_vs_ours" in cell[p]
                         else (cell[p]["status"] if p in cell else "—") for p in others]
-                out.append(f"| {v} | {fmt_ms(o['p50_ms']) if o and 'p50_ms' in o else '—'} | " + " | ".join(cols) + " |")
+                first = fmt_ms(o['p50_ms']) if o and 'p50_ms' in o else '—'
+                out.append(f"| {v} | {first} | " + " | ".join(cols) + " |")
     multi = {(r["op"], r["provider"], r["N"]): r for r in records if "scaling-E" in r["tags"] and "p50_ms" in r}
     one = {(r["op"], r["provider"], r["N"]): r for r in records if "scaling-E1" in r["tags"] and "p50_ms" in r}
     for op in SCALING_OPS:
@@ -513,14 +515,17 @@ def series_tables(records):
         if not keys:
             continue
         r0 = multi[keys[0]]
-        out += [f"\n### {op}: E domains of n={r0['n']} rows against one domain of E·n rows (d={r0['d']}, C={r0['C']})\n",
-                "| E | ours, E domains ms | ours, 1 domain ms | ratio | closed_form, E domains ms | closed_form, 1 domain ms |",
+        out += [f"\n### {op}: E domains of n={r0['n']} rows against one domain of E·n rows "
+                f"(d={r0['d']}, C={r0['C']})\n",
+                "| E | ours, E domains ms | ours, 1 domain ms | ratio | closed_form, E domains ms "
+                "| closed_form, 1 domain ms |",
                 "|---:|---:|---:|---:|---:|---:|"]
         for k in keys:
             m, o = multi[k], one[k]
             cm, co = multi.get((op, "closed_form", k[2])), one.get((op, "closed_form", k[2]))
-            out.append(f"| {m['E']} | {fmt_ms(m['p50_ms'])} | {fmt_ms(o['p50_ms'])} | {m['p50_ms'] / o['p50_ms']:.2f} | "
-                       f"{fmt_ms(cm['p50_ms']) if cm else '—'} | {fmt_ms(co['p50_ms']) if co else '—'} |")
+            out.append(f"| {m['E']} | {fmt_ms(m['p50_ms'])} | {fmt_ms(o['p50_ms'])} | "
+                       f"{m['p50_ms'] / o['p50_ms']:.2f} | {fmt_ms(cm['p50_ms']) if cm else '—'} | "
+                       f"{fmt_ms(co['p50_ms']) if co else '—'} |")
     return "\n".join(out)
 
 
@@ -597,14 +602,14 @@ def floor_table(records):
     if not rows:
         return ""
     out = ["\n### ours against the GEMM floor (DESIGN.md §4)\n",
-           "| case | shape | ours ms | GFLOP/s | GEMM GFLOP/s | × floor | closed_form × floor |", "|---|---|---:|---:|---:|---:|---:|"]
+           "| case | shape | ours ms | GFLOP/s | GEMM GFLOP/s | × floor | closed_form × floor |",
+           "|---|---|---:|---:|---:|---:|---:|"]
     cf = {(r["case"], r["shape"]): r for r in records if r["provider"] == "closed_form" and r.get("x_floor")}
     for r in rows:
         c = cf.get((r["case"], r["shape"]))
-        out.append(f"| {r['case']} | {r['shape']} | {fmt_ms(r['p50_ms'])} | {r['gflops']:.1f} | {r['gemm_gflops']:.1f} | "
-                   f"{r['x_floor']:.2f} | {c['x_floor']:.2f} |" if c else
-                   f"| {r['case']} | {r['shape']} | {fmt_ms(r['p50_ms'])} | {r['gflops']:.1f} | {r['gemm_gflops']:.1f} | "
-                   f"{r['x_floor']:.2f} | — |")
+        cfloor = f"{c['x_floor']:.2f}" if c else "—"
+        out.append(f"| {r['case']} | {r['shape']} | {fmt_ms(r['p50_ms'])} | {r['gflops']:.1f} | "
+                   f"{r['gemm_gflops']:.1f} | {r['x_floor']:.2f} | {cfloor} |")
     return "\n".join(out)
 
 
@@ -724,7 +729,8 @@ def main(argv=None):
     ap.add_argument("--no-memory", action="store_true")
     ap.add_argument("--memory-max-s", type=float, default=5.0, help="skip the memory pass for calls slower than this")
     ap.add_argument("--no-plots", action="store_true")
-    ap.add_argument("--smoke", action="store_true", help="tiny heads: tests the harness in seconds (numbers meaningless)")
+    ap.add_argument("--smoke", action="store_true",
+                    help="tiny heads: tests the harness in seconds (numbers meaningless)")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch CPU threads (default: torch's choice; 1 is steadier on a shared, loaded machine)")
     ap.add_argument("--only-tags", default=None,
@@ -843,7 +849,8 @@ def memory_table(records):
         recs = [r for r in recs if r["shape"] == big]
         provs = [p for p in P.OP_PROVIDER_ORDER + P.STEP_PROVIDER_ORDER if any(r["provider"] == p for r in recs)]
         provs = list(dict.fromkeys(provs))
-        out += [f"\n### peak memory (MiB) at {big} ({'allocator peak' if recs[0]['device'] == 'cuda' else 'CPU allocator peak; RSS growth in parentheses'})\n",
+        how = "allocator peak" if recs[0]["device"] == "cuda" else "CPU allocator peak; RSS growth in parentheses"
+        out += [f"\n### peak memory (MiB) at {big} ({how})\n",
                 "| case | " + " | ".join(provs) + " |", "|---|" + "---:|" * len(provs)]
         by = defaultdict(dict)
         for r in recs:
@@ -869,7 +876,8 @@ def report(meta, records, pngs, quick=False):
     """The markdown report of a run (also rebuilt from its JSON by ``--report``)."""
     dev = meta["device"]
     md = [f"# hessalign_ext benchmarks: {dev}{' (quick)' if quick else ''}", "",
-          f"- command: `{' '.join([*(f'{k}={v}' for k, v in meta.get('env', {}).items()), meta['command']])}`", f"- date: {meta['timestamp']}", f"- device: {meta['device_name']}",
+          f"- command: `{' '.join([*(f'{k}={v}' for k, v in meta.get('env', {}).items()), meta['command']])}`",
+          f"- date: {meta['timestamp']}", f"- device: {meta['device_name']}",
           f"- torch {meta['torch']}" + (f", CUDA {meta['cuda']}" if meta.get("cuda") else ""),
           f"- git: {meta['git_sha']}",
           f"- load average (1, 5, 15 min) at start {tuple(round(x, 2) for x in meta['loadavg_start'])}, "

@@ -165,7 +165,8 @@ def _full_hessian(h: _Head, loss: torch.Tensor) -> torch.Tensor:
     g = _grad(h, loss)
     n = h.C * h.D
     eye = torch.eye(n, dtype=_F64, device=h.device)
-    cols = [_hvps(h, g, eye[j0 : j0 + _DIAG_CHUNK].view(-1, h.C, h.D)).reshape(-1, n) for j0 in range(0, n, _DIAG_CHUNK)]
+    cols = [_hvps(h, g, eye[j0 : j0 + _DIAG_CHUNK].view(-1, h.C, h.D)).reshape(-1, n)
+            for j0 in range(0, n, _DIAG_CHUNK)]
     return torch.cat(cols)
 
 

@@ -15,7 +15,7 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(nproc)}
 step() { echo; echo "== $1 ($(date +%T))"; }
 
 step "pytest: CPU ops, reference, peers, trainer (CUDA tests skip without a GPU)"
-timeout 1500 $PY -m pytest -q -m "not cuda_emulated and not slow" -p no:cacheprovider
+timeout 1500 $PY -m pytest -q -m "not cuda_emulated" -p no:cacheprovider
 
 step "pytest: emulated CUDA kernels, CUDAEMU_ORDER=scrambled"
 CUDAEMU_ORDER=scrambled timeout 600 $PY -m pytest -q -m cuda_emulated -p no:cacheprovider

@@ -26,7 +26,8 @@ NUM_CLASSES, NUM_DOMAINS, ROWS = 3, 3, 4
 
 def minibatches(input_shape, seed=0, dtype=torch.float32):
     g = torch.Generator().manual_seed(seed)
-    return [(torch.randn(ROWS, *input_shape, generator=g).to(dtype), torch.randint(0, NUM_CLASSES, (ROWS,), generator=g))
+    return [(torch.randn(ROWS, *input_shape, generator=g).to(dtype),
+             torch.randint(0, NUM_CLASSES, (ROWS,), generator=g))
             for _ in range(NUM_DOMAINS)]
 
 

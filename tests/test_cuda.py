@@ -163,7 +163,8 @@ def test_compile_inductor_cuda(op):
     """torch.compile (inductor, fullgraph) around the op on CUDA: values and gradients equal eager."""
     gpu = to(make_problem(SHAPE["unequal"], torch.float32, "cpu"), "cuda")
     ins = [t.requires_grad_(True) for t in (gpu.features, gpu.weight, gpu.bias)]
-    opts = {k: (v.cuda() if isinstance(v, torch.Tensor) else v) for k, v in LOSS_CASES["all_together_mean"](gpu).items()}
+    opts = {k: (v.cuda() if isinstance(v, torch.Tensor) else v)
+            for k, v in LOSS_CASES["all_together_mean"](gpu).items()}
 
     def f(z, w, b):
         return call(op, gpu, features=z, weight=w, bias=b, **opts).square().sum()

@@ -107,7 +107,8 @@ def _forward(z, W, b, y, off, **kw):
         torch.tensor(1.0, dtype=F64), z, W, b, off, 0.5, 0.5, _saved(z, W, b, y, [0, 18]),
         [True] * 3), r"saved\[6\] must have shape"),
 ], ids=["offsets_unsorted", "offsets_end", "offsets_single", "labels_range", "labels_length", "labels_dtype",
-        "weight_dtype", "bf16_features_f32_head", "weight_shape", "bias_shape", "class_weight_length", "label_smoothing", "reduction",
+        "weight_dtype", "bf16_features_f32_head", "weight_shape", "bias_shape", "class_weight_length",
+        "label_smoothing", "reduction",
         "backward_grad", "backward_saved", "backward_saved_probs_shape", "backward_saved_coef_dtype",
         "backward_saved_other_domains"])
 def test_bad_arguments(case, message):

@@ -106,7 +106,8 @@ def test_opcheck():
     ("means", torch.rand(3, 2, dtype=F64), "means must have shape"),
 ])
 def test_backward_bad_arguments(name, bad, message):
-    args = dict(grad_s=torch.rand(4, 6, dtype=F64), grad_m=torch.rand(4, 2, dtype=F64), probs=torch.rand(4, 3, dtype=F64),
+    args = dict(grad_s=torch.rand(4, 6, dtype=F64), grad_m=torch.rand(4, 2, dtype=F64),
+                probs=torch.rand(4, 3, dtype=F64),
                 coef=torch.rand(4, dtype=F64), vectors=torch.rand(4, 6, dtype=F64), means=torch.rand(4, 2, dtype=F64))
     args[name] = bad
     with pytest.raises(ValueError, match=f"logits_hvp_backward: {message}"):

@@ -60,5 +60,6 @@ def test_loads_ahead_of_stores_are_not_late_and_storeless_loops_are_skipped():
 
 
 def test_short_names_drop_namespaces_and_parameters():
-    name = "void hessalign::rows_kernel<hessalign::HvpSOp<c10::BFloat16, float> >(long, hessalign::HvpSOp<c10::BFloat16, float>)"
+    name = ("void hessalign::rows_kernel<hessalign::HvpSOp<c10::BFloat16, float> >"
+            "(long, hessalign::HvpSOp<c10::BFloat16, float>)")
     assert sass_loops.short(name) == "rows_kernel<HvpSOp<BFloat16, float> >"

@@ -5,7 +5,8 @@ import torch
 from ._registry import as_offsets, ce_args, register
 
 
-def domain_losses(features, weight, bias, labels, offsets, *, ignore_index=-100, class_weight=None, label_smoothing=0.0, reduction="mean", class_tile=None):
+def domain_losses(features, weight, bias, labels, offsets, *, ignore_index=-100, class_weight=None,
+                  label_smoothing=0.0, reduction="mean", class_tile=None):
     """Cross-entropy loss of every domain, all domains in one pass.
 
     Args:
@@ -30,8 +31,8 @@ def domain_losses(features, weight, bias, labels, offsets, *, ignore_index=-100,
     ValueError naming the argument.
     """
     offsets = as_offsets("domain_losses", offsets, features)
-    return torch.ops.hessalign_ext.domain_losses(
-        features, weight, bias, labels, offsets, *ce_args("domain_losses", ignore_index, class_weight, label_smoothing, reduction, class_tile))
+    ce = ce_args("domain_losses", ignore_index, class_weight, label_smoothing, reduction, class_tile)
+    return torch.ops.hessalign_ext.domain_losses(features, weight, bias, labels, offsets, *ce)
 
 
 register("domain_losses", out="domains", offsets_index=4, differentiable=(0, 1, 2))

@@ -5,7 +5,8 @@ import torch
 from ._registry import as_offsets, ce_args, register
 
 
-def head_grad(features, weight, bias, labels, offsets, *, ignore_index=-100, class_weight=None, label_smoothing=0.0, reduction="mean", class_tile=None):
+def head_grad(features, weight, bias, labels, offsets, *, ignore_index=-100, class_weight=None, label_smoothing=0.0,
+              reduction="mean", class_tile=None):
     """Gradient of every domain's loss with respect to the head [W | b].
 
     Args:
@@ -30,8 +31,8 @@ def head_grad(features, weight, bias, labels, offsets, *, ignore_index=-100, cla
     ValueError naming the argument.
     """
     offsets = as_offsets("head_grad", offsets, features)
-    return torch.ops.hessalign_ext.head_grad(
-        features, weight, bias, labels, offsets, *ce_args("head_grad", ignore_index, class_weight, label_smoothing, reduction, class_tile))
+    ce = ce_args("head_grad", ignore_index, class_weight, label_smoothing, reduction, class_tile)
+    return torch.ops.hessalign_ext.head_grad(features, weight, bias, labels, offsets, *ce)
 
 
 register("head_grad", out="params", offsets_index=4, differentiable=(0, 1, 2))

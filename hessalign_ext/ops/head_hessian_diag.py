@@ -5,7 +5,8 @@ import torch
 from ._registry import as_offsets, ce_args, register
 
 
-def head_hessian_diag(features, weight, bias, offsets, *, labels=None, ignore_index=-100, class_weight=None, label_smoothing=0.0, reduction="mean", class_tile=None):
+def head_hessian_diag(features, weight, bias, offsets, *, labels=None, ignore_index=-100, class_weight=None,
+                      label_smoothing=0.0, reduction="mean", class_tile=None):
     """Exact diagonal of every domain's head Hessian.
 
     Args:
@@ -31,8 +32,8 @@ def head_hessian_diag(features, weight, bias, offsets, *, labels=None, ignore_in
     ValueError naming the argument.
     """
     offsets = as_offsets("head_hessian_diag", offsets, features)
-    return torch.ops.hessalign_ext.head_hessian_diag(
-        features, weight, bias, offsets, labels, *ce_args("head_hessian_diag", ignore_index, class_weight, label_smoothing, reduction, class_tile))
+    ce = ce_args("head_hessian_diag", ignore_index, class_weight, label_smoothing, reduction, class_tile)
+    return torch.ops.hessalign_ext.head_hessian_diag(features, weight, bias, offsets, labels, *ce)
 
 
 register("head_hessian_diag", out="params", offsets_index=3, differentiable=(0, 1, 2))

@@ -5,7 +5,8 @@ import torch
 from ._registry import as_offsets, ce_args, register
 
 
-def head_hessian_inner(features, weight, bias, offsets, *, labels=None, ignore_index=-100, class_weight=None, label_smoothing=0.0, reduction="mean", class_tile=None):
+def head_hessian_inner(features, weight, bias, offsets, *, labels=None, ignore_index=-100, class_weight=None,
+                       label_smoothing=0.0, reduction="mean", class_tile=None):
     """Frobenius inner products ⟨H_a, H_b⟩_F of every pair of domains' head Hessians.
 
     Computed without forming any Hessian, from Gram matrices of the features and the
@@ -35,8 +36,8 @@ def head_hessian_inner(features, weight, bias, offsets, *, labels=None, ignore_i
     ValueError naming the argument.
     """
     offsets = as_offsets("head_hessian_inner", offsets, features)
-    return torch.ops.hessalign_ext.head_hessian_inner(
-        features, weight, bias, offsets, labels, *ce_args("head_hessian_inner", ignore_index, class_weight, label_smoothing, reduction, class_tile))
+    ce = ce_args("head_hessian_inner", ignore_index, class_weight, label_smoothing, reduction, class_tile)
+    return torch.ops.hessalign_ext.head_hessian_inner(features, weight, bias, offsets, labels, *ce)
 
 
 register("head_hessian_inner", out="pairs", offsets_index=3, differentiable=(0, 1, 2))

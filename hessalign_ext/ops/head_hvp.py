@@ -5,7 +5,8 @@ import torch
 from ._registry import as_offsets, ce_args, register
 
 
-def head_hvp(features, weight, bias, vectors, offsets, *, labels=None, ignore_index=-100, class_weight=None, label_smoothing=0.0, reduction="mean", class_tile=None):
+def head_hvp(features, weight, bias, vectors, offsets, *, labels=None, ignore_index=-100, class_weight=None,
+             label_smoothing=0.0, reduction="mean", class_tile=None):
     """Hessian-vector products H_e v_e of every domain's loss over the head [W | b].
 
     Args:
@@ -32,8 +33,8 @@ def head_hvp(features, weight, bias, vectors, offsets, *, labels=None, ignore_in
     ValueError naming the argument.
     """
     offsets = as_offsets("head_hvp", offsets, features)
-    return torch.ops.hessalign_ext.head_hvp(
-        features, weight, bias, vectors, offsets, labels, *ce_args("head_hvp", ignore_index, class_weight, label_smoothing, reduction, class_tile))
+    ce = ce_args("head_hvp", ignore_index, class_weight, label_smoothing, reduction, class_tile)
+    return torch.ops.hessalign_ext.head_hvp(features, weight, bias, vectors, offsets, labels, *ce)
 
 
 register("head_hvp", out="params", offsets_index=4, differentiable=(0, 1, 2, 3))

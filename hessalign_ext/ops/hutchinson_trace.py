@@ -5,7 +5,8 @@ import torch
 from ._registry import as_offsets, ce_args, register
 
 
-def hutchinson_trace(features, weight, bias, offsets, num_probes, seed, *, labels=None, ignore_index=-100, class_weight=None, label_smoothing=0.0, reduction="mean", class_tile=None):
+def hutchinson_trace(features, weight, bias, offsets, num_probes, seed, *, labels=None, ignore_index=-100,
+                     class_weight=None, label_smoothing=0.0, reduction="mean", class_tile=None):
     """Hutchinson estimate (1/K) Σ_k v_kᵀ H_e v_k of every domain's Hessian trace.
 
     Args:
@@ -34,8 +35,9 @@ def hutchinson_trace(features, weight, bias, offsets, num_probes, seed, *, label
     ValueError naming the argument.
     """
     offsets = as_offsets("hutchinson_trace", offsets, features)
-    return torch.ops.hessalign_ext.hutchinson_trace(
-        features, weight, bias, offsets, int(num_probes), int(seed), labels, *ce_args("hutchinson_trace", ignore_index, class_weight, label_smoothing, reduction, class_tile))
+    ce = ce_args("hutchinson_trace", ignore_index, class_weight, label_smoothing, reduction, class_tile)
+    return torch.ops.hessalign_ext.hutchinson_trace(features, weight, bias, offsets, int(num_probes), int(seed),
+                                                    labels, *ce)
 
 
 register("hutchinson_trace", out="domains", offsets_index=3, differentiable=(0, 1, 2))
