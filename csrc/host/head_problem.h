@@ -348,7 +348,8 @@ void prepare(Head& h, const K& k, const CeOptions& ce, bool keep_probs = true, b
     // One vectorized exp pass (ATen's) for every later pass's probabilities; below ~4k
     // elements the scalar exps cost less than the extra ATen call.
     if constexpr (K::kCacheProbs)
-      if (keep_probs && h.logits_cache.defined() && h.N * h.C >= 4096) h.probs_cache = h.logits_cache.to(h.acc_type).sub(h.lse.unsqueeze(1)).exp_();
+      if (keep_probs && h.logits_cache.defined() && h.N * h.C >= 4096)
+        h.probs_cache = h.logits_cache.to(h.acc_type).sub(h.lse.unsqueeze(1)).exp_();
   });
 }
 

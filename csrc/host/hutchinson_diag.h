@@ -156,9 +156,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> hutchinson_diag_backward(
       at::Tensor V = probe_block<scalar_t>(h, k, uint64_t(seed), k0, B, c0, T);
       at::Tensor Obar = at::empty({h.E, B * T, h.D}, h.zt.options());
       using Upstream = ProbeUpstreamOp<scalar_t, acc_t, K::kStreamWidth>;
-      k.elements(Upstream::items(h.E, B, T, h.D), Upstream{B, c0, T, h.D, h.C, acc_t(1) / acc_t(num_probes),
-                                                                V.const_data_ptr<scalar_t>(), G.const_data_ptr<scalar_t>(),
-                                                                Obar.mutable_data_ptr<scalar_t>()});
+      k.elements(Upstream::items(h.E, B, T, h.D),
+                 Upstream{B, c0, T, h.D, h.C, acc_t(1) / acc_t(num_probes), V.const_data_ptr<scalar_t>(),
+                          G.const_data_ptr<scalar_t>(), Obar.mutable_data_ptr<scalar_t>()});
       // the elementwise kernels read (…, D) rows, the GEMMs these aligned copies (Head::wide)
       const at::Tensor V_gemm = h.aligned(V), Obar_gemm = h.aligned(Obar);
       return {V_gemm, Obar_gemm, probe_products(h, V_gemm), seg_nt(h, h.zt, Obar_gemm)};
@@ -172,9 +172,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> hutchinson_diag_backward(
         const at::Tensor L = h.logits(c0, T);
         std::array<at::Tensor, 4> in = tile_inputs(k0, B, c0, T);
         const HvpChunk<scalar_t, acc_t> ch{h.view<scalar_t, acc_t>(L, c0, T), B, 0, B};
-        k.rows(h.N * B, HvpMeanOp<scalar_t, acc_t>{{}, ch, in[2].const_data_ptr<scalar_t>(), m.mutable_data_ptr<acc_t>()});
+        k.rows(h.N * B,
+               HvpMeanOp<scalar_t, acc_t>{{}, ch, in[2].const_data_ptr<scalar_t>(), m.mutable_data_ptr<acc_t>()});
         k.rows(h.N * B, HvpBackwardSumsOp<scalar_t, acc_t>{{}, ch, h.c.const_data_ptr<acc_t>(),
-                                                           in[2].const_data_ptr<scalar_t>(), in[3].const_data_ptr<scalar_t>(),
+                                                           in[2].const_data_ptr<scalar_t>(),
+                                                           in[3].const_data_ptr<scalar_t>(),
                                                            t.mutable_data_ptr<acc_t>(), w.mutable_data_ptr<acc_t>()});
         if (T == h.C) cached = in;
       }
@@ -188,7 +190,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> hutchinson_diag_backward(
         const at::Tensor DP = one_tile ? DP1 : at::zeros({h.N, T}, acc);
         k.rows(h.N, HvpBackwardMapOp<scalar_t, acc_t>{{}, {lt, B, 0, B}, h.c.const_data_ptr<acc_t>(),
                                                       m.const_data_ptr<acc_t>(), t.const_data_ptr<acc_t>(),
-                                                      in[2].mutable_data_ptr<scalar_t>(), in[3].mutable_data_ptr<scalar_t>(),
+                                                      in[2].mutable_data_ptr<scalar_t>(),
+                                                      in[3].mutable_data_ptr<scalar_t>(),
                                                       DP.mutable_data_ptr<acc_t>()});
         seg_nn_add(h, in[2], in[1], g.dzt);  // S Ō
         gemm_add(h.wide(g.dzt), in[3], h.wide(in[0]));  // dU V

@@ -20,8 +20,8 @@ at::Tensor hutchinson_moments(const Head& h, const K& k, uint64_t seed, int64_t 
       if (pass == 0)
         k.rows(h.N * B, HvpMeanOp<scalar_t, acc_t>{{}, ch, U.const_data_ptr<scalar_t>(), m.mutable_data_ptr<acc_t>()});
       else
-        k.rows(h.N * B, HutchinsonVarOp<scalar_t, acc_t>{{}, ch, U.const_data_ptr<scalar_t>(), m.const_data_ptr<acc_t>(),
-                                                         var.mutable_data_ptr<acc_t>()});
+        k.rows(h.N * B, HutchinsonVarOp<scalar_t, acc_t>{{}, ch, U.const_data_ptr<scalar_t>(),
+                                                         m.const_data_ptr<acc_t>(), var.mutable_data_ptr<acc_t>()});
       if (T == h.C) U1 = U;
     }
   }
@@ -82,7 +82,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> hutchinson_trace_backward(
         at::Tensor DL = one_tile ? DL1 : at::zeros({h.N, T}, acc);
         k.rows(h.N, HutchinsonTraceBackwardOp<scalar_t, acc_t>{{}, {h.view<scalar_t, acc_t>(L, c0, T), B, 0, B},
                                                               kk.const_data_ptr<acc_t>(), m.const_data_ptr<acc_t>(),
-                                                              var.const_data_ptr<acc_t>(), U.mutable_data_ptr<scalar_t>(),
+                                                              var.const_data_ptr<acc_t>(),
+                                                              U.mutable_data_ptr<scalar_t>(),
                                                               DL.mutable_data_ptr<acc_t>()});
         gemm_add(h.wide(g.dzt), U, h.wide(V));  // U holds du
         if (!one_tile) g.add_logits_grad(h, DL.to(h.zt.scalar_type()), c0, T);
