@@ -45,14 +45,16 @@ def choose(num_rows: int, num_classes: int, width: int, device: torch.device) ->
     CPU: ``"gram"`` (logits and their backward, 3·N·C·D, plus about 6·N²·C + 4·N²·D in float64
     in the Gram space, and more calls) or ``"fused"`` (ten passes of N·C·D to N·4C·D,
     :mod:`hessalign_ext.ops.hgp_fused`). The Gram form where all three hold: D ≥ 512,
-    N·(6C + 4D) ≤ 11·C·D and C·D ≥ 4·N². Measured with the fused form as compiled ops
-    (2026-11-27, one thread of an AVX2 EPYC, gram / fused step time): 3×32 rows, d = 2048:
-    1.06 at C = 28, 0.85 at 36, 0.54 at 65; d = 512: 2.52 at C = 7, 1.38 at 65, 0.69 at 120,
-    0.60 at 345; 5×32 rows, d = 512: 1.40 at C = 65, 0.75 at 200; d = 2048: 1.22 at C = 36,
-    0.64 at 65; 3×256 rows: 1.52 at d = 2048, C = 250 and 2.13 at d = 512, C = 700; narrow
-    heads, whose (E, C, D) passes are cheap: 1.62 at 3×32, d = 128, C = 345 and 2.36 at 2×32,
-    d = 40, C = 1000. The first bound alone (all that decided before the fused form was
-    compiled) took the Gram form at d = 512, C = 65 and at the narrow heads."""
+    N·(6C + 4D) ≤ 11·C·D and C·D ≥ 4·N². It picks the faster form at all 15 heads of
+    benchmarks/results/2026-11-27_cpu_avx2/2026-11-27_cpu_heads_hgp_step.md (one thread of an
+    AVX2 EPYC, ``benchmarks/run.py --threads 1 --only hgp_step --rounds 10 --heads ...``; gram /
+    fused step time, same-code timings there agree to about 10%): 3×32 rows, d = 2048: 1.11 at
+    C = 28, 0.96 at 36, 0.73 at 65; d = 512: 2.28 at C = 7, 1.26 at 65, 0.98 at 120, 0.58 at 345;
+    5×32 rows, d = 512: 1.38 at C = 65, 0.84 at 200; d = 2048: 1.28 at C = 36, 0.81 at 65; 3×256
+    rows: 1.47 at d = 2048, C = 250 and 2.19 at d = 512, C = 700; narrow heads, whose (E, C, D)
+    passes are cheap: 1.46 at 3×32, d = 128, C = 345 and 2.73 at 2×32, d = 40, C = 1000. The first
+    bound alone (all that decided before the fused form was compiled) took the Gram form at
+    d = 512, C = 65 and at the narrow heads."""
     N, C, D = num_rows, num_classes, width
     if device.type == "cuda":
         return "fused"
