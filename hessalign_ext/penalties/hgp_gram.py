@@ -48,7 +48,7 @@ def choose(num_rows: int, num_classes: int, width: int, device: torch.device) ->
     N·(6C + 4D) ≤ 11·C·D and C·D ≥ 4·N². It picks the faster form at all 15 heads of
     benchmarks/results/2026-11-27_cpu_avx2/2026-11-27_cpu_heads_hgp_step.md (one thread of an
     AVX2 EPYC, ``benchmarks/run.py --threads 1 --only hgp_step --rounds 10 --heads ...``; gram /
-    fused step time, same-code timings there agree to about 10%): 3×32 rows, d = 2048: 1.11 at
+    fused step time; same-code timings there agree within 12%): 3×32 rows, d = 2048: 1.11 at
     C = 28, 0.96 at 36, 0.73 at 65; d = 512: 2.28 at C = 7, 1.26 at 65, 0.98 at 120, 0.58 at 345;
     5×32 rows, d = 512: 1.38 at C = 65, 0.84 at 200; d = 2048: 1.28 at C = 36, 0.81 at 65; 3×256
     rows: 1.47 at d = 2048, C = 250 and 2.19 at d = 512, C = 700; narrow heads, whose (E, C, D)
