@@ -91,13 +91,18 @@ STEP_CASES = [P.Case("hgp_step"), P.Case("hutchinson_step", 300), P.Case("hutchi
 SCALING_OPS = ("head_hvp", "head_hessian_diag")
 
 
+def every_case():
+    """Every op (the Hutchinson ops at K = 1, 10, 300) and every penalty step."""
+    return op_cases((1, 10, 300)) + STEP_CASES
+
+
 def plan(device: str, quick: bool, dtype: torch.dtype, smoke: bool = False):
     """Jobs: (case, shape, provider names or None for all, tags). Duplicates are merged."""
     jobs = []
     low_precision = dtype in (torch.bfloat16, torch.float16)
     if not (quick and low_precision and device == "cuda"):
         for s in domainbed_shapes(quick):
-            jobs += [(c, s, None, {"domainbed"}) for c in op_cases((1, 10, 300)) + STEP_CASES]
+            jobs += [(c, s, None, {"domainbed"}) for c in every_case()]
     for s in large_shapes(device, quick):
         cases = op_cases((1,) if quick else (1, 10)) + [P.Case("hgp_step")]
         if quick and low_precision:
@@ -814,7 +819,7 @@ def main(argv=None):
 
     for dtype in dtypes:
         jobs = plan(args.device, args.quick, dtype, args.smoke) if heads is None else [
-            (c, s, None, {"heads"}) for s in heads for c in op_cases((1, 10, 300)) + STEP_CASES]
+            (c, s, None, {"heads"}) for s in heads for c in every_case()]
         if only:
             jobs = [j for j in jobs if j[0].op in only]
         if only_tags:

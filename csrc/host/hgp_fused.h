@@ -195,11 +195,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> hgp_fused_backward(
                     " tensors hgp_fused returned; got ", saved.size());
   const int64_t N = features.size(0), E = int64_t(offsets.size()) - 1, C = weight.size(0), d = features.size(1);
   const int64_t D = d + bias.has_value();
-  // the row kernels read these unchecked: each must have the shape the forward gave it
-  const std::vector<int64_t> shapes[kNumSaved] = {{N}, {N, C}, {N, C}, {N, C}, {N, C}, {N, 1}, {E, C, D}, {E, C, D},
-                                                  {E, C, D}};
-  for (int i = 0; i < kNumSaved; ++i)
-    check_shaped_like(op, ("saved[" + std::to_string(i) + "]").c_str(), saved[i], shapes[i], features);
+  // the row kernels read these unchecked: each must have the shape the forward gave it (no
+  // allocation per step: the names are literals, the shapes brace lists)
+  static constexpr const char* kName[kNumSaved] = {"saved[0]", "saved[1]", "saved[2]", "saved[3]", "saved[4]",
+                                                   "saved[5]", "saved[6]", "saved[7]", "saved[8]"};
+  check_shaped_like(op, kName[kCoef], saved[kCoef], {N}, features);
+  for (int i : {kProbs, kResidual, kU, kS}) check_shaped_like(op, kName[i], saved[i], {N, C}, features);
+  check_shaped_like(op, kName[kPu], saved[kPu], {N, 1}, features);
+  for (int i : {kGrads, kHessDiff, kGradDiff}) check_shaped_like(op, kName[i], saved[i], {E, C, D}, features);
   [[maybe_unused]] auto he_guard = K::guard(features);
   const K k = K::current();
   const DomainRows rows(features.contiguous(), offsets.vec(), bias.has_value());
