@@ -646,7 +646,7 @@ def _penalty_probes(problem: Problem, K: int, enabled: bool):
         yield
         return
     s = problem.shape
-    mean_seed = penalties._mean_seed(problem.seed)
+    mean_seed = penalties.mean_probe_seed(problem.seed)
     table = {problem.seed: op_probes(problem, K), mean_seed: op_probes(problem, K, mean_seed)}
     counters = {k: 0 for k in table}
     saved = autograd_reference._rademacher
@@ -804,7 +804,7 @@ def _penalty_truth(p: Problem, case: Case):
         if case.op == "hutchinson_step":
             dg = reference.hutchinson_diag(Z, W, b, off, case.K, p.seed, labels=y)
             d_bar = reference.hutchinson_diag(Z.detach(), W.detach(), b.detach(), off, case.K,
-                                              penalties._mean_seed(p.seed), labels=y).detach().mean(0)
+                                              penalties.mean_probe_seed(p.seed), labels=y).detach().mean(0)
         else:
             dg = reference.head_hessian_diag(Z, W, b, off, labels=y)
             d_bar = dg.detach().mean(0)

@@ -11,13 +11,14 @@ import torch
 import hessalign_ext
 from hessalign_ext import reference
 from conftest import (
-    DTYPES, LOSS_CASE_IDS, LOSS_CASES, LOSS_SHAPE, SHAPE, SMALL_SHAPE_IDS, SMALL_SHAPES, assert_close,
+    DEVICES, DTYPES, LOSS_CASE_IDS, LOSS_CASES, LOSS_SHAPE, SHAPE, SHAPE_IDS, SHAPES, SMALL_SHAPE_IDS, SMALL_SHAPES, assert_close,
     assert_double_backward_raises, check_backward, make_problem,
 )
 
 
 class OpContract:
     op: str  # the name in hessalign_ext, hessalign_ext.reference and torch.ops.hessalign_ext
+    out: str  # the result: "domains" (E,), "pairs" (E, E) or "params" (E, C, D), as ops/_registry.register says
     labels_positional = False  # labels are required, the argument after the head (domain_losses, head_grad)
 
     def inputs(self, p):
@@ -42,6 +43,25 @@ class OpContract:
         if self.labels_positional:
             return (*self.inputs(p), labels, p.offsets, *self.trailing(p), *ce)
         return (*self.inputs(p), p.offsets, *self.trailing(p), labels, *ce)
+
+    def out_shape(self, s):
+        return {"domains": (s.E,), "pairs": (s.E, s.E), "params": (s.E, s.C, s.D)}[self.out]
+
+    @pytest.mark.parametrize("device", DEVICES)
+    @pytest.mark.parametrize("dtype", DTYPES, ids=str)
+    @pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
+    def test_forward(self, shape, dtype, device):
+        p = make_problem(shape, dtype, device)
+        out = self.call(hessalign_ext, p)
+        assert out.shape == self.out_shape(shape) and out.dtype == dtype and out.device == p.features.device
+        assert_close(out, self.call(reference, p), dtype, shape.id)
+
+    def test_docstring(self):
+        """The shared paragraphs (ops/_docs.py) are filled in and each keyword option is documented."""
+        doc = getattr(hessalign_ext, self.op).__doc__
+        assert "{" not in doc and "ValueError naming the argument" in doc
+        for option in ("ignore_index", "class_weight", "label_smoothing", "reduction", "class_tile"):
+            assert f"``{option}``" in doc
 
     @pytest.mark.parametrize("dtype", DTYPES, ids=str)
     @pytest.mark.parametrize("case", LOSS_CASE_IDS)

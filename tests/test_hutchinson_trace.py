@@ -4,12 +4,11 @@ The reference recomputes the estimate with the probes of hessalign_ext.probes, s
 tests check the exact probes, not statistics; test_converges checks the 1/sqrt(K) rate.
 """
 
-import pytest
 import torch
 
 import hessalign_ext
-from hessalign_ext import probes, reference
-from conftest import DEVICES, DTYPES, SHAPE, SHAPE_IDS, SHAPES, Shape, assert_close, full_hessians, make_problem
+from hessalign_ext import probes
+from conftest import SHAPE, Shape, assert_close, full_hessians, make_problem
 from op_contract import ProbeContract
 
 K, SEED = ProbeContract.K, ProbeContract.SEED
@@ -17,17 +16,6 @@ K, SEED = ProbeContract.K, ProbeContract.SEED
 
 def call(impl, p, num_probes=K, seed=SEED, **opts):
     return impl.hutchinson_trace(*p.head(), p.offsets, num_probes, seed, **opts)
-
-
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
-def test_forward(shape, dtype, device):
-    p = make_problem(shape, dtype, device)
-    out = call(hessalign_ext, p)
-    assert out.shape == (shape.E,) and out.dtype == dtype and out.device == p.features.device
-    assert_close(out, call(reference, p), dtype, shape.id)
-
 
 
 def test_one_probe_is_v_dot_hvp():
@@ -42,8 +30,6 @@ def test_is_sum_of_hutchinson_diag():
     opts = dict(labels=p.labels, class_weight=p.class_weight, label_smoothing=0.2)
     diag = hessalign_ext.hutchinson_diag(*p.head(), p.offsets, 7, 3, **opts)
     assert_close(call(hessalign_ext, p, 7, 3, **opts), diag.sum((1, 2)))
-
-
 
 
 # Small enough to form each domain's full Hessian for the variance.
@@ -73,3 +59,4 @@ def test_converges():
 
 class TestContract(ProbeContract):
     op = "hutchinson_trace"
+    out = "domains"

@@ -15,7 +15,7 @@ import torch
 from conftest import TOL, assert_close
 
 from hessalign_ext import penalties, reference
-from hessalign_ext.penalties import hgp_gram
+from hessalign_ext.penalties import autograd_reference, hgp_gram
 from single_thread import one_torch_thread  # noqa: F401  (autouse fixture)
 
 F64 = torch.float64
@@ -301,12 +301,12 @@ def test_hutchinson_exact_diagonal_backends_agree(bias):
 
 def test_hutchinson_kernel_uses_its_probes_exactly():
     """With probes, the kernel penalty equals the one built from the reference estimates that
-    use the same counter-based probes (seed for the domains, _mean_seed(seed) for the mean)."""
+    use the same counter-based probes (seed for the domains, mean_probe_seed(seed) for the mean)."""
     z, W, b, y, off = problem(seed=3)
     K, seed, alpha, beta = 7, 11, 0.8, 0.4
     kernel = penalties.hutchinson(z, W, b, y, off, alpha, beta, num_probes=K, seed=seed)
     d = reference.hutchinson_diag(z, W, b, off, K, seed, labels=y)
-    d_bar = reference.hutchinson_diag(z, W, b, off, K, penalties._mean_seed(seed), labels=y).mean(0).detach()
+    d_bar = reference.hutchinson_diag(z, W, b, off, K, penalties.mean_probe_seed(seed), labels=y).mean(0).detach()
     g = reference.head_grad(z, W, b, y, off)
     E = len(SIZES)
     expected = (alpha * (d - d_bar).pow(2).sum((1, 2)) + beta * (g - g.detach().mean(0)).pow(2).sum((1, 2))).sum() / E
@@ -317,9 +317,9 @@ def _explicit_hessians(z, W, b, y, off):
     """(E, C·D, C·D) Hessians by autograd, for the statistical bounds."""
     Wd, bd = W.detach().requires_grad_(True), b.detach().requires_grad_(True)
     params = [Wd, bd]
-    _, gs = penalties._autograd_domain_grads(z.detach(), Wd, bd, params, y, off.tolist(),
+    _, gs = autograd_reference.autograd_domain_grads(z.detach(), Wd, bd, params, y, off.tolist(),
                                              penalties.loss_options())
-    return torch.stack([penalties._autograd_full_hessian(g, params) for g in gs]).detach()
+    return torch.stack([autograd_reference.autograd_full_hessian(g, params) for g in gs]).detach()
 
 
 def test_hutchinson_estimates_within_statistical_bound():
@@ -337,7 +337,7 @@ def test_hutchinson_estimates_within_statistical_bound():
 
     kernel = ops.hutchinson_diag(z.detach(), W.detach(), b.detach(), off, K, 5, labels=y).reshape(exact.shape)
     Wd, bd = W.detach().requires_grad_(True), b.detach().requires_grad_(True)
-    _, gs = penalties._autograd_domain_grads(z.detach(), Wd, bd, [Wd, bd], y, off.tolist(), penalties.loss_options())
+    _, gs = autograd_reference.autograd_domain_grads(z.detach(), Wd, bd, [Wd, bd], y, off.tolist(), penalties.loss_options())
     gen = torch.Generator().manual_seed(5)
     auto = torch.stack([penalties.hutchinson_diag_autograd(g, [Wd, bd], K, gen, create_graph=False)
                         for g in gs]).reshape(exact.shape)

@@ -2,33 +2,26 @@
 (kernels: csrc/host/head_grad.h, csrc/cpu/head_grad_cpu.cpp, csrc/cuda/head_grad_cuda.cu)."""
 import torch
 
+from ._docs import fill_doc
 from ._registry import as_offsets, ce_args, register
 
 
+@fill_doc
 def head_grad(features, weight, bias, labels, offsets, *, ignore_index=-100, class_weight=None, label_smoothing=0.0,
               reduction="mean", class_tile=None):
     """Gradient of every domain's loss with respect to the head [W | b].
 
     Args:
-        features: (N, d) float32/float64 (also float16/bfloat16 on CUDA); rows grouped by domain.
-        weight: (C, d), bias: (C,) or None; the head is ``features @ weight.T + bias``.
-        labels: int64 (N,), each in [0, C) or equal to ignore_index.
-        offsets: int64 (E+1,), sorted, 0 .. N, on the CPU or the device of features:
-            domain e owns rows offsets[e] .. offsets[e+1]-1.
+        {head}
+        {labels}
+        {offsets}
 
     Returns:
         (E, C, D) tensor, D = d + 1 with the bias gradient as last column (D = d without bias).
 
-    Loss options (keyword, as in ``torch.nn.functional.cross_entropy`` applied to each
-    domain's rows): ``ignore_index``, ``class_weight`` ((C,), needs ``labels``, not
-    differentiable), ``label_smoothing``, ``reduction`` ("mean" or "sum" per domain).
-    A domain that is empty or whose rows are all ignored contributes zeros.
-    ``class_tile``: classes per tile (None: all C at once unless the N×C working buffers
-    exceed HESSALIGN_TILE_BYTES, default 256 MiB; results agree to rounding for any tile).
+    {loss_options}
 
-    Differentiable with respect to features, weight and bias through a closed-form
-    backward (one fused op); double backward raises RuntimeError. Invalid arguments raise
-    ValueError naming the argument.
+    {backward}
     """
     offsets = as_offsets("head_grad", offsets, features)
     ce = ce_args("head_grad", ignore_index, class_weight, label_smoothing, reduction, class_tile)

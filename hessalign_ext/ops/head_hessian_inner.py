@@ -2,9 +2,11 @@
 (kernels: csrc/host/head_hessian_inner.h, csrc/cpu/head_hessian_inner_cpu.cpp, csrc/cuda/head_hessian_inner_cuda.cu)."""
 import torch
 
+from ._docs import fill_doc
 from ._registry import as_offsets, ce_args, register
 
 
+@fill_doc
 def head_hessian_inner(features, weight, bias, offsets, *, labels=None, ignore_index=-100, class_weight=None,
                        label_smoothing=0.0, reduction="mean", class_tile=None):
     """Frobenius inner products ⟨H_a, H_b⟩_F of every pair of domains' head Hessians.
@@ -14,26 +16,15 @@ def head_hessian_inner(features, weight, bias, offsets, *, labels=None, ignore_i
     ``‖H_a - H_b‖_F² = G_aa - 2 G_ab + G_bb`` follows from the result G.
 
     Args:
-        features: (N, d) float32/float64 (also float16/bfloat16 on CUDA); rows grouped by domain.
-        weight: (C, d), bias: (C,) or None; the head is ``features @ weight.T + bias``.
-        offsets: int64 (E+1,), sorted, 0 .. N, on the CPU or the device of features:
-            domain e owns rows offsets[e] .. offsets[e+1]-1.
+        {head}
+        {offsets}
 
     Returns:
         (E, E) symmetric tensor G with G[a, b] = ⟨H_a, H_b⟩_F.
 
-    Loss options (keyword, as in ``torch.nn.functional.cross_entropy`` applied to each
-    domain's rows): ``ignore_index``, ``class_weight`` ((C,), needs ``labels``, not
-    differentiable), ``label_smoothing``, ``reduction`` ("mean" or "sum" per domain).
-    ``labels`` (N,) int64 (keyword) makes it the curvature of exactly that loss: ignored rows
-    drop out and each row is weighted as in the loss; without labels, of the plain mean loss.
-    A domain that is empty or whose rows are all ignored contributes zeros.
-    ``class_tile``: classes per tile (None: all C at once unless the N×C working buffers
-    exceed HESSALIGN_TILE_BYTES, default 256 MiB; results agree to rounding for any tile).
+    {curvature_options}
 
-    Differentiable with respect to features, weight and bias through a closed-form
-    backward (one fused op); double backward raises RuntimeError. Invalid arguments raise
-    ValueError naming the argument.
+    {backward}
     """
     offsets = as_offsets("head_hessian_inner", offsets, features)
     ce = ce_args("head_hessian_inner", ignore_index, class_weight, label_smoothing, reduction, class_tile)

@@ -28,12 +28,12 @@ fused parameter-space form is the compiled op ``hessalign_ext.ops.hgp_fused``),
 options and their per-row coefficients).
 """
 
-from .autograd_reference import _autograd_domain_grads, _autograd_full_hessian, hutchinson_diag_autograd
+from .autograd_reference import hutchinson_diag_autograd
 from .common import BACKENDS, loss_options
 from .fishr import gradient_variance
 from .full import head_hessian_inner_torch, hessian_alignment_full
 from .hgp import hgp
-from .hutchinson import _mean_seed, hutchinson
+from .hutchinson import hutchinson, mean_probe_seed
 
 __all__ = [
     "hgp",
@@ -42,6 +42,7 @@ __all__ = [
     "gradient_variance",
     "head_hessian_inner_torch",
     "hutchinson_diag_autograd",
+    "mean_probe_seed",
     "loss_options",
     "BACKENDS",
 ]

@@ -12,7 +12,7 @@ from torch import autograd
 from .common import _ce, _flat, _split, _sqrt_safe
 
 
-def _autograd_domain_grads(features, W, b, params, labels, offs, opts):
+def autograd_domain_grads(features, W, b, params, labels, offs, opts):
     """Per domain: (loss, gradient block) by autograd with create_graph (the reference's first pass)."""
     losses, grads = [], []
     for s, t in zip(offs, offs[1:]):
@@ -23,7 +23,7 @@ def _autograd_domain_grads(features, W, b, params, labels, offs, opts):
     return losses, grads
 
 
-def _autograd_hvp_by_norm(grad_parts, params) -> torch.Tensor:
+def autograd_hvp_by_norm(grad_parts, params) -> torch.Tensor:
     """H g as ‖g‖·∇‖g‖ (the reference code's trick), NaN-free at g = 0."""
     norm = _sqrt_safe(sum(p.pow(2).sum() for p in grad_parts))
     return norm * _flat(autograd.grad(norm, params, create_graph=True))
@@ -61,7 +61,7 @@ def hutchinson_diag_autograd(grad_parts, params, num_probes: Optional[int], gene
     return out / num_probes
 
 
-def _autograd_full_hessian(grad_parts, params) -> torch.Tensor:
+def autograd_full_hessian(grad_parts, params) -> torch.Tensor:
     """The explicit (C·D, C·D) Hessian (with graph); small heads only."""
     g = _flat(grad_parts).reshape(-1)
     rows = [_flat(autograd.grad(g[k], params, create_graph=True, retain_graph=True)).reshape(-1)

@@ -7,7 +7,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from .autograd_reference import _autograd_domain_grads, _autograd_full_hessian
+from .autograd_reference import autograd_domain_grads, autograd_full_hessian
 from .common import _check, _flat, _ops, _params, _result, _sqdev, _sqdist, loss_options, loss_rows
 
 
@@ -101,9 +101,9 @@ def hessian_alignment_full(features: torch.Tensor, weight: torch.Tensor, bias: O
         hess_terms = (torch.diagonal(G) - 2.0 / E * G.sum(1) + G.sum() / E**2).to(features.dtype)
     else:
         W, b, params = _params(weight, bias)
-        losses, grads = _autograd_domain_grads(features, W, b, params, labels, offs, opts)
+        _, grads = autograd_domain_grads(features, W, b, params, labels, offs, opts)
         g = torch.stack([_flat(p) for p in grads])
-        H = torch.stack([_autograd_full_hessian(p, params) for p in grads])
+        H = torch.stack([autograd_full_hessian(p, params) for p in grads])
         hess_terms = (H - H.mean(0, keepdim=True)).pow(2).flatten(1).sum(1)
     grad_terms = _sqdev(g) if backend == "kernel" else _sqdist(g, g.mean(0, keepdim=True))
     penalty = (alpha * hess_terms + beta * grad_terms).sum() / E

@@ -8,7 +8,7 @@ import torch
 from torch import autograd
 
 from . import hgp_gram
-from .autograd_reference import _autograd_domain_grads, _autograd_hvp_by_norm
+from .autograd_reference import autograd_domain_grads, autograd_hvp_by_norm
 from .common import _check, _flat, _ops, _params, _result, _sqdev, _sqdist, loss_options
 
 _MEAN_TARGETS = ("mean_loss", "mean_of_domains")
@@ -79,13 +79,13 @@ def hgp(features: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
                 target = hg.detach().mean(0)
     else:
         W, b, params = _params(weight, bias)
-        losses, grads = _autograd_domain_grads(features, W, b, params, labels, offs, opts)
+        losses, grads = autograd_domain_grads(features, W, b, params, labels, offs, opts)
         g = torch.stack([_flat(p) for p in grads])
-        hg = torch.stack([_autograd_hvp_by_norm(p, params) for p in grads])
+        hg = torch.stack([autograd_hvp_by_norm(p, params) for p in grads])
         mean_parts = autograd.grad(torch.stack(losses).mean(), params, create_graph=True)
         g_bar = _flat(mean_parts).detach()
         if mean_target == "mean_loss":
-            target = _autograd_hvp_by_norm(mean_parts, params).detach()
+            target = autograd_hvp_by_norm(mean_parts, params).detach()
         else:
             target = hg.detach().mean(0)
 

@@ -7,11 +7,11 @@ from typing import Optional
 import torch
 from torch import autograd
 
-from .autograd_reference import _autograd_domain_grads, hutchinson_diag_autograd
+from .autograd_reference import autograd_domain_grads, hutchinson_diag_autograd
 from .common import _check, _flat, _ops, _params, _result, _sqdev, _sqdist, loss_options
 
 
-def _mean_seed(seed: int) -> int:
+def mean_probe_seed(seed: int) -> int:
     """Seed of the mean loss's probes: independent of the per-domain probes (as in the reference)."""
     return (int(seed) * 0x9E3779B1 + 0x7F4A7C15) % (2**62)
 
@@ -53,11 +53,11 @@ def hutchinson(features: torch.Tensor, weight: torch.Tensor, bias: Optional[torc
             with torch.no_grad():
                 d_bar = ops.hutchinson_diag(features.detach(), weight.detach(),
                                             None if bias is None else bias.detach(), offsets, int(num_probes),
-                                            _mean_seed(seed), labels=labels, **opts).mean(0)
+                                            mean_probe_seed(seed), labels=labels, **opts).mean(0)
             hess_terms = _sqdist(d, d_bar[None])
     else:
         W, b, params = _params(weight, bias)
-        losses, grads = _autograd_domain_grads(features, W, b, params, labels, offs, opts)
+        losses, grads = autograd_domain_grads(features, W, b, params, labels, offs, opts)
         g = torch.stack([_flat(p) for p in grads])
         gen = torch.Generator().manual_seed(int(seed))
         d = torch.stack([hutchinson_diag_autograd(p, params, num_probes, gen) for p in grads])
@@ -65,7 +65,7 @@ def hutchinson(features: torch.Tensor, weight: torch.Tensor, bias: Optional[torc
         if num_probes is None:
             d_bar = d.detach().mean(0)
         else:
-            gen_bar = torch.Generator().manual_seed(_mean_seed(seed))
+            gen_bar = torch.Generator().manual_seed(mean_probe_seed(seed))
             d_bar = hutchinson_diag_autograd(mean_parts, params, num_probes, gen_bar, create_graph=False).detach()
         hess_terms = _sqdist(d, d_bar[None])
         grad_terms = _sqdist(g, g.detach().mean(0)[None])
