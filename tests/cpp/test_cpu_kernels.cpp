@@ -1,7 +1,7 @@
 // ctest: the CPU kernels (host drivers of csrc/host/ with cpu/cpu_kernels.h) against naive
 // loops over rows and classes, in float64 on random inputs, three unequal domains (one of a
 // single row), C and d off every tile, all classes at once and streamed over class tiles.
-#include <torch/torch.h>
+#include <ATen/ATen.h>
 
 #include <cmath>
 #include <cstdio>
@@ -32,19 +32,19 @@ struct Problem {
 };
 
 Problem make_problem() {
-  torch::manual_seed(7);
+  at::manual_seed(7);
   const std::vector<int64_t> sizes = {9, 1, 14};
   const int64_t C = 37, d = 13;
   Problem p;
   p.off = {0};
   for (int64_t s : sizes) p.off.push_back(p.off.back() + s);
   const int64_t N = p.off.back();
-  const auto f64 = torch::kFloat64;
-  p.z = torch::randn({N, d}, f64);
-  p.w = torch::randn({C, d}, f64) / std::sqrt(double(d));
-  p.b = torch::randn({C}, f64);
-  p.labels = torch::randint(0, C, {N}, torch::kLong);
-  p.offsets = torch::tensor(p.off, torch::kLong);
+  const auto f64 = at::kDouble;
+  p.z = at::randn({N, d}, f64);
+  p.w = at::randn({C, d}, f64) / std::sqrt(double(d));
+  p.b = at::randn({C}, f64);
+  p.labels = at::randint(0, C, {N}, at::kLong);
+  p.offsets = at::tensor(p.off, at::kLong);
   return p;
 }
 
@@ -55,9 +55,9 @@ void naive(const Problem& p, at::Tensor& loss, at::Tensor& diag, at::Tensor& tra
   auto w = p.w.accessor<double, 2>();
   auto b = p.b.accessor<double, 1>();
   auto y = p.labels.accessor<int64_t, 1>();
-  loss = torch::zeros({E}, torch::kFloat64);
-  diag = torch::zeros({E, C, d + 1}, torch::kFloat64);
-  trace = torch::zeros({E}, torch::kFloat64);
+  loss = at::zeros({E}, at::kDouble);
+  diag = at::zeros({E, C, d + 1}, at::kDouble);
+  trace = at::zeros({E}, at::kDouble);
   auto L = loss.accessor<double, 1>();
   auto D = diag.accessor<double, 3>();
   auto T = trace.accessor<double, 1>();
