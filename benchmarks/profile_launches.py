@@ -31,7 +31,7 @@ from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import providers as P  # noqa: E402
-import run  # noqa: E402  (its Clock: one call between CUDA events)
+import timing  # noqa: E402  (its Clock: one call between CUDA events)
 
 CASES = [P.Case(op) for op in ("domain_losses", "head_grad", "head_hvp", "head_hessian_diag", "head_hessian_trace",
                                "head_hessian_inner")]
@@ -56,7 +56,7 @@ def host_us(fn, cuda: bool, calls: int) -> float:
 
 
 def event_us(fn, calls: int) -> float:
-    clock = run.Clock("cuda")
+    clock = timing.Clock("cuda")
     return statistics.median(clock.once(fn) for _ in range(calls)) * 1e6
 
 

@@ -1,0 +1,180 @@
+"""How benchmarks/run.py measures: single calls timed interleaved across providers (CUDA events
+on the GPU), their quantiles, the peak memory of one call, and the GEMM rate the FLOP floor is
+taken at."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import gc
+import math
+import os
+import statistics
+import sys
+import time
+from collections import defaultdict
+
+import torch
+
+import providers as P
+
+class Clock:
+    def __init__(self, device: str):
+        self.cuda = device == "cuda"
+
+    def sync(self):
+        if self.cuda:
+            torch.cuda.synchronize()
+
+    def once(self, fn) -> float:
+        """Seconds of one call (CUDA events on the GPU)."""
+        if self.cuda:
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            fn()
+            b.record()
+            b.synchronize()
+            return a.elapsed_time(b) / 1e3
+        t0 = time.perf_counter()
+        fn()
+        return time.perf_counter() - t0
+
+
+def measure(clock: Clock, fns: dict, rounds: int, burst_s: float):
+    """Interleaved timing of several callables: per-call samples for each (seconds)."""
+    est = {}
+    for name, fn in fns.items():  # warm-up: at least one call, then to ~burst_s
+        clock.sync()
+        t, calls = clock.once(fn), 1
+        while t * calls < burst_s and calls < 3 and t < 1.0:
+            t = clock.once(fn)
+            calls += 1
+        est[name] = t
+    samples = defaultdict(list)
+    names = list(fns)
+    for r in range(rounds):
+        # each round starts one provider later: a provider's time depends on what ran before it
+        # (at 1 ms HGP steps on the CPU, the same code measured 1.41 ms first in every round and
+        # 1.19 ms fourth), and rotating gives every provider every place
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            fn, t = fns[name], est[name]
+            my_rounds = rounds if t < 1.0 else (3 if t < 10.0 else 1)
+            if r >= my_rounds:
+                continue
+            burst = max(1, min(50, int(burst_s / max(t, 1e-6))))
+            for _ in range(burst):
+                samples[name].append(clock.once(fn))
+    return samples
+
+
+def quantiles(xs):
+    xs = sorted(xs)
+
+    def q(f):
+        if len(xs) == 1:
+            return xs[0]
+        pos = f * (len(xs) - 1)
+        lo = math.floor(pos)
+        hi = min(lo + 1, len(xs) - 1)
+        return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+    return q(0.2), statistics.median(xs), q(0.8)
+
+
+# ----------------------------------------------------------------------------- memory
+
+
+_LIBC = None
+
+
+def _libc():
+    global _LIBC
+    if _LIBC is None:
+        try:
+            _LIBC = ctypes.CDLL("libc.so.6")
+        except OSError:
+            _LIBC = False
+    return _LIBC
+
+
+def _status_kb(field: str):
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Kineto prints start/stop lines on fd 2 for every profile: silence them."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def peak_memory(device: str, fn):
+    """(peak bytes above the starting allocation, peak RSS growth in bytes or None) of one call."""
+    gc.collect()
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        fn()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - base, None
+    libc = _libc()
+    if libc:
+        libc.malloc_trim(0)
+    rss = None
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets VmHWM to the current RSS
+        base_rss = _status_kb("VmRSS")
+        fn()
+        rss = (_status_kb("VmHWM") - base_rss) * 1024
+    except OSError:
+        pass
+    from torch.profiler import ProfilerActivity, profile
+
+    with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]")
+    held = peak = 0
+    for _, nb in events:
+        held += nb
+        peak = max(peak, held)
+    return peak, rss
+
+
+_GEMM_CACHE = {}
+
+
+def gemm_gflops(clock, shape: P.Shape, device, dtype, rounds: int, burst_s: float):
+    """(GFLOP/s, which GEMM) of the fastest GEMM torch ships for (N, d) by (d, C), the layout of
+    the caller's features and weight: the rate the floor is taken at (same run). torch.mm; on
+    the CPU in float32 also oneDNN's matmul (torch.ops.mkldnn._linear_pointwise), which the ops
+    use where it is faster (csrc/cpu/onednn_gemm.cpp): on CPUs where MKL's sgemm runs 256-bit
+    kernels it is up to 2x torch.mm's rate. Not (N, D = d + 1): rows of d + 1 elements are
+    misaligned, and on the H200 run of 2026-11-26 such a bf16 mm ran at 130 TFLOP/s, a fraction
+    of the aligned rate, which made a floor taken at it flatter the op against its peers."""
+    key = (shape.N, shape.d, shape.C, dtype)
+    if key not in _GEMM_CACHE:
+        a = torch.randn(shape.N, shape.d, device=device).to(dtype)
+        b = torch.randn(shape.C, shape.d, device=device).to(dtype)
+        fns = {"torch.mm": lambda: torch.mm(a, b.T)}
+        if device == "cpu" and dtype == torch.float32 and torch.backends.mkldnn.is_available():
+            fns["onednn"] = lambda: torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], "")
+        s = measure(clock, fns, rounds, burst_s)
+        rates = {k: 2 * shape.N * shape.d * shape.C / statistics.median(v) / 1e9 for k, v in s.items()}
+        best = max(rates, key=rates.get)
+        _GEMM_CACHE[key] = (rates[best], best)
+    return _GEMM_CACHE[key]
