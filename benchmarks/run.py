@@ -9,7 +9,7 @@ Usage (from the repository root)::
 
 For each (case, shape, dtype) it
 
-1. checks every applicable provider (benchmarks/providers.py) against the float64 truth of
+1. checks every applicable provider (benchmarks/providers/) against the float64 truth of
    ``hessalign_ext.reference`` (at the benchmark shape when the reference affords it, else at
    a reduced head with the same domains; Hutchinson providers get the op's own probes), and
    skips, with the reason recorded, any provider that disagrees or does not apply;
@@ -32,7 +32,7 @@ record per op/case, provider, mode, shape and dtype), the same name ``.md`` (the
 date, device, versions, the ratio tables and the targets of issue 4), and
 ``..._scaling_{C,N,K,E}.png`` plots (matplotlib, Agg; skipped if matplotlib is missing).
 
-This file runs the jobs; plan.py says what runs (heads, cases, FLOPs), providers.py how each
+This file runs the jobs; plan.py says what runs (heads, cases, FLOPs), providers/ how each
 provider computes a case, timing.py how calls are timed and memory measured, report.py what is
 written.
 """
