@@ -66,8 +66,10 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train one run (resumes from DIR's checkpoint)")
-    p.add_argument("--algorithm", default="ERM", choices=ALGORITHMS)
-    p.add_argument("--dataset", default=MAIN_DATASET, choices=DATASETS)
+    p.add_argument("--algorithm", default="ERM", choices=ALGORITHMS, metavar="ALGORITHM",
+                   help=f"one of {', '.join(ALGORITHMS)} (default: %(default)s)")
+    p.add_argument("--dataset", default=MAIN_DATASET, choices=DATASETS, metavar="DATASET",
+                   help=f"one of {', '.join(DATASETS)} (default: %(default)s)")
     p.add_argument("--test-env", "--test-envs", dest="test_envs", type=int, nargs="+", required=True,
                    help="held-out environment(s)")
     p.add_argument("--output-dir", required=True)
@@ -142,7 +144,7 @@ def _run(args: argparse.Namespace) -> None:
         from .sweep import sweep
 
         start = time.time()
-        jobs = args.jobs or _default_jobs(args.device)
+        jobs = _default_jobs(args.device) if args.jobs is None else args.jobs
         sweep(MAIN_ALGORITHMS, [MAIN_DATASET], args.output_dir, test_envs=[MAIN_TEST_ENV], n_trials=args.n_trials,
               jobs=jobs, **_run_kwargs(args))
         report(args.output_dir)

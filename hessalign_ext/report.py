@@ -27,7 +27,7 @@ from typing import Callable, Dict, List, Tuple
 
 import numpy as np
 
-from .runfiles import read_records
+from .runfiles import ConfigError, read_records
 
 __all__ = ["load_records", "select", "tables", "plots", "report", "SELECTION_METHODS"]
 
@@ -200,6 +200,7 @@ def plots(records, out_dir) -> List[Path]:
     written = []
     for (dataset, te), by_alg in sorted(_default_runs(records).items()):
         algorithms = sorted(by_alg, key=_algorithm_order)
+        color = {a: f"C{i}" for i, a in enumerate(algorithms)}  # an algorithm's colour in every plot
         tag = f"{dataset}_te{'-'.join(map(str, te))}"
         n_envs = _num_envs(next(iter(by_alg.values()))[0][0])
         names = _env_names(dataset, n_envs)
@@ -224,7 +225,7 @@ def plots(records, out_dir) -> List[Path]:
             for ax, key, title in zip(axes, ("penalty_hessian", "penalty_gradient"),
                                       ("Hessian term (mean over domains)", "gradient term (mean over domains)")):
                 for algorithm in with_terms:
-                    _band(ax, *_curves(by_alg[algorithm], key), label=algorithm)
+                    _band(ax, *_curves(by_alg[algorithm], key), label=algorithm, color=color[algorithm])
                 ax.set_yscale("log")
                 ax.set_title(title)
                 ax.set_xlabel("step")
@@ -237,9 +238,9 @@ def plots(records, out_dir) -> List[Path]:
         if gap_keys:
             fig, ax = plt.subplots(figsize=(5.5, 3.6))
             for algorithm in algorithms:
-                for key in gap_keys:
+                for key, style in zip(gap_keys, ("-", "--", ":", "-.") * len(gap_keys)):
                     pair = key[len("hessian_gap_"):].replace("_", "–")
-                    _band(ax, *_curves(by_alg[algorithm], key),
+                    _band(ax, *_curves(by_alg[algorithm], key), color=color[algorithm], linestyle=style,
                           label=algorithm if len(gap_keys) == 1 else f"{algorithm} {pair}")
             ax.set_yscale("log")
             ax.set_xlabel("step")
@@ -265,6 +266,8 @@ def report(input_dir, out_dir=None, *, quiet: bool = False) -> Dict[str, object]
     ``out_dir`` defaults to ``input_dir/report``. Returns ``{"tables": str, "tables_path":
     Path, "plots": [Path]}``.
     """
+    if not Path(input_dir).is_dir():
+        raise ConfigError(f"--input-dir {input_dir} is not a folder")
     records = load_records(input_dir)
     out_dir = Path(out_dir) if out_dir is not None else Path(input_dir) / "report"
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import os
 import random
 import time
 from pathlib import Path
@@ -105,6 +106,8 @@ def check_args(args: RunArgs) -> None:
             raise ConfigError(f"{flag} must be at least 1, got {value}")
     if not 0 <= args.holdout_fraction < 1:
         raise ConfigError(f"--holdout-fraction must be in [0, 1), got {args.holdout_fraction}")
+    if os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
+        raise ConfigError(f"--output-dir {args.output_dir} exists and is not a folder")
     cls = get_dataset_class(args.dataset)
     accepted = [n for n, p in inspect.signature(cls).parameters.items() if p.kind is p.KEYWORD_ONLY]
     unknown = sorted(set(args.dataset_kwargs or {}) - set(accepted))

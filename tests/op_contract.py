@@ -11,8 +11,8 @@ import torch
 import hessalign_ext
 from hessalign_ext import reference
 from conftest import (
-    DEVICES, DTYPES, LOSS_CASE_IDS, LOSS_CASES, LOSS_SHAPE, SHAPE, SHAPE_IDS, SHAPES, SMALL_SHAPE_IDS, SMALL_SHAPES, assert_close,
-    assert_double_backward_raises, check_backward, make_problem,
+    DEVICES, DTYPES, LOSS_CASE_IDS, LOSS_CASES, LOSS_SHAPE, SHAPE, SHAPE_IDS, SHAPES, SMALL_SHAPE_IDS, SMALL_SHAPES,
+    assert_close, assert_double_backward_raises, check_backward, make_problem,
 )
 
 

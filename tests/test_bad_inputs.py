@@ -100,6 +100,11 @@ CASES = [
     ("head_hvp", lambda p: dict(vectors=torch.randn(C, D - 1, dtype=torch.float64)), V, "vectors must have shape"),
     ("head_hvp", lambda p: dict(vectors=torch.randn(D, dtype=torch.float64)), V, "vectors must have shape"),
     ("head_hvp", lambda p: dict(vectors=p.vectors.float()), V, "vectors must have the dtype of features"),
+    # -- a meta tensor among CPU ones: the call goes to the fake kernel, which applies the device rule too --
+    *[(op, lambda p: dict(weight=p.weight.to("meta")), V, "weight must be on the device of features (cpu); got meta")
+      for op in OPS],
+    ("head_hessian_trace", lambda p: dict(bias=p.bias.to("meta")), V, "bias must be on the device of features"),
+    ("head_hvp", lambda p: dict(vectors=p.vectors.to("meta")), V, "vectors must be on the device of features"),
 ]
 
 

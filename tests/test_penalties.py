@@ -337,7 +337,8 @@ def test_hutchinson_estimates_within_statistical_bound():
 
     kernel = ops.hutchinson_diag(z.detach(), W.detach(), b.detach(), off, K, 5, labels=y).reshape(exact.shape)
     Wd, bd = W.detach().requires_grad_(True), b.detach().requires_grad_(True)
-    _, gs = autograd_reference.autograd_domain_grads(z.detach(), Wd, bd, [Wd, bd], y, off.tolist(), penalties.loss_options())
+    _, gs = autograd_reference.autograd_domain_grads(z.detach(), Wd, bd, [Wd, bd], y, off.tolist(),
+                                                     penalties.loss_options())
     gen = torch.Generator().manual_seed(5)
     auto = torch.stack([penalties.hutchinson_diag_autograd(g, [Wd, bd], K, gen, create_graph=False)
                         for g in gs]).reshape(exact.shape)
@@ -405,25 +406,47 @@ def test_gradient_variance_matches_per_sample_gradients():
     assert_close(got, expected)
 
 
+def _bad_label(y):
+    return y.clamp(max=3) + 1  # C = 4 in problem(): one row labelled 4
+
+
 @pytest.mark.parametrize("call, message", [
-    (lambda z, W, b, y, off: penalties.hgp(z, W, b, y, off, backend="magic"), "backend"),
-    (lambda z, W, b, y, off: penalties.hgp(z, W, b, y, off[:-1], backend="autograd"), "offsets"),
-    (lambda z, W, b, y, off: penalties.hutchinson(z, W, b, y, off, num_probes=0), "num_probes"),
-    (lambda z, W, b, y, off: penalties.hgp(z, W, b, y, off, mean_target="median"), "mean_target"),
-    (lambda z, W, b, y, off: penalties.hgp(z, W, b, y, off, reduction="none"), "reduction"),
-    (lambda z, W, b, y, off: penalties.hgp(z, W, b, y, off, method="fast"), "method"),
-    (lambda z, W, b, y, off: penalties.hgp(z, W, b, y.clamp(max=3) + 1, off, method="gram"), "labels"),
-    (lambda z, W, b, y, off: penalties.hgp(z, W, b, y.int(), off, method="gram"), "labels"),
+    (lambda z, W, b, y, off: penalties.hgp(z, W, b, y, off, backend="magic"), "hgp: backend"),
+    (lambda z, W, b, y, off: penalties.hgp(z, W, b, y, off[:-1], backend="autograd"), "hgp: offsets"),
+    (lambda z, W, b, y, off: penalties.hutchinson(z, W, b, y, off, num_probes=0), "hutchinson: num_probes"),
+    (lambda z, W, b, y, off: penalties.hgp(z, W, b, y, off, mean_target="median"), "hgp: mean_target"),
+    (lambda z, W, b, y, off: penalties.hgp(z, W, b, y, off, reduction="none"), "hgp: reduction"),
+    (lambda z, W, b, y, off: penalties.hgp(z, W, b, y, off, method="fast"), "hgp: method"),
+    (lambda z, W, b, y, off: penalties.hgp(z, W, b, _bad_label(y), off, method="gram"), "hgp: labels"),
+    (lambda z, W, b, y, off: penalties.hgp(z, W, b, y.int(), off, method="gram"), "hgp: labels must be int64"),
     (lambda z, W, b, y, off: penalties.hgp(z, W, b, y, off, method="gram", class_weight=[1.0, 2.0]),
-     "class_weight"),
-    (lambda z, W, b, y, off: penalties.hgp(z, W, b, y.clamp(max=3) + 1, off, method="fused"), "labels"),
+     "hgp: class_weight"),
+    (lambda z, W, b, y, off: penalties.hgp(z, W, b, _bad_label(y), off, method="fused"), "hgp: labels"),
     (lambda z, W, b, y, off: penalties.hgp(z, W, b, y, off, method="fused", class_weight=[1.0, 2.0]),
-     "class_weight"),
-    (lambda z, W, b, y, off: penalties.hgp(z, W.float(), b, y, off, method="fused"), "weight"),
-    (lambda z, W, b, y, off: penalties.hgp(z, W, b.float(), y, off, method="fused"), "bias"),
+     "hgp: class_weight"),
+    (lambda z, W, b, y, off: penalties.hgp(z, W.float(), b, y, off, method="fused"), "hgp: weight"),
+    (lambda z, W, b, y, off: penalties.hgp(z, W, b.float(), y, off, method="fused"), "hgp: bias"),
+    # the autograd backend: its cross_entropy would raise an IndexError naming neither penalty nor argument
+    (lambda z, W, b, y, off: penalties.hgp(z, W, b, _bad_label(y), off, backend="autograd"),
+     r"hgp: labels must be in \[0, C=4\) or equal ignore_index=-100; got values in \[1, 4\]"),
+    (lambda z, W, b, y, off: penalties.hutchinson(z, W, b, _bad_label(y), off, backend="autograd"),
+     "hutchinson: labels must be in"),
+    (lambda z, W, b, y, off: penalties.hessian_alignment_full(z, W, b, _bad_label(y), off, backend="autograd"),
+     "hessian_alignment_full: labels must be in"),
+    (lambda z, W, b, y, off: penalties.hutchinson(z, W, b, y, off, class_weight=[1.0, 2.0]),
+     r"hutchinson: class_weight must be \(C=4,\)"),
+    (lambda z, W, b, y, off: penalties.hessian_alignment_full(z, W[:, :-1], b, y, off),
+     "hessian_alignment_full: weight"),
+    (lambda z, W, b, y, off: penalties.gradient_variance(z, W, b, y, off.flip(0)), "gradient_variance: offsets"),
+    (lambda z, W, b, y, off: penalties.hgp(z, W, b, None, off), "hgp: labels are required"),
+    (lambda z, W, b, y, off: penalties.head_hessian_inner_torch(z, W, b, off, method="fast"),
+     "head_hessian_inner_torch: method"),
 ], ids=["backend", "offsets", "num_probes", "mean_target", "reduction", "method", "gram_label_range",
         "gram_label_dtype", "gram_class_weight", "fused_label_range", "fused_class_weight", "fused_weight_dtype",
-        "fused_bias_dtype"])
+        "fused_bias_dtype", "autograd_hgp_label_range", "autograd_hutchinson_label_range",
+        "autograd_full_label_range", "hutchinson_class_weight", "full_weight", "fishr_offsets", "no_labels",
+        "inner_method"])
 def test_bad_arguments(call, message):
-    with pytest.raises(ValueError, match=message):
+    """Every error names the penalty and the argument, whichever backend and form runs."""
+    with pytest.raises(ValueError, match=f"^{message}"):
         call(*problem())

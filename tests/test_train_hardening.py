@@ -427,6 +427,8 @@ BAD_ARGUMENTS = {
                                "ColoredMNIST: MNIST datasets need --data-dir"),
     "mnist_data_dir_missing": (["--dataset", "RotatedMNIST", "--test-env", "2", "--data-dir", "{tmp}/none"],
                                "RotatedMNIST: MNIST files not found under {tmp}/none/MNIST/raw"),
+    "mnist_download_hint": (["--dataset", "ColoredMNIST", "--test-env", "2", "--data-dir", "{tmp}/none"],
+                            """download=True fetches them (hessalign: --dataset-kwargs '{"download": true}')"""),
     "pacs_data_dir_missing": (["--dataset", "PACS", "--test-env", "2", "--data-dir", "{tmp}/none"],
                               "PACS: image-folder dataset: no folder at '{tmp}/none/PACS'"),
     "domain_folder_missing": (["--dataset", "DomainFolder", "--test-env", "0", "--data-dir", "{tmp}/none"],
@@ -450,6 +452,10 @@ BAD_SWEEPS = {
     "sweep_folder_missing": (["--algorithms", "ERM", "--datasets", "DomainFolder", "--data-dir", "{tmp}/none"],
                              "DomainFolder: image-folder dataset: no folder at"),
     "sweep_unknown_algorithm": (["--algorithms", "ERM", "Foo"], "argument --algorithms: invalid choice: 'Foo'"),
+    "sweep_zero_jobs": (["--algorithms", "ERM", "--jobs", "0"], "--jobs must be at least 1, got 0"),
+    "sweep_zero_trials": (["--algorithms", "ERM", "--n-trials", "0"], "--n-trials must be at least 1, got 0"),
+    "sweep_no_hparams_seed": (["--algorithms", "ERM", "--n-hparams", "2", "--n-hparams-from", "2"],
+                              "--n-hparams 2 with --n-hparams-from 2 names no hparams seed"),
 }
 
 
@@ -465,6 +471,32 @@ def test_bad_argument_gives_one_line_and_exit_status_2(tmp_path, capsys, case):
     assert message.replace("{tmp}", str(tmp_path)) in err
     # refused before training: no run wrote a record (a sweep checks all its jobs first)
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("results.jsonl"))
+
+
+def test_main_with_negative_jobs_is_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["main", "--output-dir", str(tmp_path / "out"), "--jobs", "-1", "--steps", "2"])
+    assert info.value.code == 2
+    assert capsys.readouterr().err == "hessalign: error: --jobs must be at least 1, got -1\n"
+    assert not (tmp_path / "out").exists()
+
+
+def test_output_dir_that_is_a_file_is_refused(tmp_path, capsys):
+    file = tmp_path / "a_file"
+    file.write_text("keep me")
+    with pytest.raises(SystemExit) as info:
+        cli.main(["train", "--test-env", "2", "--steps", "2", "--output-dir", str(file)])
+    assert info.value.code == 2
+    assert capsys.readouterr().err == f"hessalign: error: --output-dir {file} exists and is not a folder\n"
+    assert file.read_text() == "keep me"
+
+
+def test_report_of_a_missing_folder_is_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["report", "--input-dir", str(tmp_path / "none")])
+    assert info.value.code == 2
+    assert capsys.readouterr().err == f"hessalign: error: --input-dir {tmp_path / 'none'} is not a folder\n"
+    assert not (tmp_path / "none").exists()
 
 
 def test_every_default_and_sampled_hparams_pass_the_check():

@@ -28,7 +28,8 @@ def _load_mnist(root, download: bool):
         raise FileNotFoundError(
             f"MNIST files not found under {os.path.join(root, 'MNIST', 'raw')} "
             "(train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
-            "t10k-labels-idx1-ubyte); pass download=True to fetch them") from exc
+            "t10k-labels-idx1-ubyte); download=True fetches them (hessalign: --dataset-kwargs '{\"download\": true}')"
+        ) from exc
     return torch.cat([tr.data, te.data]), torch.cat([tr.targets, te.targets])
 
 

@@ -45,6 +45,20 @@ def param_shape(features: torch.Tensor, weight: torch.Tensor, bias: Optional[tor
     return weight.shape[0], features.shape[1] + (1 if bias is not None else 0)
 
 
+_ARG_NAMES = {1: "weight", 2: "bias", 3: "vectors"}
+
+
+def _check_devices(op: str, args, positions) -> None:
+    """The C++ checks' device rule, in the fake kernel too: a meta tensor among real ones sends
+    the call here, where the C++ checks never run (the result would be uninitialised memory)."""
+    features = args[0]
+    for pos in positions[1:]:
+        t = args[pos]
+        if t is not None and t.device != features.device:
+            raise ValueError(f"{op}: {_ARG_NAMES[pos]} must be on the device of features ({features.device}); "
+                             f"got {t.device}")
+
+
 def register(name: str, out: str, offsets_index: int, differentiable: Sequence[int] = (0, 1, 2)) -> None:
     """Fake kernels and autograd for op ``name``.
 
@@ -58,6 +72,7 @@ def register(name: str, out: str, offsets_index: int, differentiable: Sequence[i
     @torch.library.register_fake(qual)
     def _fake(*args):
         features, weight, bias = args[0], args[1], args[2]
+        _check_devices(name, args, differentiable)
         E = _domains(args[offsets_index])
         if out == "domains":
             return features.new_empty((E,))

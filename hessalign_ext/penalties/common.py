@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import torch
@@ -31,7 +32,44 @@ def loss_options(ignore_index: int = -100, class_weight=None, label_smoothing: f
             "label_smoothing": float(label_smoothing), "reduction": reduction}
 
 
-def _check(features, weight, bias, labels, offsets, backend):
+def named_errors(name: str):
+    """Decorator: an op's argument error, raised inside penalty ``name``, is re-raised in the
+    penalty's name (the ops check what the penalty hands on, e.g. the label range, where a check
+    here would cost a device sync)."""
+    def wrap(fn):
+        @functools.wraps(fn)
+        def penalty(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except ValueError as exc:
+                op, sep, rest = str(exc).partition(": ")
+                if sep and op in _op_names():
+                    raise ValueError(f"{name}: {rest} (from {op})") from exc
+                raise
+        return penalty
+    return wrap
+
+
+def _op_names():
+    from hessalign_ext import ops
+
+    return ops.__all__
+
+
+def checked(name: str, features, weight, bias, labels, offsets, backend: str, *, labels_required: bool = True,
+            ignore_index: int = -100, class_weight=None, label_smoothing: float = 0.0, reduction: str = "mean"):
+    """(offsets as a list of ints, the loss options) once every argument is checked; an error is a
+    ValueError that names the penalty and the argument, as the ops' do."""
+    try:
+        offs = _check(features, weight, bias, labels, offsets, backend, labels_required)
+        opts = loss_options(ignore_index, class_weight, label_smoothing, reduction, like=features)
+        _check_loss_inputs(labels, opts, weight.shape[0], backend)
+    except ValueError as exc:
+        raise ValueError(f"{name}: {exc}") from None
+    return offs, opts
+
+
+def _check(features, weight, bias, labels, offsets, backend, labels_required):
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}; got {backend!r}")
     if features.dim() != 2:
@@ -46,9 +84,26 @@ def _check(features, weight, bias, labels, offsets, backend):
     offs = offsets.tolist()
     if offs[0] != 0 or offs[-1] != features.shape[0] or any(b < a for a, b in zip(offs, offs[1:])):
         raise ValueError(f"offsets must be sorted, start at 0 and end at N={features.shape[0]}; got {offs}")
-    if labels is not None and tuple(labels.shape) != (features.shape[0],):
-        raise ValueError(f"labels must be (N={features.shape[0]},); got shape {tuple(labels.shape)}")
+    if labels is None:
+        if labels_required:
+            raise ValueError("labels are required")
+        return offs
+    if labels.dtype != torch.int64 or tuple(labels.shape) != (features.shape[0],):
+        raise ValueError(f"labels must be int64 of shape (N={features.shape[0]},); got {labels.dtype} of shape "
+                         f"{tuple(labels.shape)}")
     return offs
+
+
+def _check_loss_inputs(labels, opts, C: int, backend: str) -> None:
+    w = opts["class_weight"]
+    if w is not None and tuple(w.shape) != (C,):
+        raise ValueError(f"class_weight must be (C={C},); got shape {tuple(w.shape)}")
+    if backend == "autograd" and labels is not None:
+        # the kernel ops check the labels themselves; cross_entropy's IndexError would name neither
+        kept = labels[labels != opts["ignore_index"]]
+        if kept.numel() and (int(kept.min()) < 0 or int(kept.max()) >= C):
+            raise ValueError(f"labels must be in [0, C={C}) or equal ignore_index={opts['ignore_index']}; got "
+                             f"values in [{int(kept.min())}, {int(kept.max())}]")
 
 
 def _params(weight, bias):
@@ -117,16 +172,6 @@ def _result(penalty, hess_terms, grad_terms, return_terms):
     if not return_terms:
         return penalty
     return penalty, {"hessian": hess_terms.detach().mean(), "gradient": grad_terms.detach().mean()}
-
-
-def check_labels(op: str, labels: torch.Tensor, num_classes: int, opts: dict) -> None:
-    """The labels' dtype and the class weights' length, checked in the penalty's name before the
-    plain-torch forms use them; the label range is checked by ``loss_rows`` (the compiled op)."""
-    if labels.dtype != torch.int64:
-        raise ValueError(f"{op}: labels must be int64; got {labels.dtype}")
-    w = opts["class_weight"]
-    if w is not None and tuple(w.shape) != (num_classes,):
-        raise ValueError(f"{op}: class_weight must be 1-D of length C = {num_classes}; got shape {tuple(w.shape)}")
 
 
 def _row_domains(offs, device: torch.device) -> torch.Tensor:

@@ -7,9 +7,10 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from .common import _check, loss_options, loss_rows
+from .common import checked, loss_rows, named_errors
 
 
+@named_errors("gradient_variance")
 def gradient_variance(features: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
                       labels: torch.Tensor, offsets: torch.Tensor, *, ignore_index: int = -100,
                       class_weight=None, label_smoothing: float = 0.0) -> torch.Tensor:
@@ -20,8 +21,9 @@ def gradient_variance(features: torch.Tensor, weight: torch.Tensor, bias: Option
     per-sample gradient tensor (DomainBed's Fishr gets them from BackPACK). Rows whose
     label is ``ignore_index`` are left out of their domain's mean.
     """
-    offs = _check(features, weight, bias, labels, offsets, "kernel")
-    opts = loss_options(ignore_index, class_weight, label_smoothing, "sum", like=features)
+    offs, opts = checked("gradient_variance", features, weight, bias, labels, offsets, "kernel",
+                         ignore_index=ignore_index, class_weight=class_weight, label_smoothing=label_smoothing,
+                         reduction="sum")
     N, C = features.shape[0], weight.shape[0]
     logits = F.linear(features, weight, bias)
     P = logits.softmax(dim=1)

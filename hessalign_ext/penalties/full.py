@@ -8,9 +8,10 @@ import torch
 import torch.nn.functional as F
 
 from .autograd_reference import autograd_domain_grads, autograd_full_hessian
-from .common import _check, _flat, _ops, _params, _result, _sqdev, _sqdist, loss_options, loss_rows
+from .common import _flat, _ops, _params, _result, _sqdev, _sqdist, checked, loss_rows, named_errors
 
 
+@named_errors("head_hessian_inner_torch")
 def head_hessian_inner_torch(features: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
                              offsets: torch.Tensor, *, labels: Optional[torch.Tensor] = None,
                              method: str = "auto", ignore_index: int = -100, class_weight=None,
@@ -29,10 +30,11 @@ def head_hessian_inner_torch(features: torch.Tensor, weight: torch.Tensor, bias:
 
     ``labels`` only carry the loss options (as for the curvature ops).
     """
-    offs = _check(features, weight, bias, labels, offsets, "kernel")
+    offs, opts = checked("head_hessian_inner_torch", features, weight, bias, labels, offsets, "kernel",
+                         labels_required=False, ignore_index=ignore_index, class_weight=class_weight,
+                         label_smoothing=label_smoothing, reduction=reduction)
     if method not in ("auto", "samples", "features"):
-        raise ValueError(f"method must be 'auto', 'samples' or 'features'; got {method!r}")
-    opts = loss_options(ignore_index, class_weight, label_smoothing, reduction, like=features)
+        raise ValueError(f"head_hessian_inner_torch: method must be 'auto', 'samples' or 'features'; got {method!r}")
     E = len(offs) - 1
     N, C = features.shape[0], weight.shape[0]
     logits = F.linear(features, weight, bias)
@@ -70,6 +72,7 @@ def head_hessian_inner_torch(features: torch.Tensor, weight: torch.Tensor, bias:
     return torch.stack(rows)
 
 
+@named_errors("hessian_alignment_full")
 def hessian_alignment_full(features: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
                            labels: torch.Tensor, offsets: torch.Tensor, alpha: float = 1e-3, beta: float = 5e-3,
                            *, backend: str = "kernel", return_terms: bool = False,
@@ -87,8 +90,9 @@ def hessian_alignment_full(features: torch.Tensor, weight: torch.Tensor, bias: O
     taken by ``_sqdev``. ``backend="autograd"`` forms the Hessians explicitly (small heads
     only; the oracle).
     """
-    offs = _check(features, weight, bias, labels, offsets, backend)
-    opts = loss_options(ignore_index, class_weight, label_smoothing, reduction, like=features)
+    offs, opts = checked("hessian_alignment_full", features, weight, bias, labels, offsets, backend,
+                         ignore_index=ignore_index, class_weight=class_weight, label_smoothing=label_smoothing,
+                         reduction=reduction)
     E = len(offs) - 1
     if backend == "kernel":
         ops = _ops()

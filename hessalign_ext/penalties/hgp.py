@@ -9,12 +9,13 @@ from torch import autograd
 
 from . import hgp_gram
 from .autograd_reference import autograd_domain_grads, autograd_hvp_by_norm
-from .common import _check, _flat, _ops, _params, _result, _sqdev, _sqdist, loss_options
+from .common import _flat, _ops, _params, _result, _sqdev, _sqdist, checked, named_errors
 
 _MEAN_TARGETS = ("mean_loss", "mean_of_domains")
 _HGP_METHODS = ("auto", "gram", "fused", "ops")
 
 
+@named_errors("hgp")
 def hgp(features: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], labels: torch.Tensor,
         offsets: torch.Tensor, alpha: float = 1e-4, beta: float = 5e-3, *, backend: str = "kernel",
         mean_target: str = "mean_loss", return_terms: bool = False, ignore_index: int = -100,
@@ -44,14 +45,12 @@ def hgp(features: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
     Returns a scalar (0-dim tensor), or ``(penalty, {"hessian": …, "gradient": …})`` with
     the two unweighted mean terms (detached) when ``return_terms``.
     """
-    offs = _check(features, weight, bias, labels, offsets, backend)
-    if labels is None:
-        raise ValueError("hgp: labels are required")
+    offs, opts = checked("hgp", features, weight, bias, labels, offsets, backend, ignore_index=ignore_index,
+                         class_weight=class_weight, label_smoothing=label_smoothing, reduction=reduction)
     if mean_target not in _MEAN_TARGETS:
-        raise ValueError(f"mean_target must be one of {_MEAN_TARGETS}; got {mean_target!r}")
+        raise ValueError(f"hgp: mean_target must be one of {_MEAN_TARGETS}; got {mean_target!r}")
     if method not in _HGP_METHODS:
-        raise ValueError(f"method must be one of {_HGP_METHODS}; got {method!r}")
-    opts = loss_options(ignore_index, class_weight, label_smoothing, reduction, like=features)
+        raise ValueError(f"hgp: method must be one of {_HGP_METHODS}; got {method!r}")
     E = len(offs) - 1
     if method == "auto":
         method = hgp_gram.choose(features.shape[0], weight.shape[0], features.shape[1] + (bias is not None),

@@ -27,7 +27,7 @@ from typing import List, Optional
 import torch
 import torch.nn.functional as F
 
-from .common import RowDomains, check_labels, logits_hvp, loss_rows
+from .common import RowDomains, logits_hvp, loss_rows
 
 _WORK = torch.float64
 # method="auto" takes the Gram form when it is the cheaper (``choose``) and
@@ -96,9 +96,9 @@ def _within_domains(K: torch.Tensor, domains: RowDomains):
 def hgp_terms(features: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], labels: torch.Tensor,
               offs: List[int], opts: dict, mean_target: str):
     """Per-domain ``(‖H_e g_e − T‖², ‖g_e − ḡ‖²)``, each (E,) in float64, differentiable with
-    respect to features, weight and bias, with ``T`` and ``ḡ`` detached (penalties.hgp)."""
+    respect to features, weight and bias, with ``T`` and ``ḡ`` detached (penalties.hgp, which checks
+    the arguments)."""
     C, E = weight.shape[0], len(offs) - 1
-    check_labels("hgp", labels, C, opts)
     device = features.device
     p = torch.softmax(F.linear(features, weight, bias).to(_WORK), 1)
     c, t, domains = loss_rows(labels, offs, C, opts, _WORK, device)

@@ -8,7 +8,7 @@ import torch
 from torch import autograd
 
 from .autograd_reference import autograd_domain_grads, hutchinson_diag_autograd
-from .common import _check, _flat, _ops, _params, _result, _sqdev, _sqdist, loss_options
+from .common import _flat, _ops, _params, _result, _sqdev, _sqdist, checked, named_errors
 
 
 def mean_probe_seed(seed: int) -> int:
@@ -16,6 +16,7 @@ def mean_probe_seed(seed: int) -> int:
     return (int(seed) * 0x9E3779B1 + 0x7F4A7C15) % (2**62)
 
 
+@named_errors("hutchinson")
 def hutchinson(features: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], labels: torch.Tensor,
                offsets: torch.Tensor, alpha: float = 1e-3, beta: float = 5e-3, num_probes: Optional[int] = 300,
                seed: int = 0, *, backend: str = "kernel", return_terms: bool = False, ignore_index: int = -100,
@@ -34,12 +35,10 @@ def hutchinson(features: torch.Tensor, weight: torch.Tensor, bias: Optional[torc
     domains; the autograd backend draws them from ``torch.Generator().manual_seed(seed)``
     (a different stream, the same distribution).
     """
-    offs = _check(features, weight, bias, labels, offsets, backend)
-    if labels is None:
-        raise ValueError("hutchinson: labels are required")
+    offs, opts = checked("hutchinson", features, weight, bias, labels, offsets, backend, ignore_index=ignore_index,
+                         class_weight=class_weight, label_smoothing=label_smoothing, reduction=reduction)
     if num_probes is not None and (int(num_probes) != num_probes or num_probes < 1):
-        raise ValueError(f"num_probes must be a positive int or None; got {num_probes}")
-    opts = loss_options(ignore_index, class_weight, label_smoothing, reduction, like=features)
+        raise ValueError(f"hutchinson: num_probes must be a positive int or None; got {num_probes}")
     E = len(offs) - 1
 
     if backend == "kernel":
