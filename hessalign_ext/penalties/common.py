@@ -101,9 +101,10 @@ def _check_loss_inputs(labels, opts, C: int, backend: str) -> None:
     if backend == "autograd" and labels is not None:
         # the kernel ops check the labels themselves; cross_entropy's IndexError would name neither
         kept = labels[labels != opts["ignore_index"]]
-        if kept.numel() and (int(kept.min()) < 0 or int(kept.max()) >= C):
+        lo, hi = torch.stack(torch.aminmax(kept)).tolist() if kept.numel() else (0, 0)
+        if lo < 0 or hi >= C:
             raise ValueError(f"labels must be in [0, C={C}) or equal ignore_index={opts['ignore_index']}; got "
-                             f"values in [{int(kept.min())}, {int(kept.max())}]")
+                             f"values in [{lo}, {hi}]")
 
 
 def _params(weight, bias):
