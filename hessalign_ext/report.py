@@ -21,6 +21,7 @@ every environment, the penalty's Hessian and gradient terms, and the Hessian gap
 
 from __future__ import annotations
 
+import itertools
 from collections import defaultdict
 from pathlib import Path
 from typing import Callable, Dict, List, Tuple
@@ -198,9 +199,11 @@ def plots(records, out_dir) -> List[Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    for (dataset, te), by_alg in sorted(_default_runs(records).items()):
+    groups = _default_runs(records)
+    every = sorted({a for by_alg in groups.values() for a in by_alg}, key=_algorithm_order)
+    color = {a: f"C{i % 10}" for i, a in enumerate(every)}  # an algorithm's colour in every plot
+    for (dataset, te), by_alg in sorted(groups.items()):
         algorithms = sorted(by_alg, key=_algorithm_order)
-        color = {a: f"C{i}" for i, a in enumerate(algorithms)}  # an algorithm's colour in every plot
         tag = f"{dataset}_te{'-'.join(map(str, te))}"
         n_envs = _num_envs(next(iter(by_alg.values()))[0][0])
         names = _env_names(dataset, n_envs)
@@ -238,7 +241,7 @@ def plots(records, out_dir) -> List[Path]:
         if gap_keys:
             fig, ax = plt.subplots(figsize=(5.5, 3.6))
             for algorithm in algorithms:
-                for key, style in zip(gap_keys, ("-", "--", ":", "-.") * len(gap_keys)):
+                for key, style in zip(gap_keys, itertools.cycle(("-", "--", ":", "-."))):
                     pair = key[len("hessian_gap_"):].replace("_", "–")
                     _band(ax, *_curves(by_alg[algorithm], key), color=color[algorithm], linestyle=style,
                           label=algorithm if len(gap_keys) == 1 else f"{algorithm} {pair}")

@@ -24,7 +24,7 @@ from typing import Iterable, List, Optional, Sequence
 from . import hparams as hparams_registry
 from .datasets import get_dataset_class
 from .runfiles import ConfigError
-from .train import RunArgs, check_args, is_done, open_dataset, train
+from .train import RunArgs, check_args, check_output_dir, is_done, open_dataset, train
 
 __all__ = ["make_jobs", "sweep"]
 
@@ -44,9 +44,11 @@ def make_jobs(algorithms: Sequence[str], datasets: Sequence[str], output_dir, *,
     ``run_kwargs``: further :class:`RunArgs` fields shared by all runs (steps, hparams, …)."""
     if n_trials < 1:
         raise ConfigError(f"--n-trials must be at least 1, got {n_trials}")
-    if n_hparams_from < 0 or n_hparams <= n_hparams_from:
+    if n_hparams_from < 0:
+        raise ConfigError(f"--n-hparams-from must be at least 0, got {n_hparams_from}")
+    if n_hparams <= n_hparams_from:
         raise ConfigError(f"--n-hparams {n_hparams} with --n-hparams-from {n_hparams_from} names no hparams seed "
-                          "(seeds n_hparams_from .. n_hparams-1; n_hparams_from >= 0)")
+                          "(the seeds are n_hparams_from .. n_hparams-1)")
     jobs = []
     for dataset in datasets:
         envs = list(test_envs) if test_envs is not None else \
@@ -77,6 +79,7 @@ def sweep(algorithms: Sequence[str], datasets: Sequence[str], output_dir, *, job
     """
     if jobs < 1:
         raise ConfigError(f"--jobs must be at least 1, got {jobs}")
+    check_output_dir(output_dir)
     runs = make_jobs(algorithms, datasets, output_dir, **kwargs)
     for run in runs:
         check_args(run)

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import os
 import random
 import time
 from pathlib import Path
@@ -93,6 +92,16 @@ def is_done(output_dir) -> bool:
     return (Path(output_dir) / "done").exists()
 
 
+def check_output_dir(path) -> None:
+    """:class:`ConfigError` unless ``path`` is a folder or can become one (its nearest existing
+    ancestor is a folder)."""
+    existing = Path(path).absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"--output-dir {path}: {existing} exists and is not a folder")
+
+
 def check_args(args: RunArgs) -> None:
     """Raise :class:`ConfigError` for anything wrong in ``args`` that shows without opening the
     dataset (the environments of a folder dataset are counted when it is opened)."""
@@ -106,8 +115,7 @@ def check_args(args: RunArgs) -> None:
             raise ConfigError(f"{flag} must be at least 1, got {value}")
     if not 0 <= args.holdout_fraction < 1:
         raise ConfigError(f"--holdout-fraction must be in [0, 1), got {args.holdout_fraction}")
-    if os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
-        raise ConfigError(f"--output-dir {args.output_dir} exists and is not a folder")
+    check_output_dir(args.output_dir)
     cls = get_dataset_class(args.dataset)
     accepted = [n for n, p in inspect.signature(cls).parameters.items() if p.kind is p.KEYWORD_ONLY]
     unknown = sorted(set(args.dataset_kwargs or {}) - set(accepted))

@@ -1,8 +1,9 @@
-"""The contract every head op's tests check, written once: loss options against the reference,
-the closed-form backward (every small shape, loss options, float32, class tiles), gradcheck,
-opcheck, torch.compile and the double-backward error; and, for the probe ops, the probes'
-numbering and determinism. A test module subclasses OpContract (or ProbeContract) and says how
-its op is called; its own tests (forward shapes, identities) stay beside it.
+"""The contract every head op's tests check, written once: the forward against the reference at
+every shape, dtype and device (with the result's shape), the docstring, loss options against
+the reference, the closed-form backward (every small shape, loss options, float32, class tiles),
+gradcheck, opcheck, torch.compile and the double-backward error; and, for the probe ops, the
+probes' numbering and determinism. A test module subclasses OpContract (or ProbeContract) and
+says how its op is called; its own tests (identities, other references) stay beside it.
 """
 
 import pytest

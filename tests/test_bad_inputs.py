@@ -5,6 +5,8 @@ call is built from one problem (E=3 domains of 5, 1, 9 rows, C=5, d=6, float64);
 override replaces one argument (or loss option) by a bad value.
 """
 
+import re
+
 import pytest
 import torch
 
@@ -105,6 +107,12 @@ CASES = [
       for op in OPS],
     ("head_hessian_trace", lambda p: dict(bias=p.bias.to("meta")), V, "bias must be on the device of features"),
     ("head_hvp", lambda p: dict(vectors=p.vectors.to("meta")), V, "vectors must be on the device of features"),
+    ("head_grad", lambda p: dict(labels=p.labels.to("meta")), V, "labels must be on the device of features"),
+    ("hutchinson_trace", lambda p: dict(labels=p.labels.to("meta")), V, "labels must be on the device of features"),
+    ("domain_losses", lambda p: dict(class_weight=p.class_weight.to("meta")), V,
+     "class_weight must be on the device of features"),
+    ("head_hessian_diag", lambda p: dict(offsets=p.offsets.to("meta")), V,
+     "offsets must be on the CPU or on the device of features (cpu); got meta"),
 ]
 
 
@@ -128,3 +136,18 @@ def test_valid_call(op):
     # The table's baseline call is valid: each case fails only because of its override.
     p = make_problem(SHAPE["unequal"])
     assert torch.isfinite(invoke(op, p)).all()
+
+
+@pytest.mark.parametrize("call, fragment", [
+    (lambda p: hessalign_ext.ops.logits_hvp(torch.rand(4, 3).softmax(1), torch.rand(4, device="meta"),
+                                            torch.randn(4, 6)), "logits_hvp: coef must be on the device of probs"),
+    (lambda p: hessalign_ext.ops.loss_rows(p.labels, p.offsets, C, dtype=torch.float64,
+                                           class_weight=p.class_weight.to("meta")),
+     "loss_rows: class_weight must be on the device of labels"),
+    (lambda p: hessalign_ext.ops.hgp_fused(p.features, p.weight, p.bias, p.labels.to("meta"), p.offsets, alpha=1.0,
+                                           beta=1.0), "hgp_fused: labels must be on the device of features"),
+], ids=["logits_hvp", "loss_rows", "hgp_fused"])
+def test_meta_tensor_among_cpu_ones(call, fragment):
+    """The fake kernel, where such a call goes, applies the C++ device rule (not uninitialised memory)."""
+    with pytest.raises(ValueError, match=re.escape(fragment)):
+        call(make_problem(SHAPE["unequal"], torch.float64))

@@ -456,6 +456,8 @@ BAD_SWEEPS = {
     "sweep_zero_trials": (["--algorithms", "ERM", "--n-trials", "0"], "--n-trials must be at least 1, got 0"),
     "sweep_no_hparams_seed": (["--algorithms", "ERM", "--n-hparams", "2", "--n-hparams-from", "2"],
                               "--n-hparams 2 with --n-hparams-from 2 names no hparams seed"),
+    "sweep_negative_hparams_from": (["--algorithms", "ERM", "--n-hparams-from", "-1"],
+                                    "--n-hparams-from must be at least 0, got -1"),
 }
 
 
@@ -481,13 +483,18 @@ def test_main_with_negative_jobs_is_refused(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
-def test_output_dir_that_is_a_file_is_refused(tmp_path, capsys):
+@pytest.mark.parametrize("command, below", [
+    (["train", "--test-env", "2"], ""), (["train", "--test-env", "2"], "/run"), (["sweep", "--algorithms", "ERM"], ""),
+    (["main"], "/runs"),
+])
+def test_output_dir_in_a_file_is_refused(tmp_path, capsys, command, below):
     file = tmp_path / "a_file"
     file.write_text("keep me")
     with pytest.raises(SystemExit) as info:
-        cli.main(["train", "--test-env", "2", "--steps", "2", "--output-dir", str(file)])
+        cli.main([*command, "--steps", "2", "--output-dir", f"{file}{below}"])
     assert info.value.code == 2
-    assert capsys.readouterr().err == f"hessalign: error: --output-dir {file} exists and is not a folder\n"
+    err = capsys.readouterr().err
+    assert err == f"hessalign: error: --output-dir {file}{below}: {file} exists and is not a folder\n"
     assert file.read_text() == "keep me"
 
 

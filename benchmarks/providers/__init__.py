@@ -45,7 +45,8 @@ from typing import Dict, Optional
 
 from . import autograd, backpack, closed_form, curvlinops, ours, steps, torch_func
 from .problems import (  # noqa: F401  (the names benchmarks/run.py, plan.py and the pytest suites use)
-    AUTOGRAD_EXACT_MAX, OPS, PENALTY_STEPS, PROBE_CASES, Case, Problem, Provider, Shape, make_problem, na_exact,
+    AUTOGRAD_EXACT_MAX, OPS, PENALTY_STEPS, PROBE_CASES, Case, Problem, Provider, Shape, make_problem,
+    not_applicable_past,
 )
 from .truth import check  # noqa: F401
 
@@ -57,8 +58,9 @@ def _step_provider(name: str, backend: str, method: str = "auto") -> Provider:
 PROVIDERS: Dict[str, Provider] = {
     "ours": Provider("ours", ours.build),
     "closed_form": Provider("closed_form", closed_form.build, uses_probes=True),
-    "autograd": Provider("autograd", autograd.build, na_exact(AUTOGRAD_EXACT_MAX, "autograd"), uses_probes=True),
-    "torch_func": Provider("torch_func", torch_func.build, na_exact(AUTOGRAD_EXACT_MAX, "torch.func"),
+    "autograd": Provider("autograd", autograd.build, not_applicable_past(AUTOGRAD_EXACT_MAX, "autograd"),
+                         uses_probes=True),
+    "torch_func": Provider("torch_func", torch_func.build, not_applicable_past(AUTOGRAD_EXACT_MAX, "torch.func"),
                            uses_probes=True),
     "backpack": Provider("backpack", backpack.build, backpack.not_applicable),
     "curvlinops": Provider("curvlinops", curvlinops.build, curvlinops.not_applicable, uses_probes=True),

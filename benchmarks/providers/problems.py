@@ -179,7 +179,7 @@ def leaf_params(p: Problem):
     return W, b
 
 
-def na_exact(limit: int, what: str):
+def not_applicable_past(limit: int, what: str):
     """Why a provider without a closed form (``what``) skips a case: the exact diagonal past ``limit``
     one-hot HVPs, explicit Hessians past FULL_HESSIAN_MAX, a forward loss."""
     def na(problem: Problem, case: Case):

@@ -7,6 +7,7 @@ weight and bias (and vectors for head_hvp), computed in closed form by the C++ k
 """
 from __future__ import annotations
 
+import functools
 from typing import Optional, Sequence
 
 import torch
@@ -45,18 +46,24 @@ def param_shape(features: torch.Tensor, weight: torch.Tensor, bias: Optional[tor
     return weight.shape[0], features.shape[1] + (1 if bias is not None else 0)
 
 
-_ARG_NAMES = {1: "weight", 2: "bias", 3: "vectors"}
+@functools.lru_cache(maxsize=None)
+def _arg_names(op: str) -> tuple:
+    return tuple(a.name for a in getattr(torch.ops.hessalign_ext, op).default._schema.arguments)
 
 
-def _check_devices(op: str, args, positions) -> None:
-    """The C++ checks' device rule, in the fake kernel too: a meta tensor among real ones sends
-    the call here, where the C++ checks never run (the result would be uninitialised memory)."""
-    features = args[0]
-    for pos in positions[1:]:
-        t = args[pos]
-        if t is not None and t.device != features.device:
-            raise ValueError(f"{op}: {_ARG_NAMES[pos]} must be on the device of features ({features.device}); "
-                             f"got {t.device}")
+def check_devices(op: str, args) -> None:
+    """The C++ checks' device rule, applied in op's fake kernel too: every tensor argument on the
+    device of the first (offsets also on the CPU). A meta tensor among real ones sends a call to
+    the fake kernel, where the C++ checks never run and the result is uninitialised memory."""
+    names, first = _arg_names(op), args[0]
+    for name, value in zip(names[1:], args[1:]):
+        if not isinstance(value, torch.Tensor) or value.device == first.device:
+            continue
+        if name != "offsets":
+            raise ValueError(f"{op}: {name} must be on the device of {names[0]} ({first.device}); got {value.device}")
+        if value.device.type != "cpu":
+            raise ValueError(f"{op}: offsets must be on the CPU or on the device of {names[0]} ({first.device}); "
+                             f"got {value.device}")
 
 
 def register(name: str, out: str, offsets_index: int, differentiable: Sequence[int] = (0, 1, 2)) -> None:
@@ -72,7 +79,7 @@ def register(name: str, out: str, offsets_index: int, differentiable: Sequence[i
     @torch.library.register_fake(qual)
     def _fake(*args):
         features, weight, bias = args[0], args[1], args[2]
-        _check_devices(name, args, differentiable)
+        check_devices(name, args)
         E = _domains(args[offsets_index])
         if out == "domains":
             return features.new_empty((E,))

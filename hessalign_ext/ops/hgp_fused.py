@@ -8,7 +8,7 @@ from typing import Optional, Sequence, Union
 
 import torch
 
-from ._registry import ce_args
+from ._registry import ce_args, check_devices
 
 
 def hgp_fused(features, weight, bias, labels, offsets: Union[Sequence[int], torch.Tensor], *, alpha: float,
@@ -72,6 +72,8 @@ class _HgpFused(torch.autograd.Function):
 @torch.library.register_fake("hessalign_ext::hgp_fused")
 def _fake(features, weight, bias, labels, offsets, alpha, beta, mean_loss, ignore_index, class_weight,
           label_smoothing, reduction):
+    check_devices("hgp_fused", (features, weight, bias, labels, offsets, alpha, beta, mean_loss, ignore_index,
+                                class_weight))
     (N, d), C, E = features.shape, weight.shape[0], len(offsets) - 1
     D = d + (bias is not None)
     # the saved list of host/hgp_fused.h (HgpSaved): c, p, R, U, S, pu; g, h_diff, g_diff

@@ -3,6 +3,8 @@ kernel and its closed-form autograd (kernels: csrc/host/logits_hvp.h, csrc/cpu/l
 csrc/cuda/logits_hvp_cuda.cu)."""
 import torch
 
+from ._registry import check_devices
+
 
 def logits_hvp(probs, coef, vectors):
     """``H_i u`` for the logit-space Hessian ``H_i = c_i (diag p_i − p_i p_iᵀ)`` of each row's
@@ -28,6 +30,7 @@ def logits_hvp(probs, coef, vectors):
 
 @torch.library.register_fake("hessalign_ext::logits_hvp")
 def _fake(probs, coef, vectors):
+    check_devices("logits_hvp", (probs, coef, vectors))
     N, C = probs.shape
     return vectors.new_empty(vectors.shape), vectors.new_empty((N, vectors.shape[1] // C))
 

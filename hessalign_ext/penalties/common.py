@@ -35,7 +35,7 @@ def loss_options(ignore_index: int = -100, class_weight=None, label_smoothing: f
 def named_errors(name: str):
     """Decorator: an op's argument error, raised inside penalty ``name``, is re-raised in the
     penalty's name (the ops check what the penalty hands on, e.g. the label range, where a check
-    here would cost a device sync)."""
+    here would cost a device sync). Errors of the backward pass keep the op's name."""
     def wrap(fn):
         @functools.wraps(fn)
         def penalty(*args, **kwargs):
@@ -43,11 +43,16 @@ def named_errors(name: str):
                 return fn(*args, **kwargs)
             except ValueError as exc:
                 op, sep, rest = str(exc).partition(": ")
-                if sep and op in _op_names():
+                # only about the penalty's own arguments: one the penalty built is its bug, told as the op's
+                if sep and op in _op_names() and rest.split(" ", 1)[0] in _PENALTY_ARGUMENTS:
                     raise ValueError(f"{name}: {rest} (from {op})") from exc
                 raise
         return penalty
     return wrap
+
+
+_PENALTY_ARGUMENTS = ("features", "weight", "bias", "labels", "offsets", "ignore_index", "class_weight",
+                      "label_smoothing", "reduction")
 
 
 def _op_names():
@@ -100,7 +105,7 @@ def _check_loss_inputs(labels, opts, C: int, backend: str) -> None:
         raise ValueError(f"class_weight must be (C={C},); got shape {tuple(w.shape)}")
     if backend == "autograd" and labels is not None:
         # the kernel ops check the labels themselves; cross_entropy's IndexError would name neither
-        kept = labels[labels != opts["ignore_index"]]
+        kept = labels.masked_fill(labels == opts["ignore_index"], 0)  # no boolean indexing: one sync, not two
         lo, hi = torch.stack(torch.aminmax(kept)).tolist() if kept.numel() else (0, 0)
         if lo < 0 or hi >= C:
             raise ValueError(f"labels must be in [0, C={C}) or equal ignore_index={opts['ignore_index']}; got "
