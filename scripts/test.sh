@@ -39,7 +39,7 @@ HESSALIGN_EMU_SANITIZE=1 CUDAEMU_ORDER=scrambled ASAN_OPTIONS=detect_leaks=0:abo
   LD_PRELOAD="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libstdc++.so)" \
   timeout 900 $PY -m pytest -q -m cuda_emulated -p no:cacheprovider -k "$EVERY_KERNEL"
 
-step "CMake against libtorch: the CPU library one unit per file (each source compiles on its own), ctest"
+step "CMake against libtorch: the CPU library one unit per file (each with its own project includes), ctest"
 TORCH_DIR=$($PY -c "import torch, os; print(os.path.join(os.path.dirname(torch.__file__), 'share/cmake/Torch'))")
 CUDA_ARGS=()
 if [ -d /usr/local/cuda/include ]; then
