@@ -7,7 +7,9 @@ import torch
 import torch.nn.functional as F
 from torch import autograd
 
-from .problems import ONE_HOT_CHUNK, Case, Problem, ProbeSource, join_block, leaf_params, split_block
+from .problems import (
+    ONE_HOT_CHUNK, Case, Problem, ProbeSource, join_block, leaf_params, one_hot_diagonal, split_block,
+)
 
 
 def _ag_grads(p: Problem, W, b, create_graph: bool):
@@ -22,20 +24,11 @@ def _ag_hvp(gW, gb, W, b, vW, vb, retain: bool):
 
 
 def _ag_exact_diag(p: Problem, W, b):
-    s = p.shape
-    n = s.C * s.D
     out = []
     for gW, gb in _ag_grads(p, W, b, True):
         flat = join_block(gW, gb).reshape(-1)
-        parts = []
-        for j0 in range(0, n, ONE_HOT_CHUNK):
-            j1 = min(n, j0 + ONE_HOT_CHUNK)
-            idx = torch.arange(j0, j1, device=p.device)
-            basis = torch.zeros(j1 - j0, n, dtype=p.dtype, device=p.device)
-            basis[torch.arange(j1 - j0, device=p.device), idx] = 1
-            hW, hb = autograd.grad(flat, (W, b), basis, retain_graph=True, is_grads_batched=True)
-            parts.append(join_block(hW, hb).reshape(j1 - j0, n).gather(1, idx[:, None]).squeeze(1))
-        out.append(torch.cat(parts).view(s.C, s.D))
+        out.append(one_hot_diagonal(p, lambda V: join_block(*autograd.grad(
+            flat, (W, b), V.flatten(1), retain_graph=True, is_grads_batched=True))))
     return torch.stack(out)
 
 

@@ -165,6 +165,21 @@ def op_probes(problem: Problem, K: int, seed: Optional[int] = None) -> torch.Ten
     return pr.to(problem.device, problem.dtype)
 
 
+def one_hot_diagonal(p: Problem, hvps) -> torch.Tensor:
+    """diag(H) (C, D) of one domain from its batched HVPs ``hvps(V (B, C, D)) -> (B, C, D)``, with
+    the C·D one-hot vectors ONE_HOT_CHUNK at a time (autograd and torch.func: what they offer)."""
+    C, D = p.shape.C, p.shape.D
+    n = C * D
+    parts = []
+    for j0 in range(0, n, ONE_HOT_CHUNK):
+        j1 = min(n, j0 + ONE_HOT_CHUNK)
+        idx = torch.arange(j0, j1, device=p.device)
+        basis = torch.zeros(j1 - j0, n, dtype=p.dtype, device=p.device)
+        basis[torch.arange(j1 - j0, device=p.device), idx] = 1
+        parts.append(hvps(basis.view(-1, C, D)).reshape(j1 - j0, n).gather(1, idx[:, None]).squeeze(1))
+    return torch.cat(parts).view(C, D)
+
+
 def linear_module(p: Problem):
     lin = torch.nn.Linear(p.shape.d, p.shape.C).to(p.device, p.dtype)
     with torch.no_grad():

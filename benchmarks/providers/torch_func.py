@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .problems import ONE_HOT_CHUNK, Case, Problem, ProbeSource, augment, join_block, split_block
+from .problems import Case, Problem, ProbeSource, augment, join_block, one_hot_diagonal, split_block
 
 
 def _tf_loss(W, b, z, y):
@@ -22,22 +22,10 @@ def _tf_hvp_fn(z, y):
 
 
 def _tf_exact_diag(p: Problem):
-    s = p.shape
-    n = s.C * s.D
-    W, b = p.weight, p.bias
     out = []
     for lo, hi in p.spans:
-        hvp = _tf_hvp_fn(p.features[lo:hi], p.labels[lo:hi])
-        batched = torch.func.vmap(hvp, in_dims=(None, None, 0, 0))
-        parts = []
-        for j0 in range(0, n, ONE_HOT_CHUNK):
-            j1 = min(n, j0 + ONE_HOT_CHUNK)
-            idx = torch.arange(j0, j1, device=p.device)
-            basis = torch.zeros(j1 - j0, n, dtype=p.dtype, device=p.device)
-            basis[torch.arange(j1 - j0, device=p.device), idx] = 1
-            hW, hb = batched(W, b, *split_block(basis.view(-1, s.C, s.D), s.d))
-            parts.append(join_block(hW, hb).reshape(j1 - j0, n).gather(1, idx[:, None]).squeeze(1))
-        out.append(torch.cat(parts).view(s.C, s.D))
+        batched = torch.func.vmap(_tf_hvp_fn(p.features[lo:hi], p.labels[lo:hi]), in_dims=(None, None, 0, 0))
+        out.append(one_hot_diagonal(p, lambda V: join_block(*batched(p.weight, p.bias, *split_block(V, p.shape.d)))))
     return torch.stack(out)
 
 

@@ -51,19 +51,34 @@ def _arg_names(op: str) -> tuple:
     return tuple(a.name for a in getattr(torch.ops.hessalign_ext, op).default._schema.arguments)
 
 
-def check_devices(op: str, args) -> None:
-    """The C++ checks' device rule, applied in op's fake kernel too: every tensor argument on the
-    device of the first (offsets also on the CPU). A meta tensor among real ones sends a call to
-    the fake kernel, where the C++ checks never run and the result is uninitialised memory."""
-    names, first = _arg_names(op), args[0]
-    for name, value in zip(names[1:], args[1:]):
+def _check_devices(op: str, args, kwargs) -> None:
+    names = _arg_names(op)
+    values = {**dict(zip(names, args)), **kwargs}
+    first_name = names[0]
+    first = values[first_name]
+    for name, value in values.items():
         if not isinstance(value, torch.Tensor) or value.device == first.device:
             continue
         if name != "offsets":
-            raise ValueError(f"{op}: {name} must be on the device of {names[0]} ({first.device}); got {value.device}")
+            raise ValueError(f"{op}: {name} must be on the device of {first_name} ({first.device}); got {value.device}")
         if value.device.type != "cpu":
-            raise ValueError(f"{op}: offsets must be on the CPU or on the device of {names[0]} ({first.device}); "
+            raise ValueError(f"{op}: offsets must be on the CPU or on the device of {first_name} ({first.device}); "
                              f"got {value.device}")
+
+
+def register_fake(op: str):
+    """``torch.library.register_fake`` for ``hessalign_ext::op`` that first applies the C++ checks'
+    device rule: every tensor argument on the device of the first (offsets also on the CPU). A meta
+    tensor among real ones sends a call to the fake kernel, where the C++ checks never run and the
+    result would be uninitialised memory."""
+    def wrap(fn):
+        @functools.wraps(fn)
+        def fake(*args, **kwargs):
+            _check_devices(op, args, kwargs)
+            return fn(*args, **kwargs)
+        torch.library.register_fake(f"{LIB}::{op}")(fake)
+        return fn
+    return wrap
 
 
 def register(name: str, out: str, offsets_index: int, differentiable: Sequence[int] = (0, 1, 2)) -> None:
@@ -76,10 +91,9 @@ def register(name: str, out: str, offsets_index: int, differentiable: Sequence[i
     qual = f"{LIB}::{name}"
     backward_op = getattr(torch.ops.hessalign_ext, f"_{name}_backward").default
 
-    @torch.library.register_fake(qual)
+    @register_fake(name)
     def _fake(*args):
         features, weight, bias = args[0], args[1], args[2]
-        check_devices(name, args)
         E = _domains(args[offsets_index])
         if out == "domains":
             return features.new_empty((E,))

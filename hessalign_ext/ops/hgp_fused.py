@@ -8,7 +8,7 @@ from typing import Optional, Sequence, Union
 
 import torch
 
-from ._registry import ce_args, check_devices
+from ._registry import ce_args, register_fake
 
 
 def hgp_fused(features, weight, bias, labels, offsets: Union[Sequence[int], torch.Tensor], *, alpha: float,
@@ -69,11 +69,9 @@ class _HgpFused(torch.autograd.Function):
         return (*(g if n else None for g, n in zip(grads, need)),) + (None,) * 9
 
 
-@torch.library.register_fake("hessalign_ext::hgp_fused")
+@register_fake("hgp_fused")
 def _fake(features, weight, bias, labels, offsets, alpha, beta, mean_loss, ignore_index, class_weight,
           label_smoothing, reduction):
-    check_devices("hgp_fused", (features, weight, bias, labels, offsets, alpha, beta, mean_loss, ignore_index,
-                                class_weight))
     (N, d), C, E = features.shape, weight.shape[0], len(offsets) - 1
     D = d + (bias is not None)
     # the saved list of host/hgp_fused.h (HgpSaved): c, p, R, U, S, pu; g, h_diff, g_diff

@@ -3,7 +3,7 @@ kernel and its closed-form autograd (kernels: csrc/host/logits_hvp.h, csrc/cpu/l
 csrc/cuda/logits_hvp_cuda.cu)."""
 import torch
 
-from ._registry import check_devices
+from ._registry import register_fake
 
 
 def logits_hvp(probs, coef, vectors):
@@ -28,9 +28,8 @@ def logits_hvp(probs, coef, vectors):
     return torch.ops.hessalign_ext.logits_hvp(probs, coef, vectors)
 
 
-@torch.library.register_fake("hessalign_ext::logits_hvp")
+@register_fake("logits_hvp")
 def _fake(probs, coef, vectors):
-    check_devices("logits_hvp", (probs, coef, vectors))
     N, C = probs.shape
     return vectors.new_empty(vectors.shape), vectors.new_empty((N, vectors.shape[1] // C))
 
