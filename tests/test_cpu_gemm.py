@@ -1,6 +1,7 @@
-"""The CPU GEMM backends (csrc/host/gemm.h, csrc/cpu/onednn_gemm.cpp): every op, forward and
-backward, with its float32 GEMMs on oneDNN and on ATen (HESSALIGN_CPU_GEMM), against the
-float64 reference; and auto mode's choice between them."""
+"""The CPU GEMM backends (csrc/host/gemm.h, csrc/cpu/onednn_gemm.cpp, csrc/cpu/segment_tn_cpu.cpp):
+every op, forward and backward, with its float32 GEMMs on oneDNN, on ATen and in auto mode
+(HESSALIGN_CPU_GEMM; auto takes the few-rows kernel for per-domain products on CPUs without
+oneDNN), against the float64 reference; and auto mode's choice between them."""
 
 import pytest
 import torch
@@ -36,6 +37,14 @@ def onednn_runs() -> bool:
 
 
 needs_onednn = pytest.mark.skipif(not onednn_runs(), reason="oneDNN's float32 matmul does not run on this CPU")
+MODES = [pytest.param("onednn", marks=needs_onednn), "aten", "auto"]
+
+
+def set_mode(monkeypatch, mode):
+    if mode in (None, "auto"):
+        monkeypatch.delenv("HESSALIGN_CPU_GEMM", raising=False)
+    else:
+        monkeypatch.setenv("HESSALIGN_CPU_GEMM", mode)
 
 
 # Ops whose reference forms C·D HVPs or whole Hessians: too large at LARGE (C·D = 33345).
@@ -61,12 +70,11 @@ def truth(op, p):
     return call(reference, op, p)
 
 
-@needs_onednn
-@pytest.mark.parametrize("mode", ["onednn", "aten"])
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("shape", SHAPES, ids=[s.id for s in SHAPES])
 @pytest.mark.parametrize("op", OPS)
 def test_op_on_each_backend(op, shape, mode, monkeypatch):
-    monkeypatch.setenv("HESSALIGN_CPU_GEMM", mode)
+    set_mode(monkeypatch, mode)
     p = make_problem(shape, torch.float32, requires_grad=True)
     bias = None if p.bias is None else p.bias.detach().clone()
     out = call(hessalign_ext, op, p)
@@ -82,21 +90,19 @@ def test_op_on_each_backend(op, shape, mode, monkeypatch):
     check_backward(lambda: call(hessalign_ext, op, p), lambda: truth(op, p), p, inputs, grad_tol=grad_tol)
 
 
-@needs_onednn
-@pytest.mark.parametrize("mode", ["onednn", "aten"])
+@pytest.mark.parametrize("mode", MODES)
 def test_class_tiles_on_each_backend(mode, monkeypatch):
     """With class tiles the per-domain GEMMs read narrowed (E, T, D) blocks."""
-    monkeypatch.setenv("HESSALIGN_CPU_GEMM", mode)
+    set_mode(monkeypatch, mode)
     p = make_problem(LARGE, torch.float32)
     for op in ("head_grad", "head_hvp", "head_hessian_diag", "hutchinson_diag"):
         assert_close(call(hessalign_ext, op, p, class_tile=16), truth(op, p), torch.float32)
 
 
-@needs_onednn
-@pytest.mark.parametrize("mode", ["onednn", "aten"])
+@pytest.mark.parametrize("mode", MODES)
 def test_padded_rows_on_each_backend(mode, monkeypatch):
     """HESSALIGN_ALIGN_ROWS=1: GEMM operands with padded row strides."""
-    monkeypatch.setenv("HESSALIGN_CPU_GEMM", mode)
+    set_mode(monkeypatch, mode)
     monkeypatch.setenv("HESSALIGN_ALIGN_ROWS", "1")
     p = make_problem(LARGE, torch.float32)
     for op in ("head_grad", "head_hvp", "hutchinson_trace"):
@@ -104,10 +110,7 @@ def test_padded_rows_on_each_backend(mode, monkeypatch):
 
 
 def run_in(mode, monkeypatch, op, p):
-    if mode is None:
-        monkeypatch.delenv("HESSALIGN_CPU_GEMM", raising=False)
-    else:
-        monkeypatch.setenv("HESSALIGN_CPU_GEMM", mode)
+    set_mode(monkeypatch, mode)
     return call(hessalign_ext, op, p)
 
 
@@ -128,3 +131,23 @@ def test_float64_stays_on_aten(monkeypatch):
     """oneDNN takes float32 only: float64 is the same bits in every mode."""
     p = make_problem(LARGE, torch.float64)
     assert torch.equal(run_in("onednn", monkeypatch, "head_hvp", p), run_in("aten", monkeypatch, "head_hvp", p))
+
+
+def batched_gemms(mode, monkeypatch, op, p) -> int:
+    """The op's calls to ATen's batched GEMM (its per-domain products of equal domains)."""
+    set_mode(monkeypatch, mode)
+    with torch.profiler.profile() as prof:
+        call(hessalign_ext, op, p)
+    return sum(e.name == "aten::bmm" for e in prof.events())
+
+
+@pytest.mark.skipif(onednn_runs(), reason="where oneDNN runs, auto mode keeps float32 products on its rule")
+@pytest.mark.parametrize("op", ["head_grad", "head_hvp", "head_hessian_diag"])
+def test_auto_takes_the_few_rows_kernel_up_to_64_rows(op, monkeypatch):
+    """Auto mode computes X_eᵀ Y_e with the few-rows kernel for float32 domains of up to 64 rows:
+    one batched ATen GEMM fewer than in aten mode (the kernel and BLAS round alike here, so the
+    bits cannot tell); past 64 rows, and in float64, the same GEMMs as aten mode."""
+    for shape, dtype, fewer in ((LARGE, torch.float32, 1), (Shape("rows_65", (65, 65), C=9, d=40), torch.float32, 0),
+                                (LARGE, torch.float64, 0)):
+        p = make_problem(shape, dtype)
+        assert batched_gemms("aten", monkeypatch, op, p) - batched_gemms(None, monkeypatch, op, p) == fewer, (shape.id, dtype)

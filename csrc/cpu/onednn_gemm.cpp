@@ -57,16 +57,6 @@ MatmulFn usable_matmul() {
   return usable;
 }
 
-enum class Mode { kAuto, kAten, kOneDnn };
-
-Mode mode() {
-  const char* env = std::getenv("HESSALIGN_CPU_GEMM");
-  if (!env) return Mode::kAuto;
-  if (std::strcmp(env, "aten") == 0) return Mode::kAten;
-  if (std::strcmp(env, "onednn") == 0) return Mode::kOneDnn;
-  return Mode::kAuto;
-}
-
 // A layout mkldnn_matmul reads without a copy: contiguous, or the transpose of a contiguous
 // matrix (of each matrix of a batch).
 bool in_place(const at::Tensor& t) {
@@ -78,18 +68,28 @@ bool in_place(const at::Tensor& t) {
 
 }  // namespace
 
+CpuGemm cpu_gemm_mode() {
+  const char* env = std::getenv("HESSALIGN_CPU_GEMM");
+  if (!env) return CpuGemm::kAuto;
+  if (std::strcmp(env, "aten") == 0) return CpuGemm::kAten;
+  if (std::strcmp(env, "onednn") == 0) return CpuGemm::kOneDnn;
+  return CpuGemm::kAuto;
+}
+
+bool onednn_usable() { return usable_matmul() != nullptr; }
+
 bool onednn_gemm_applies(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b) {
   if (!a.is_cpu() || a.scalar_type() != at::kFloat || b.scalar_type() != at::kFloat ||
       (out.defined() && out.scalar_type() != at::kFloat) || a.numel() == 0 || b.numel() == 0)
     return false;
-  switch (mode()) {
-    case Mode::kAten:
+  switch (cpu_gemm_mode()) {
+    case CpuGemm::kAten:
       return false;
-    case Mode::kOneDnn:
+    case CpuGemm::kOneDnn:
       TORCH_CHECK(usable_matmul(), "HESSALIGN_CPU_GEMM=onednn: oneDNN's float32 matmul cannot run here (libtorch "
                   "lacks at::native::mkldnn_matmul, or it refuses float32 or this CPU); unset it or set it to aten");
       return true;
-    case Mode::kAuto:
+    case CpuGemm::kAuto:
       break;
   }
   return a.numel() * b.size(-1) >= kMinMacs && in_place(a) && in_place(b) &&

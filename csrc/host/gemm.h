@@ -6,7 +6,17 @@
 #pragma once
 #include <ATen/ATen.h>
 
+#include <cstdint>
+#include <vector>
+
 namespace hessalign {
+
+// HESSALIGN_CPU_GEMM (cpu/onednn_gemm.cpp): "aten" keeps every CPU GEMM on ATen's BLAS, "onednn"
+// sends every float32 one to oneDNN; unset, each takes the path measured fastest for it.
+enum class CpuGemm { kAuto, kAten, kOneDnn };
+CpuGemm cpu_gemm_mode();
+// Whether oneDNN's float32 matmul runs on this CPU (it wants AVX-512).
+bool onednn_usable();
 
 // Whether out = a @ b runs on oneDNN (cpu/onednn_gemm.cpp); an undefined out stands for a new
 // contiguous tensor.
@@ -36,6 +46,13 @@ inline void gemm_add(const at::Tensor& acc, const at::Tensor& a, const at::Tenso
   if (a.dim() == 3) acc.baddbmm_(a, b);
   else acc.addmm_(a, b);
 }
+
+// Whether out[e] = X_eᵀ Y_e for every domain e runs on the CPU's few-rows kernel
+// (cpu/segment_tn_cpu.cpp): X (N, M) and Y (N, W) with unit column stride, out (E, M, W) with
+// unit column stride and any row stride, domains of at most max_rows rows.
+bool segment_tn_applies(const at::Tensor& X, const at::Tensor& Y, const at::Tensor& out, int64_t max_rows);
+// out[e] = X_eᵀ Y_e, X_e and Y_e the rows off[e] .. off[e+1]-1 (an empty domain gives zeros)
+void segment_tn(const at::Tensor& X, const at::Tensor& Y, const std::vector<int64_t>& off, const at::Tensor& out);
 
 // bias + a @ b for 2-D a and b, the bias (b.size(1),) broadcast over the rows
 inline at::Tensor gemm_bias(const at::Tensor& bias, const at::Tensor& a, const at::Tensor& b) {

@@ -1,6 +1,7 @@
-// The per-domain GEMMs of every op (host/gemm.h: oneDNN or ATen's BLAS on the CPU, cuBLAS on CUDA): products
-// of the rows of each domain with its (E, C, D) block, one batched GEMM when the domains hold
-// equal rows, and the accumulation of an op's gradients to Z̃ and W̃.
+// The per-domain GEMMs of every op (host/gemm.h: oneDNN, ATen's BLAS or the few-rows kernel on
+// the CPU, cuBLAS on CUDA): products of the rows of each domain with its (E, C, D) block, one
+// batched GEMM when the domains hold equal rows, and the accumulation of an op's gradients to Z̃
+// and W̃.
 #pragma once
 #include "head_problem.h"
 
@@ -14,6 +15,7 @@ inline void domain_tn(const Head& h, int64_t e, const at::Tensor& X, const at::T
 // out[e] = X_eᵀ Y_e for every domain (rows of e); Y is a D-wide GEMM operand (Head::wide), out
 // (E, M, D) or a view with contiguous rows. An empty domain gives zeros.
 inline void seg_tn(const Head& h, const at::Tensor& X, const at::Tensor& Y_in, const at::Tensor& out) {
+  if (!h.align_rows && segment_tn_applies(X, Y_in, out, h.max_rows)) return segment_tn(X, Y_in, h.off, out);
   // with align_rows the GEMMs write a padded buffer over its whole width, then one copy
   const at::Tensor tmp = h.align_rows ? h.rows_buffer(out.sizes().vec(), out.options()) : out;
   at::Tensor o = h.wide(tmp);

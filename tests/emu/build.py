@@ -47,7 +47,8 @@ def load() -> None:
         tmp.rename(obj)
     cpp_extension.load(
         name=f"hessalign_emu_{key}",
-        sources=[str(HERE / "emu_ops.cpp"), str(ROOT / "csrc" / "cpu" / "onednn_gemm.cpp")],  # host/gemm.h's CPU GEMMs
+        # host/gemm.h's CPU GEMMs
+        sources=[str(HERE / "emu_ops.cpp"), *(str(ROOT / "csrc" / "cpu" / f) for f in ("onednn_gemm.cpp", "segment_tn_cpu.cpp"))],
         extra_cflags=["-O1", *SAN_FLAGS],
         extra_ldflags=[str(obj), "-fopenmp", *SAN_FLAGS],
         build_directory=str(build_dir),

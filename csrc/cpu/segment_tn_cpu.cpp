@@ -1,0 +1,131 @@
+// The per-domain products out[e] = X_eᵀ Y_e of the CPU (host/gemm.h's segment_tn) for domains of
+// few rows: a register-blocked kernel on ATen's Vectorized (AVX2 + FMA in this build).
+//
+// Why: with few rows per domain (DomainBed: 32) the product has a short inner dimension, and
+// BLAS spends a large part of its time packing panels; MKL's sgemm also slows by half when the
+// output rows are not 64-byte aligned, and the ops' (E, C, D) blocks have rows of D = d + 1
+// elements. Measured 2026-11-27 on this project's 2-core AMD EPYC (AVX2), one thread, 3 domains
+// of 32 rows, C = 345, d = 2048: MKL's bmm 2.2 ms into aligned rows, 3.3 ms into rows of 2049.
+// Here each output tile of MR classes × NV vectors of columns sums the k rows in registers and is
+// stored once, at any alignment. Same machine and day, each op against HESSALIGN_CPU_GEMM=aten in
+// one process: head_grad 1.07-1.17x faster at the DomainBed heads (32 rows a domain),
+// head_hessian_diag 1.03-1.14x, head_hvp 0.98-1.12x; the products themselves take about the time
+// of MKL's logits GEMM of as many multiply-adds (perf).
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/vec.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "../host/gemm.h"
+
+namespace hessalign {
+namespace {
+
+// Rows per domain up to which the kernel takes a product. Measured as the file's header says,
+// every op against HESSALIGN_CPU_GEMM=aten: 1.03-1.29x faster at 32 and 64 rows, even at 128
+// (0.96-1.11x), BLAS faster at 256 (0.93-1.02x), whose blocking over the inner dimension wins.
+constexpr int64_t kMaxRows = 64;
+constexpr int kMR = 4;  // classes (rows of out) per tile
+constexpr int kNV = 3;  // vectors of columns per tile: kMR × kNV accumulators, kNV loads, kMR broadcasts
+
+// out[r, q·V ..] = Σ_i X[i, r] Y[i, q·V ..] for r < MR, q < NV: one tile, in registers.
+template <class T, int MR, int NV>
+C10_ALWAYS_INLINE void tile(const T* X, int64_t ldx, const T* Y, int64_t ldy, T* out, int64_t ldo, int64_t k) {
+  using Vec = at::vec::Vectorized<T>;
+  constexpr int V = Vec::size();
+  Vec acc[MR][NV];
+  for (int r = 0; r < MR; ++r)
+    for (int q = 0; q < NV; ++q) acc[r][q] = Vec(T(0));
+  for (int64_t i = 0; i < k; ++i) {
+    Vec y[NV];
+    for (int q = 0; q < NV; ++q) y[q] = Vec::loadu(Y + i * ldy + q * V);
+    for (int r = 0; r < MR; ++r) {
+      const Vec x(X[i * ldx + r]);
+      for (int q = 0; q < NV; ++q) acc[r][q] = at::vec::fmadd(x, y[q], acc[r][q]);
+    }
+  }
+  for (int r = 0; r < MR; ++r)
+    for (int q = 0; q < NV; ++q) acc[r][q].store(out + r * ldo + q * V);
+}
+
+// Columns past the last full vector: a scalar sum per element.
+template <class T>
+inline void tail_columns(const T* X, int64_t ldx, const T* Y, int64_t ldy, T* out, int64_t ldo, int64_t k,
+                         int64_t M, int64_t cols) {
+  for (int64_t r = 0; r < M; ++r)
+    for (int64_t j = 0; j < cols; ++j) {
+      T s = 0;
+      for (int64_t i = 0; i < k; ++i) s += X[i * ldx + r] * Y[i * ldy + j];
+      out[r * ldo + j] = s;
+    }
+}
+
+// All M classes of one column panel of NV vectors: tiles of kMR classes, then the last M % kMR.
+template <class T, int NV>
+void panel(const T* X, int64_t ldx, const T* Y, int64_t ldy, T* out, int64_t ldo, int64_t k, int64_t M) {
+  int64_t c = 0;
+  for (; c + kMR <= M; c += kMR) tile<T, kMR, NV>(X + c, ldx, Y, ldy, out + c * ldo, ldo, k);
+  switch (M - c) {
+    case 3: tile<T, 3, NV>(X + c, ldx, Y, ldy, out + c * ldo, ldo, k); break;
+    case 2: tile<T, 2, NV>(X + c, ldx, Y, ldy, out + c * ldo, ldo, k); break;
+    case 1: tile<T, 1, NV>(X + c, ldx, Y, ldy, out + c * ldo, ldo, k); break;
+    default: break;
+  }
+}
+
+template <class T>
+void segment_tn_typed(const at::Tensor& X, const at::Tensor& Y, const std::vector<int64_t>& off,
+                      const at::Tensor& out) {
+  constexpr int64_t V = at::vec::Vectorized<T>::size(), JB = kNV * V;
+  const int64_t E = int64_t(off.size()) - 1, M = X.size(1), W = Y.size(1);
+  const int64_t ldx = X.stride(0), ldy = Y.stride(0), ldo = out.stride(1), lde = out.stride(0);
+  const T* x = X.const_data_ptr<T>();
+  const T* y = Y.const_data_ptr<T>();
+  T* o = out.mutable_data_ptr<T>();
+  const int64_t panels = (W + JB - 1) / JB;
+  // One task per (domain, column panel). The panel of Y_e is copied to a contiguous buffer and
+  // read from L1 by every tile: in place, its rows lie ldy apart, and at row strides of a
+  // multiple of 4 KiB (d = 1024, 2048) they all fall in one L1 set and evict each other.
+  at::parallel_for(0, E * panels, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> packed(kMaxRows * JB);
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t e = t / panels, j0 = (t % panels) * JB, k = off[e + 1] - off[e];
+      const T* xe = x + off[e] * ldx;
+      const T* ye = y + off[e] * ldy + j0;
+      T* oe = o + e * lde + j0;
+      const int64_t w = std::min(JB, W - j0);
+      if (w == JB) {
+        for (int64_t i = 0; i < k; ++i) std::copy(ye + i * ldy, ye + i * ldy + JB, packed.data() + i * JB);
+        panel<T, kNV>(xe, ldx, packed.data(), JB, oe, ldo, k, M);
+        continue;
+      }
+      int64_t j = 0;
+      for (; j + V <= w; j += V) panel<T, 1>(xe, ldx, ye + j, ldy, oe + j, ldo, k, M);
+      if (j < w) tail_columns(xe, ldx, ye + j, ldy, oe + j, ldo, k, M, w - j);
+    }
+  });
+}
+
+}  // namespace
+
+// float32 only: in float64 (4 lanes) BLAS was as fast or faster at C = 345 (0.88-0.95x). Where
+// oneDNN runs (AVX-512 CPUs), products stay on the rule of cpu/onednn_gemm.cpp, measured there;
+// this kernel was measured on an AVX2 CPU only.
+bool segment_tn_applies(const at::Tensor& X, const at::Tensor& Y, const at::Tensor& out, int64_t max_rows) {
+  return X.is_cpu() && X.scalar_type() == at::kFloat && Y.scalar_type() == at::kFloat &&
+         out.scalar_type() == at::kFloat && max_rows <= kMaxRows && cpu_gemm_mode() == CpuGemm::kAuto &&
+         !onednn_usable() && X.stride(1) == 1 && Y.stride(1) == 1 && out.dim() == 3 && out.stride(2) == 1;
+}
+
+void segment_tn(const at::Tensor& X, const at::Tensor& Y, const std::vector<int64_t>& off, const at::Tensor& out) {
+  TORCH_CHECK(X.scalar_type() == at::kFloat && Y.scalar_type() == at::kFloat && out.scalar_type() == at::kFloat &&
+                  X.stride(1) == 1 && Y.stride(1) == 1 && out.dim() == 3 && out.stride(2) == 1 &&
+                  int64_t(off.size()) == out.size(0) + 1 && X.size(1) == out.size(1) && Y.size(1) == out.size(2),
+              "segment_tn: float32 operands with unit column strides and matching sizes");
+  for (size_t e = 0; e + 1 < off.size(); ++e)
+    TORCH_CHECK(off[e + 1] - off[e] <= kMaxRows, "segment_tn: a domain of more than ", kMaxRows, " rows");
+  segment_tn_typed<float>(X, Y, off, out);
+}
+
+}  // namespace hessalign
