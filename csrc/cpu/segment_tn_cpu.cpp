@@ -8,9 +8,9 @@
 // of 32 rows, C = 345, d = 2048: MKL's bmm 2.2 ms into aligned rows, 3.3 ms into rows of 2049.
 // Here each output tile of MR classes × NV vectors of columns sums the k rows in registers and is
 // stored once, at any alignment. Same machine and day, each op against HESSALIGN_CPU_GEMM=aten in
-// one process: head_grad 1.07-1.17x faster at the DomainBed heads (32 rows a domain),
-// head_hessian_diag 1.03-1.14x, head_hvp 0.98-1.12x; the products themselves take about the time
-// of MKL's logits GEMM of as many multiply-adds (perf).
+// one process, rounds alternating: at 3×32, d = 2048, C = 345, head_grad 1.18x, head_hvp
+// 1.07-1.13x, head_hessian_diag 1.51x faster (medians of 80 rounds); 1.0-1.15x at the other
+// DomainBed heads. The products take the time of MKL's logits GEMM of as many multiply-adds (perf).
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/vec.h>
 
@@ -22,8 +22,8 @@
 namespace hessalign {
 namespace {
 
-// Rows per domain up to which the kernel takes a product. Measured as the file's header says,
-// every op against HESSALIGN_CPU_GEMM=aten: 1.03-1.29x faster at 32 and 64 rows, even at 128
+// Rows per domain up to which the kernel takes a product. Measured as the file's header says
+// (the kernel before its class chunks): 1.03-1.29x faster at 32 and 64 rows, even at 128
 // (0.96-1.11x), BLAS faster at 256 (0.93-1.02x), whose blocking over the inner dimension wins.
 constexpr int64_t kMaxRows = 64;
 constexpr int kMR = 4;  // classes (rows of out) per tile
@@ -74,35 +74,46 @@ void panel(const T* X, int64_t ldx, const T* Y, int64_t ldy, T* out, int64_t ldo
   }
 }
 
+// Classes per task: the output's rows are written a tile of kMR at a time, each along its whole
+// width, so the stores run through memory in order.
+constexpr int64_t kClassChunk = 16;
+
 template <class T>
 void segment_tn_typed(const at::Tensor& X, const at::Tensor& Y, const std::vector<int64_t>& off,
                       const at::Tensor& out) {
   constexpr int64_t V = at::vec::Vectorized<T>::size(), JB = kNV * V;
-  const int64_t E = int64_t(off.size()) - 1, M = X.size(1), W = Y.size(1);
+  const int64_t E = int64_t(off.size()) - 1, N = X.size(0), M = X.size(1), W = Y.size(1);
   const int64_t ldx = X.stride(0), ldy = Y.stride(0), ldo = out.stride(1), lde = out.stride(0);
   const T* x = X.const_data_ptr<T>();
   const T* y = Y.const_data_ptr<T>();
   T* o = out.mutable_data_ptr<T>();
-  const int64_t panels = (W + JB - 1) / JB;
-  // One task per (domain, column panel). The panel of Y_e is copied to a contiguous buffer and
-  // read from L1 by every tile: in place, its rows lie ldy apart, and at row strides of a
-  // multiple of 4 KiB (d = 1024, 2048) they all fall in one L1 set and evict each other.
+  // Y's full column panels, packed: domain e's panel p is its k_e rows of JB contiguous columns,
+  // at packed[off[e]·WF + p·k_e·JB]. A tile reads its panel in order from L1/L2; in place its rows
+  // would lie ldy apart, and at row strides of a multiple of 4 KiB (d = 1024, 2048) all in one L1 set.
+  const int64_t panels = W / JB, WF = panels * JB;
+  std::vector<T> packed(N * WF);
   at::parallel_for(0, E * panels, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> packed(kMaxRows * JB);
     for (int64_t t = begin; t < end; ++t) {
-      const int64_t e = t / panels, j0 = (t % panels) * JB, k = off[e + 1] - off[e];
-      const T* xe = x + off[e] * ldx;
-      const T* ye = y + off[e] * ldy + j0;
-      T* oe = o + e * lde + j0;
-      const int64_t w = std::min(JB, W - j0);
-      if (w == JB) {
-        for (int64_t i = 0; i < k; ++i) std::copy(ye + i * ldy, ye + i * ldy + JB, packed.data() + i * JB);
-        panel<T, kNV>(xe, ldx, packed.data(), JB, oe, ldo, k, M);
-        continue;
+      const int64_t e = t / panels, p = t % panels, k = off[e + 1] - off[e];
+      T* dst = packed.data() + off[e] * WF + p * k * JB;
+      for (int64_t i = 0; i < k; ++i) {
+        const T* src = y + (off[e] + i) * ldy + p * JB;
+        std::copy(src, src + JB, dst + i * JB);
       }
-      int64_t j = 0;
-      for (; j + V <= w; j += V) panel<T, 1>(xe, ldx, ye + j, ldy, oe + j, ldo, k, M);
-      if (j < w) tail_columns(xe, ldx, ye + j, ldy, oe + j, ldo, k, M, w - j);
+    }
+  });
+  const int64_t chunks = (M + kClassChunk - 1) / kClassChunk;
+  at::parallel_for(0, E * chunks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t e = t / chunks, c0 = (t % chunks) * kClassChunk, k = off[e + 1] - off[e];
+      const int64_t m = std::min(kClassChunk, M - c0);
+      const T* xe = x + off[e] * ldx + c0;
+      const T* pe = packed.data() + off[e] * WF;
+      T* oe = o + e * lde + c0 * ldo;
+      for (int64_t p = 0; p < panels; ++p) panel<T, kNV>(xe, ldx, pe + p * k * JB, JB, oe + p * JB, ldo, k, m);
+      int64_t j = WF;
+      for (; j + V <= W; j += V) panel<T, 1>(xe, ldx, y + off[e] * ldy + j, ldy, oe + j, ldo, k, m);
+      if (j < W) tail_columns(xe, ldx, y + off[e] * ldy + j, ldy, oe + j, ldo, k, m, W - j);
     }
   });
 }
@@ -123,8 +134,6 @@ void segment_tn(const at::Tensor& X, const at::Tensor& Y, const std::vector<int6
                   X.stride(1) == 1 && Y.stride(1) == 1 && out.dim() == 3 && out.stride(2) == 1 &&
                   int64_t(off.size()) == out.size(0) + 1 && X.size(1) == out.size(1) && Y.size(1) == out.size(2),
               "segment_tn: float32 operands with unit column strides and matching sizes");
-  for (size_t e = 0; e + 1 < off.size(); ++e)
-    TORCH_CHECK(off[e + 1] - off[e] <= kMaxRows, "segment_tn: a domain of more than ", kMaxRows, " rows");
   segment_tn_typed<float>(X, Y, off, out);
 }
 
