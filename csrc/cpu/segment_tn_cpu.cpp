@@ -91,15 +91,15 @@ void segment_tn_typed(const at::Tensor& X, const at::Tensor& Y, const std::vecto
   // at packed[off[e]·WF + p·k_e·JB]. A tile reads its panel in order from L1/L2; in place its rows
   // would lie ldy apart, and at row strides of a multiple of 4 KiB (d = 1024, 2048) all in one L1 set.
   const int64_t panels = W / JB, WF = panels * JB;
-  std::vector<T> packed(N * WF);
+  const at::Tensor packed_buf = at::empty({N * WF}, X.options());
+  T* packed = packed_buf.mutable_data_ptr<T>();
   at::parallel_for(0, E * panels, 1, [&](int64_t begin, int64_t end) {
+    using Vec = at::vec::Vectorized<T>;
     for (int64_t t = begin; t < end; ++t) {
       const int64_t e = t / panels, p = t % panels, k = off[e + 1] - off[e];
-      T* dst = packed.data() + off[e] * WF + p * k * JB;
-      for (int64_t i = 0; i < k; ++i) {
-        const T* src = y + (off[e] + i) * ldy + p * JB;
-        std::copy(src, src + JB, dst + i * JB);
-      }
+      T* dst = packed + off[e] * WF + p * k * JB;
+      for (int64_t i = 0; i < k; ++i)
+        for (int64_t q = 0; q < JB; q += V) Vec::loadu(y + (off[e] + i) * ldy + p * JB + q).store(dst + i * JB + q);
     }
   });
   const int64_t chunks = (M + kClassChunk - 1) / kClassChunk;
@@ -108,7 +108,7 @@ void segment_tn_typed(const at::Tensor& X, const at::Tensor& Y, const std::vecto
       const int64_t e = t / chunks, c0 = (t % chunks) * kClassChunk, k = off[e + 1] - off[e];
       const int64_t m = std::min(kClassChunk, M - c0);
       const T* xe = x + off[e] * ldx + c0;
-      const T* pe = packed.data() + off[e] * WF;
+      const T* pe = packed + off[e] * WF;
       T* oe = o + e * lde + c0 * ldo;
       for (int64_t p = 0; p < panels; ++p) panel<T, kNV>(xe, ldx, pe + p * k * JB, JB, oe + p * JB, ldo, k, m);
       int64_t j = WF;
