@@ -13,6 +13,8 @@ Providers (``PROVIDERS``, one module each; ``problems.py`` holds the cases, head
 ``truth.py`` the float64 truth and the check):
 
 - ``ours``: the fused op of ``hessalign_ext.ops`` (all domains in one call).
+- ``ours_blas``: the same on the CPU with ``HESSALIGN_CPU_GEMM=aten``, every GEMM on ATen's BLAS:
+  what the ops' own GEMM paths (the few-rows kernel, oneDNN) buy, in the same run.
 - ``autograd``: double backward through an explicit ``F.linear`` head and ``F.cross_entropy``,
   one domain at a time, as the paper's reference code does it: HVP as ``∇(g·v)``; Hutchinson
   one probe at a time (one double backward per probe and domain); the exact diagonal as ``C·D``
@@ -57,6 +59,7 @@ def _step_provider(name: str, backend: str, method: str = "auto") -> Provider:
 
 PROVIDERS: Dict[str, Provider] = {
     "ours": Provider("ours", ours.build),
+    "ours_blas": Provider("ours_blas", ours.build_blas, ours.blas_not_applicable),
     "closed_form": Provider("closed_form", closed_form.build, uses_probes=True),
     "autograd": Provider("autograd", autograd.build, not_applicable_past(AUTOGRAD_EXACT_MAX, "autograd"),
                          uses_probes=True),
@@ -73,7 +76,7 @@ STEP_PROVIDERS: Dict[str, Provider] = {
     "kernel_ops": _step_provider("kernel_ops", "kernel", "ops"),
     "autograd": _step_provider("autograd", "autograd"),
 }
-OP_PROVIDER_ORDER = ["ours", "closed_form", "autograd", "torch_func", "backpack", "curvlinops"]
+OP_PROVIDER_ORDER = ["ours", "ours_blas", "closed_form", "autograd", "torch_func", "backpack", "curvlinops"]
 STEP_PROVIDER_ORDER = ["kernel", "autograd", "kernel_gram", "kernel_fused", "kernel_ops"]
 HGP_ONLY_PROVIDERS = ("kernel_gram", "kernel_fused", "kernel_ops")
 
