@@ -12,6 +12,7 @@
 
 #include "../math/cross_entropy.h"
 #include "../math/domains.h"
+#include "../math/head_grad.h"
 #include "../math/softmax.h"
 
 namespace hessalign {
@@ -48,6 +49,38 @@ struct CpuKernels {
         if constexpr (Op::kSums > 0) gather_sums(op, r, cols, s);
         for (index_t c = 0; c < cols; ++c) op.map(r, c, s);
         op.finish(r, s);
+      }
+    });
+  }
+
+  // The residuals r_ic = s_i (c_i p_ic − t_ic) of math/head_grad.h's ResidualOp, vectorized over a
+  // row's classes: t_ic = b_i w_c off the label, and the label's own element by the functor itself.
+  // In the scalar loop the per-element label test and nullable class weights kept the compiler from
+  // vectorizing: the pass took 28% of head_grad's R_eᵀ Z̃_e products at 3x32, d = 512, C = 345 (perf).
+  template <class scalar_t, class acc_t>
+  void rows(index_t rows, const ResidualOp<scalar_t, acc_t>& op) const {
+    static_assert(std::is_same_v<scalar_t, acc_t>, "the CPU kernels accumulate in their own dtype");
+    using Vec = at::vec::Vectorized<acc_t>;
+    const auto& lt = op.lt;
+    const auto& ce = op.ce;
+    const index_t T = lt.T;
+    at::parallel_for(0, rows, std::max<index_t>(1, 4096 / std::max<index_t>(T, 1)), [&](index_t b, index_t e) {
+      for (index_t i = b; i < e; ++i) {
+        const Vec c(ce.c[i]), bi(ce.labels ? ce.b[i] : acc_t(0)), s(op.scale ? op.scale[i] : acc_t(1)), lse(lt.lse[i]);
+        const acc_t* P = lt.P ? lt.P.p + i * T : nullptr;
+        const scalar_t* L = lt.L.p + i * T;
+        const acc_t* w = ce.class_weight ? ce.class_weight.p + lt.c0 : nullptr;
+        scalar_t* out = op.out + i * T;
+        for (index_t j = 0; j < T; j += Vec::size()) {
+          const int n = int(std::min<index_t>(Vec::size(), T - j));
+          const Vec p = P ? Vec::loadu(P + j, n) : (Vec::loadu(L + j, n) - lse).exp();
+          const Vec t = w ? bi * Vec::loadu(w + j, n) : bi;
+          ((c * p - t) * s).store(out + j, n);
+        }
+        if (ce.labels) {
+          const index_t y = index_t(ce.labels[i]) - lt.c0;
+          if (y >= 0 && y < T) op.map(i, y, nullptr);
+        }
       }
     });
   }

@@ -77,6 +77,7 @@ void panel(const T* X, int64_t ldx, const T* Y, int64_t ldy, T* out, int64_t ldo
 // Classes per task: the output's rows are written a tile of kMR at a time, each along its whole
 // width, so the stores run through memory in order.
 constexpr int64_t kClassChunk = 16;
+constexpr int64_t kPackClasses = 16;  // classes from which Y's panels are packed (segment_tn_typed)
 
 template <class T>
 void segment_tn_typed(const at::Tensor& X, const at::Tensor& Y, const std::vector<int64_t>& off,
@@ -88,32 +89,39 @@ void segment_tn_typed(const at::Tensor& X, const at::Tensor& Y, const std::vecto
   const T* y = Y.const_data_ptr<T>();
   T* o = out.mutable_data_ptr<T>();
   // Y's full column panels, packed: domain e's panel p is its k_e rows of JB contiguous columns,
-  // at packed[off[e]·WF + p·k_e·JB]. A tile reads its panel in order from L1/L2; in place its rows
-  // would lie ldy apart, and at row strides of a multiple of 4 KiB (d = 1024, 2048) all in one L1 set.
+  // at packed[off[e]·WF + p·k_e·JB]. The tiles of a class chunk read their panel in order from
+  // L1; in place its rows lie ldy apart, and at row strides of a multiple of 4 KiB (d = 1024,
+  // 2048) all in one L1 set. With fewer than kPackClasses classes a panel is read by one or two
+  // tiles, and the copy costs more than it saves (0.74-0.95x of BLAS at C = 2 and 7, d = 2048).
   const int64_t panels = W / JB, WF = panels * JB;
-  const at::Tensor packed_buf = at::empty({N * WF}, X.options());
+  const bool pack = M >= kPackClasses;
+  const at::Tensor packed_buf = at::empty({pack ? N * WF : 0}, X.options());
   T* packed = packed_buf.mutable_data_ptr<T>();
-  at::parallel_for(0, E * panels, 1, [&](int64_t begin, int64_t end) {
-    using Vec = at::vec::Vectorized<T>;
-    for (int64_t t = begin; t < end; ++t) {
-      const int64_t e = t / panels, p = t % panels, k = off[e + 1] - off[e];
-      T* dst = packed + off[e] * WF + p * k * JB;
-      for (int64_t i = 0; i < k; ++i)
-        for (int64_t q = 0; q < JB; q += V) Vec::loadu(y + (off[e] + i) * ldy + p * JB + q).store(dst + i * JB + q);
-    }
-  });
+  if (pack)
+    at::parallel_for(0, E * panels, 1, [&](int64_t begin, int64_t end) {
+      using Vec = at::vec::Vectorized<T>;
+      for (int64_t t = begin; t < end; ++t) {
+        const int64_t e = t / panels, p = t % panels, k = off[e + 1] - off[e];
+        T* dst = packed + off[e] * WF + p * k * JB;
+        for (int64_t i = 0; i < k; ++i)
+          for (int64_t q = 0; q < JB; q += V) Vec::loadu(y + (off[e] + i) * ldy + p * JB + q).store(dst + i * JB + q);
+      }
+    });
   const int64_t chunks = (M + kClassChunk - 1) / kClassChunk;
   at::parallel_for(0, E * chunks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
       const int64_t e = t / chunks, c0 = (t % chunks) * kClassChunk, k = off[e + 1] - off[e];
       const int64_t m = std::min(kClassChunk, M - c0);
       const T* xe = x + off[e] * ldx + c0;
-      const T* pe = packed + off[e] * WF;
+      const T* ye = y + off[e] * ldy;
       T* oe = o + e * lde + c0 * ldo;
-      for (int64_t p = 0; p < panels; ++p) panel<T, kNV>(xe, ldx, pe + p * k * JB, JB, oe + p * JB, ldo, k, m);
+      for (int64_t p = 0; p < panels; ++p) {
+        if (pack) panel<T, kNV>(xe, ldx, packed + off[e] * WF + p * k * JB, JB, oe + p * JB, ldo, k, m);
+        else panel<T, kNV>(xe, ldx, ye + p * JB, ldy, oe + p * JB, ldo, k, m);
+      }
       int64_t j = WF;
-      for (; j + V <= W; j += V) panel<T, 1>(xe, ldx, y + off[e] * ldy + j, ldy, oe + j, ldo, k, m);
-      if (j < W) tail_columns(xe, ldx, y + off[e] * ldy + j, ldy, oe + j, ldo, k, m, W - j);
+      for (; j + V <= W; j += V) panel<T, 1>(xe, ldx, ye + j, ldy, oe + j, ldo, k, m);
+      if (j < W) tail_columns(xe, ldx, ye + j, ldy, oe + j, ldo, k, m, W - j);
     }
   });
 }

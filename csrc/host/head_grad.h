@@ -16,7 +16,7 @@ at::Tensor head_grad_forward(HE_HEAD_PARAMS, const at::Tensor& labels, const at:
   // on the CPU); with a padded GEMM width the GEMM takes the padded Z̃ as before.
   const bool bias_sums = h.has_bias && !h.align_rows;
   if (!bias_sums) h.augment();
-  prepare(h, k, ce);
+  prepare(h, k, ce, /*keep_probs=*/false);  // the residual pass, their one reader, makes its own
   at::Tensor out = at::empty({h.E, h.C, h.D}, h.zt.options());
   HE_DISPATCH(K, h.zt.scalar_type(), [&] {
     using acc_t = at::opmath_type<scalar_t>;
