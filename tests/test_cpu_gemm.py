@@ -142,6 +142,7 @@ def batched_gemms(mode, monkeypatch, op, p) -> int:
 
 
 @pytest.mark.skipif(onednn_runs(), reason="where oneDNN runs, auto mode keeps float32 products on its rule")
+@pytest.mark.skipif(hessalign_ext._C.cpu_isa != "avx2", reason="a portable build does not take the few-rows kernel")
 @pytest.mark.parametrize("op", ["head_grad", "head_hvp", "head_hessian_diag"])
 def test_auto_takes_the_few_rows_kernel_up_to_64_rows(op, monkeypatch):
     """Auto mode computes X_eᵀ Y_e with the few-rows kernel for float32 domains of up to 64 rows:

@@ -1,5 +1,6 @@
 // The per-domain products out[e] = X_eᵀ Y_e of the CPU (host/gemm.h's segment_tn) for domains of
-// few rows: a register-blocked kernel on ATen's Vectorized (AVX2 + FMA in this build).
+// few rows: a register-blocked kernel on ATen's Vectorized, taken only in builds for AVX2 + FMA
+// (setup.py's and CMake's ISA rule); elsewhere Vectorized is its generic form, never measured.
 //
 // Why: with few rows per domain (DomainBed: 32) the product has a short inner dimension, and
 // BLAS spends a large part of its time packing panels; MKL's sgemm also slows by half when the
@@ -26,6 +27,11 @@ namespace {
 // (the kernel before its class chunks): 1.03-1.29x faster at 32 and 64 rows, even at 128
 // (0.96-1.11x), BLAS faster at 256 (0.93-1.02x), whose blocking over the inner dimension wins.
 constexpr int64_t kMaxRows = 64;
+#if defined(CPU_CAPABILITY_AVX2)
+constexpr bool kBuiltForAvx2 = true;
+#else
+constexpr bool kBuiltForAvx2 = false;
+#endif
 constexpr int kMR = 4;  // classes (rows of out) per tile
 constexpr int kNV = 3;  // vectors of columns per tile: kMR × kNV accumulators, kNV loads, kMR broadcasts
 
@@ -132,16 +138,27 @@ void segment_tn_typed(const at::Tensor& X, const at::Tensor& Y, const std::vecto
 // oneDNN runs (AVX-512 CPUs), products stay on the rule of cpu/onednn_gemm.cpp, measured there;
 // this kernel was measured on an AVX2 CPU only.
 bool segment_tn_applies(const at::Tensor& X, const at::Tensor& Y, const at::Tensor& out, int64_t max_rows) {
-  return X.is_cpu() && X.scalar_type() == at::kFloat && Y.scalar_type() == at::kFloat &&
+  return kBuiltForAvx2 && X.is_cpu() && X.scalar_type() == at::kFloat && Y.scalar_type() == at::kFloat &&
          out.scalar_type() == at::kFloat && max_rows <= kMaxRows && cpu_gemm_mode() == CpuGemm::kAuto &&
          !onednn_usable() && X.stride(1) == 1 && Y.stride(1) == 1 && out.dim() == 3 && out.stride(2) == 1;
 }
 
 void segment_tn(const at::Tensor& X, const at::Tensor& Y, const std::vector<int64_t>& off, const at::Tensor& out) {
   TORCH_CHECK(X.scalar_type() == at::kFloat && Y.scalar_type() == at::kFloat && out.scalar_type() == at::kFloat &&
-                  X.stride(1) == 1 && Y.stride(1) == 1 && out.dim() == 3 && out.stride(2) == 1 &&
-                  int64_t(off.size()) == out.size(0) + 1 && X.size(1) == out.size(1) && Y.size(1) == out.size(2),
+                  X.dim() == 2 && Y.dim() == 2 && out.dim() == 3 && X.stride(1) == 1 && Y.stride(1) == 1 &&
+                  out.stride(2) == 1 && Y.size(0) == X.size(0) && int64_t(off.size()) == out.size(0) + 1 &&
+                  X.size(1) == out.size(1) && Y.size(1) == out.size(2),
               "segment_tn: float32 operands with unit column strides and matching sizes");
+  TORCH_CHECK(off.front() == 0 && off.back() == X.size(0) && std::is_sorted(off.begin(), off.end()),
+              "segment_tn: offsets must rise from 0 to the rows of X");
+  // the tasks write disjoint rows of out: rows no closer than their width, domains after each other
+  TORCH_CHECK((out.size(1) < 2 || out.stride(1) >= out.size(2)) &&
+                  (out.size(0) < 2 || out.stride(0) >= out.size(1) * out.stride(1)),
+              "segment_tn: out's rows overlap");
+  if (X.size(0) == 0) {  // no rows (and no data pointers): every product is zero
+    out.zero_();
+    return;
+  }
   segment_tn_typed<float>(X, Y, off, out);
 }
 

@@ -89,33 +89,42 @@ void naive(const Problem& p, at::Tensor& loss, at::Tensor& diag, at::Tensor& tra
 }
 
 // The few-rows kernel (cpu/segment_tn_cpu.cpp) against float64 products, domain by domain:
-// classes off its 4-class tiles, columns off its 24-column panels and 8-wide vectors, domains of
-// 0 to 64 rows, every operand a view with a row stride past its width (the output's unaligned).
+// classes off its 4-class tiles and 16-class chunks, columns off its 24-column panels and 8-wide
+// vectors, domains of 0 to 64 rows (and a call with no rows at all), every operand a view with a
+// row stride past its width; the output's padding column and the elements after it must keep
+// their sentinel (a tail that writes too far fails).
 void check_segment_tn() {
   at::manual_seed(11);
-  const std::vector<int64_t> sizes = {9, 0, 64, 1, 33};
-  std::vector<int64_t> off = {0};
-  for (int64_t s : sizes) off.push_back(off.back() + s);
-  const int64_t N = off.back(), E = int64_t(sizes.size());
-  for (int64_t M : {1, 2, 3, 4, 7, 37})
-    for (int64_t W : {1, 7, 8, 23, 24, 25, 53, 129}) {
-      const at::Tensor X = at::randn({N, M + 3}).narrow(1, 1, M);
-      const at::Tensor Y = at::randn({N, W + 5}).narrow(1, 2, W);
-      at::Tensor out = at::full({E, M, W + 1}, 7.0f).narrow(2, 1, W);
-      hessalign::segment_tn(X, Y, off, out);
-      double err = 0, scale = 0;
-      for (int64_t e = 0; e < E; ++e) {
-        const at::Tensor want = at::mm(X.narrow(0, off[e], sizes[e]).t().to(at::kDouble),
-                                       Y.narrow(0, off[e], sizes[e]).to(at::kDouble));
-        err = std::max(err, (out[e].to(at::kDouble) - want).abs().max().item<double>());
-        scale = std::max(scale, want.abs().max().item<double>());
+  int bad = 0;
+  for (const std::vector<int64_t>& sizes : {std::vector<int64_t>{9, 0, 64, 1, 33}, std::vector<int64_t>{0, 0}})
+    for (int64_t M : {1, 2, 3, 4, 7, 16, 37})
+      for (int64_t W : {1, 7, 8, 23, 24, 25, 53, 129}) {
+        std::vector<int64_t> off = {0};
+        for (int64_t s : sizes) off.push_back(off.back() + s);
+        const int64_t N = off.back(), E = int64_t(sizes.size());
+        const at::Tensor X = at::randn({N, M + 3}).narrow(1, 1, M);
+        const at::Tensor Y = at::randn({N, W + 5}).narrow(1, 2, W);
+        const float sentinel = 7.0f;
+        const at::Tensor buf = at::full({E * M * (W + 1) + 16}, sentinel);
+        at::Tensor out = buf.narrow(0, 0, E * M * (W + 1)).view({E, M, W + 1}).narrow(2, 0, W);
+        hessalign::segment_tn(X, Y, off, out);
+        double err = 0, scale = 0;
+        for (int64_t e = 0; e < E; ++e) {
+          const at::Tensor want = at::mm(X.narrow(0, off[e], sizes[e]).t().to(at::kDouble),
+                                         Y.narrow(0, off[e], sizes[e]).to(at::kDouble));
+          err = std::max(err, (out[e].to(at::kDouble) - want).abs().max().item<double>());
+          scale = std::max(scale, want.abs().max().item<double>());
+        }
+        const at::Tensor pad = buf.narrow(0, 0, E * M * (W + 1)).view({E, M, W + 1}).select(2, W);
+        const bool kept = (pad == sentinel).all().item<bool>() && (buf.narrow(0, E * M * (W + 1), 16) == sentinel).all().item<bool>();
+        if (err > 1e-5 * std::max(1.0, scale) || !kept) {
+          std::printf("segment_tn N=%ld M=%ld W=%ld: max abs error %.3e (scale %.3e)%s FAIL\n", long(N), long(M),
+                      long(W), err, scale, kept ? "" : ", wrote past a row");
+          ++bad;
+        }
       }
-      if (err > 1e-5 * std::max(1.0, scale)) {
-        std::printf("segment_tn M=%ld W=%ld: max abs error %.3e (scale %.3e) FAIL\n", long(M), long(W), err, scale);
-        ++failures;
-      }
-    }
-  std::printf("%-40s %s\n", "segment_tn (float32, 48 sizes)", failures ? "FAIL" : "ok");
+  failures += bad;
+  std::printf("%-40s %s\n", "segment_tn (float32, 112 sizes)", bad ? "FAIL" : "ok");
 }
 
 }  // namespace
