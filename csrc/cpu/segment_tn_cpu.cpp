@@ -83,7 +83,10 @@ void panel(const T* X, int64_t ldx, const T* Y, int64_t ldy, T* out, int64_t ldo
 // Classes per task: the output's rows are written a tile of kMR at a time, each along its whole
 // width, so the stores run through memory in order.
 constexpr int64_t kClassChunk = 16;
-constexpr int64_t kPackClasses = 16;  // classes from which Y's panels are packed (segment_tn_typed)
+// Classes from which Y's panels are packed (segment_tn_typed). Measured 2026-11-27, head_grad at
+// 3x32 rows, one process, alternating rounds: reading in place 1.07-1.10x faster at 16 classes,
+// even at 24 and 32, packing 1.03-1.05x faster at 48 and 1.05-1.11x at 65 (d = 512, 2048).
+constexpr int64_t kPackClasses = 48;
 
 template <class T>
 void segment_tn_typed(const at::Tensor& X, const at::Tensor& Y, const std::vector<int64_t>& off,
@@ -97,8 +100,8 @@ void segment_tn_typed(const at::Tensor& X, const at::Tensor& Y, const std::vecto
   // Y's full column panels, packed: domain e's panel p is its k_e rows of JB contiguous columns,
   // at packed[off[e]·WF + p·k_e·JB]. The tiles of a class chunk read their panel in order from
   // L1; in place its rows lie ldy apart, and at row strides of a multiple of 4 KiB (d = 1024,
-  // 2048) all in one L1 set. With fewer than kPackClasses classes a panel is read by one or two
-  // tiles, and the copy costs more than it saves (0.74-0.95x of BLAS at C = 2 and 7, d = 2048).
+  // 2048) all in one L1 set. With fewer than kPackClasses classes a panel is read by a few tiles
+  // only, and the copy costs more than it saves (packing at C = 2 and 7, d = 2048: 0.74-0.95x of BLAS).
   const int64_t panels = W / JB, WF = panels * JB;
   const bool pack = M >= kPackClasses;
   const at::Tensor packed_buf = at::empty({pack ? N * WF : 0}, X.options());
