@@ -35,14 +35,17 @@ constexpr bool kBuiltForAvx2 = false;
 constexpr int kMR = 4;  // classes (rows of out) per tile
 constexpr int kNV = 3;  // vectors of columns per tile: kMR × kNV accumulators, kNV loads, kMR broadcasts
 
+using Vec = at::vec::Vectorized<float>;
+constexpr int64_t V = Vec::size();  // floats per vector
+constexpr int64_t JB = kNV * V;     // columns per panel
+
 // out[r, q·V ..] = Σ_i X[i, r] Y[i, q·V ..] for r < MR, q < NV: one tile, in registers.
-template <class T, int MR, int NV>
-C10_ALWAYS_INLINE void tile(const T* X, int64_t ldx, const T* Y, int64_t ldy, T* out, int64_t ldo, int64_t k) {
-  using Vec = at::vec::Vectorized<T>;
-  constexpr int V = Vec::size();
+template <int MR, int NV>
+C10_ALWAYS_INLINE void tile(const float* X, int64_t ldx, const float* Y, int64_t ldy, float* out, int64_t ldo,
+                            int64_t k) {
   Vec acc[MR][NV];
   for (int r = 0; r < MR; ++r)
-    for (int q = 0; q < NV; ++q) acc[r][q] = Vec(T(0));
+    for (int q = 0; q < NV; ++q) acc[r][q] = Vec(0.f);
   for (int64_t i = 0; i < k; ++i) {
     Vec y[NV];
     for (int q = 0; q < NV; ++q) y[q] = Vec::loadu(Y + i * ldy + q * V);
@@ -56,26 +59,25 @@ C10_ALWAYS_INLINE void tile(const T* X, int64_t ldx, const T* Y, int64_t ldy, T*
 }
 
 // Columns past the last full vector: a scalar sum per element.
-template <class T>
-inline void tail_columns(const T* X, int64_t ldx, const T* Y, int64_t ldy, T* out, int64_t ldo, int64_t k,
+inline void tail_columns(const float* X, int64_t ldx, const float* Y, int64_t ldy, float* out, int64_t ldo, int64_t k,
                          int64_t M, int64_t cols) {
   for (int64_t r = 0; r < M; ++r)
     for (int64_t j = 0; j < cols; ++j) {
-      T s = 0;
+      float s = 0;
       for (int64_t i = 0; i < k; ++i) s += X[i * ldx + r] * Y[i * ldy + j];
       out[r * ldo + j] = s;
     }
 }
 
 // All M classes of one column panel of NV vectors: tiles of kMR classes, then the last M % kMR.
-template <class T, int NV>
-void panel(const T* X, int64_t ldx, const T* Y, int64_t ldy, T* out, int64_t ldo, int64_t k, int64_t M) {
+template <int NV>
+void panel(const float* X, int64_t ldx, const float* Y, int64_t ldy, float* out, int64_t ldo, int64_t k, int64_t M) {
   int64_t c = 0;
-  for (; c + kMR <= M; c += kMR) tile<T, kMR, NV>(X + c, ldx, Y, ldy, out + c * ldo, ldo, k);
+  for (; c + kMR <= M; c += kMR) tile<kMR, NV>(X + c, ldx, Y, ldy, out + c * ldo, ldo, k);
   switch (M - c) {
-    case 3: tile<T, 3, NV>(X + c, ldx, Y, ldy, out + c * ldo, ldo, k); break;
-    case 2: tile<T, 2, NV>(X + c, ldx, Y, ldy, out + c * ldo, ldo, k); break;
-    case 1: tile<T, 1, NV>(X + c, ldx, Y, ldy, out + c * ldo, ldo, k); break;
+    case 3: tile<3, NV>(X + c, ldx, Y, ldy, out + c * ldo, ldo, k); break;
+    case 2: tile<2, NV>(X + c, ldx, Y, ldy, out + c * ldo, ldo, k); break;
+    case 1: tile<1, NV>(X + c, ldx, Y, ldy, out + c * ldo, ldo, k); break;
     default: break;
   }
 }
@@ -88,15 +90,13 @@ constexpr int64_t kClassChunk = 16;
 // even at 24 and 32, packing 1.03-1.05x faster at 48 and 1.05-1.11x at 65 (d = 512, 2048).
 constexpr int64_t kPackClasses = 48;
 
-template <class T>
-void segment_tn_typed(const at::Tensor& X, const at::Tensor& Y, const std::vector<int64_t>& off,
-                      const at::Tensor& out) {
-  constexpr int64_t V = at::vec::Vectorized<T>::size(), JB = kNV * V;
+void segment_tn_kernel(const at::Tensor& X, const at::Tensor& Y, const std::vector<int64_t>& off,
+                       const at::Tensor& out) {
   const int64_t E = int64_t(off.size()) - 1, N = X.size(0), M = X.size(1), W = Y.size(1);
   const int64_t ldx = X.stride(0), ldy = Y.stride(0), ldo = out.stride(1), lde = out.stride(0);
-  const T* x = X.const_data_ptr<T>();
-  const T* y = Y.const_data_ptr<T>();
-  T* o = out.mutable_data_ptr<T>();
+  const float* x = X.const_data_ptr<float>();
+  const float* y = Y.const_data_ptr<float>();
+  float* o = out.mutable_data_ptr<float>();
   // Y's full column panels, packed: domain e's panel p is its k_e rows of JB contiguous columns,
   // at packed[off[e]·WF + p·k_e·JB]. The tiles of a class chunk read their panel in order from
   // L1; in place its rows lie ldy apart, and at row strides of a multiple of 4 KiB (d = 1024,
@@ -105,13 +105,12 @@ void segment_tn_typed(const at::Tensor& X, const at::Tensor& Y, const std::vecto
   const int64_t panels = W / JB, WF = panels * JB;
   const bool pack = M >= kPackClasses;
   const at::Tensor packed_buf = at::empty({pack ? N * WF : 0}, X.options());
-  T* packed = packed_buf.mutable_data_ptr<T>();
+  float* packed = packed_buf.mutable_data_ptr<float>();
   if (pack)
     at::parallel_for(0, E * panels, 1, [&](int64_t begin, int64_t end) {
-      using Vec = at::vec::Vectorized<T>;
       for (int64_t t = begin; t < end; ++t) {
         const int64_t e = t / panels, p = t % panels, k = off[e + 1] - off[e];
-        T* dst = packed + off[e] * WF + p * k * JB;
+        float* dst = packed + off[e] * WF + p * k * JB;
         for (int64_t i = 0; i < k; ++i)
           for (int64_t q = 0; q < JB; q += V) Vec::loadu(y + (off[e] + i) * ldy + p * JB + q).store(dst + i * JB + q);
       }
@@ -121,18 +120,25 @@ void segment_tn_typed(const at::Tensor& X, const at::Tensor& Y, const std::vecto
     for (int64_t t = begin; t < end; ++t) {
       const int64_t e = t / chunks, c0 = (t % chunks) * kClassChunk, k = off[e + 1] - off[e];
       const int64_t m = std::min(kClassChunk, M - c0);
-      const T* xe = x + off[e] * ldx + c0;
-      const T* ye = y + off[e] * ldy;
-      T* oe = o + e * lde + c0 * ldo;
+      const float* xe = x + off[e] * ldx + c0;
+      const float* ye = y + off[e] * ldy;
+      float* oe = o + e * lde + c0 * ldo;
       for (int64_t p = 0; p < panels; ++p) {
-        if (pack) panel<T, kNV>(xe, ldx, packed + off[e] * WF + p * k * JB, JB, oe + p * JB, ldo, k, m);
-        else panel<T, kNV>(xe, ldx, ye + p * JB, ldy, oe + p * JB, ldo, k, m);
+        const float* yp = pack ? packed + off[e] * WF + p * k * JB : ye + p * JB;
+        panel<kNV>(xe, ldx, yp, pack ? JB : ldy, oe + p * JB, ldo, k, m);
       }
       int64_t j = WF;
-      for (; j + V <= W; j += V) panel<T, 1>(xe, ldx, ye + j, ldy, oe + j, ldo, k, m);
+      for (; j + V <= W; j += V) panel<1>(xe, ldx, ye + j, ldy, oe + j, ldo, k, m);
       if (j < W) tail_columns(xe, ldx, ye + j, ldy, oe + j, ldo, k, m, W - j);
     }
   });
+}
+
+// The layout the kernel indexes by: float32, unit column strides, a 3-D output.
+bool kernel_layout(const at::Tensor& X, const at::Tensor& Y, const at::Tensor& out) {
+  return X.scalar_type() == at::kFloat && Y.scalar_type() == at::kFloat && out.scalar_type() == at::kFloat &&
+         X.dim() == 2 && Y.dim() == 2 && out.dim() == 3 && X.stride(1) == 1 && Y.stride(1) == 1 &&
+         out.stride(2) == 1;
 }
 
 }  // namespace
@@ -141,15 +147,12 @@ void segment_tn_typed(const at::Tensor& X, const at::Tensor& Y, const std::vecto
 // oneDNN runs (AVX-512 CPUs), products stay on the rule of cpu/onednn_gemm.cpp, measured there;
 // this kernel was measured on an AVX2 CPU only.
 bool segment_tn_applies(const at::Tensor& X, const at::Tensor& Y, const at::Tensor& out, int64_t max_rows) {
-  return kBuiltForAvx2 && X.is_cpu() && X.scalar_type() == at::kFloat && Y.scalar_type() == at::kFloat &&
-         out.scalar_type() == at::kFloat && max_rows <= kMaxRows && cpu_gemm_mode() == CpuGemm::kAuto &&
-         !onednn_usable() && X.stride(1) == 1 && Y.stride(1) == 1 && out.dim() == 3 && out.stride(2) == 1;
+  return kBuiltForAvx2 && X.is_cpu() && max_rows <= kMaxRows && kernel_layout(X, Y, out) &&
+         cpu_gemm_mode() == CpuGemm::kAuto && !onednn_usable();
 }
 
 void segment_tn(const at::Tensor& X, const at::Tensor& Y, const std::vector<int64_t>& off, const at::Tensor& out) {
-  TORCH_CHECK(X.scalar_type() == at::kFloat && Y.scalar_type() == at::kFloat && out.scalar_type() == at::kFloat &&
-                  X.dim() == 2 && Y.dim() == 2 && out.dim() == 3 && X.stride(1) == 1 && Y.stride(1) == 1 &&
-                  out.stride(2) == 1 && Y.size(0) == X.size(0) && int64_t(off.size()) == out.size(0) + 1 &&
+  TORCH_CHECK(kernel_layout(X, Y, out) && Y.size(0) == X.size(0) && int64_t(off.size()) == out.size(0) + 1 &&
                   X.size(1) == out.size(1) && Y.size(1) == out.size(2),
               "segment_tn: float32 operands with unit column strides and matching sizes");
   TORCH_CHECK(off.front() == 0 && off.back() == X.size(0) && std::is_sorted(off.begin(), off.end()),
@@ -162,7 +165,7 @@ void segment_tn(const at::Tensor& X, const at::Tensor& Y, const std::vector<int6
     out.zero_();
     return;
   }
-  segment_tn_typed<float>(X, Y, off, out);
+  segment_tn_kernel(X, Y, off, out);
 }
 
 }  // namespace hessalign
