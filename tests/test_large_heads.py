@@ -68,6 +68,28 @@ def test_memory_rule_picks_tiles_automatically(op, monkeypatch):
         assert_close(a, b)
 
 
+def logits_gemms(op, p, monkeypatch, budget) -> int:
+    """The op's logits GEMMs (ATen's addmm, the bias added in it) under a tile budget of bytes."""
+    monkeypatch.setenv("HESSALIGN_TILE_BYTES", str(budget))
+    monkeypatch.setenv("HESSALIGN_CPU_GEMM", "aten")
+    with torch.no_grad(), torch.profiler.profile() as prof:
+        call(hessalign_ext, op, p)
+    return sum(e.name == "aten::addmm" for e in prof.events())
+
+
+@pytest.mark.parametrize("op,buffers", [("domain_losses", 1), ("head_grad", 2), ("head_hvp", 3)])
+def test_tile_rule_counts_the_probabilities_only_where_they_are_kept(op, buffers, monkeypatch):
+    """The CPU keeps one tile's probabilities, one N×T buffer more, for the ops that read them
+    (the HVP's forward: 2 buffers and the probabilities); the forwards of domain_losses (1 buffer)
+    and head_grad (2) keep none. Under a budget of exactly the buffers the rule should count for
+    all C classes, the op takes one tile, whose logits GEMM runs once; a byte less, it streams
+    (a logits GEMM per tile and pass)."""
+    p = make_problem(LARGE)
+    fits = p.features.shape[0] * p.features.element_size() * buffers * LARGE.C
+    assert logits_gemms(op, p, monkeypatch, fits) == 1
+    assert logits_gemms(op, p, monkeypatch, fits - 1) > 2
+
+
 @pytest.mark.parametrize("op", ["head_grad", "head_hvp", "head_hessian_diag"])
 def test_peak_memory_is_a_fraction_of_plain_torch(op):
     """Forward + backward at N=4096, C=8192, d=64 (128 MiB of float32 logits) with an 8 MiB

@@ -157,7 +157,10 @@ struct Head {
   std::vector<int64_t> off;
   at::Tensor off_dev;     // offsets on the device of features, only when they do not fit inline
   DomainOffsets domains;  // the offsets as kernels read them (math/domains.h)
-  int64_t N, d, D, C, E, tile;
+  int64_t N, d, D, C, E;
+  int64_t tile;      // classes per tile: chosen by prepare, which knows whether the probabilities are kept
+  int64_t buffers;   // the op's N×T working buffers, for the tile rule (probabilities not counted)
+  int64_t requested_tile;  // the class_tile argument (0: the memory rule)
   int64_t max_rows;  // rows of the largest domain
   int64_t budget;  // bytes of working buffers (the memory rule)
   bool has_bias;
@@ -298,14 +301,15 @@ Head make_head(const char* op, const at::Tensor& features, const at::Tensor& wei
   for (int64_t e = 0; e < h.E; ++e) h.max_rows = std::max(h.max_rows, h.rows(e));
   h.domains = domain_offsets(h.off, features, h.off_dev);
   h.budget = tile_budget_bytes(K::default_tile_bytes(features));
-  h.tile = choose_class_tile(h.N, h.C, features.element_size(), buffers + (K::kCacheProbs ? 1 : 0), class_tile,
-                             h.budget);
+  h.buffers = buffers;
+  h.requested_tile = class_tile;
   if (ce.labels) h.labels = ce.labels->contiguous();
   if (ce.class_weight) h.class_weight = ce.class_weight->to(h.acc_type).contiguous();
   return h;
 }
 
-// Fills the per-row coefficients and the row log-sum-exps (pass 1 over the class tiles, the
+// Chooses the class tile, counting the kept probabilities as one more N×T buffer, and fills
+// the per-row coefficients and the row log-sum-exps (pass 1 over the class tiles, the
 // last tile's kernel writing the log-sum-exps; with one tile its logits, and where the
 // backend keeps them and the op reads them (keep_probs), its probabilities are kept for the
 // op's later passes). Where the backend fuses this pass (K::kFusedDomainStats) and the head
@@ -313,6 +317,9 @@ Head make_head(const char* op, const at::Tensor& features, const at::Tensor& wei
 // fills h.domain_loss.
 template <class K>
 void prepare(Head& h, const K& k, const CeOptions& ce, bool keep_probs = true, bool want_domain_loss = false) {
+  const bool keeps_probs = K::kCacheProbs && keep_probs;
+  h.tile = choose_class_tile(h.N, h.C, h.zt.element_size(), h.buffers + (keeps_probs ? 1 : 0), h.requested_tile,
+                             h.budget);
   const auto opts = h.zt.options().dtype(h.acc_type);
   h.c = at::empty({h.N}, opts);
   h.a = at::empty({h.N}, opts);
@@ -347,9 +354,8 @@ void prepare(Head& h, const K& k, const CeOptions& ce, bool keep_probs = true, b
     }
     // One vectorized exp pass (ATen's) for every later pass's probabilities; below ~4k
     // elements the scalar exps cost less than the extra ATen call.
-    if constexpr (K::kCacheProbs)
-      if (keep_probs && h.logits_cache.defined() && h.N * h.C >= 4096)
-        h.probs_cache = h.logits_cache.to(h.acc_type).sub(h.lse.unsqueeze(1)).exp_();
+    if (keeps_probs && h.logits_cache.defined() && h.N * h.C >= 4096)
+      h.probs_cache = h.logits_cache.to(h.acc_type).sub(h.lse.unsqueeze(1)).exp_();
   });
 }
 
