@@ -148,7 +148,28 @@ def test_auto_takes_the_few_rows_kernel_up_to_64_rows(op, monkeypatch):
     """Auto mode computes X_eᵀ Y_e with the few-rows kernel for float32 domains of up to 64 rows:
     one batched ATen GEMM fewer than in aten mode (the kernel and BLAS round alike here, so the
     bits cannot tell); past 64 rows, and in float64, the same GEMMs as aten mode."""
-    for shape, dtype, fewer in ((LARGE, torch.float32, 1), (Shape("rows_65", (65, 65), C=9, d=40), torch.float32, 0),
+    for shape, dtype, fewer in ((LARGE, torch.float32, 1), (Shape("rows_65", (65, 65), C=40, d=40), torch.float32, 0),
                                 (LARGE, torch.float64, 0)):
         p = make_problem(shape, dtype)
         assert batched_gemms("aten", monkeypatch, op, p) - batched_gemms(None, monkeypatch, op, p) == fewer, (shape.id, dtype)
+
+
+def aten_gemms(mode, monkeypatch, op, p) -> int:
+    """The op's calls to ATen's GEMMs, plain, with a bias and batched."""
+    set_mode(monkeypatch, mode)
+    with torch.profiler.profile() as prof:
+        call(hessalign_ext, op, p)
+    return sum(e.name in ("aten::mm", "aten::addmm", "aten::bmm") for e in prof.events())
+
+
+@pytest.mark.skipif(onednn_runs(), reason="where oneDNN runs, auto mode keeps float32 products on its rule")
+@pytest.mark.skipif(hessalign_ext._C.cpu_isa != "avx2", reason="a portable build does not take the few-classes kernel")
+@pytest.mark.parametrize("op", ["domain_losses", "head_grad", "head_hvp", "head_hessian_diag"])
+def test_auto_takes_the_few_classes_kernel_up_to_32_classes(op, monkeypatch):
+    """Auto mode computes the logits Z Wᵀ (and the HVP's Z̃ Vᵀ) with the few-classes kernel for
+    float32 heads of up to 32 classes: fewer ATen GEMMs than aten mode; at 33 classes, and in
+    float64, the same GEMMs (domains of 65 rows, past the few-rows kernel)."""
+    for C, dtype, fewer in ((32, torch.float32, True), (33, torch.float32, False), (32, torch.float64, False)):
+        p = make_problem(Shape(f"rows_65_C{C}", (65, 65), C=C, d=40), dtype)
+        auto, aten = aten_gemms(None, monkeypatch, op, p), aten_gemms("aten", monkeypatch, op, p)
+        assert (auto < aten) if fewer else (auto == aten), (C, dtype, auto, aten)

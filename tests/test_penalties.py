@@ -228,7 +228,7 @@ def float32_errors(penalty, head):
 
 @pytest.mark.parametrize("mean_target", ["mean_loss", "mean_of_domains"])
 @pytest.mark.parametrize("method, head, grad_tol", [
-    ("gram", (16, 64, 10), 1e-3), ("fused", (16, 64, 10), 1e-3), ("ops", (16, 64, 10), 3e-2),
+    ("gram", (16, 64, 10), 1e-3), ("fused", (16, 64, 10), 1e-3), ("ops", (16, 64, 10), 5e-2),
     ("gram", (32, 512, 7), 1e-3), ("fused", (32, 512, 7), 1e-3)])
 def test_hgp_exact_when_domains_align(method, head, grad_tol, mean_target):
     """Near-identical domains make ‖H_e g_e − T‖² small. The head's gradient there is a sum
@@ -236,7 +236,8 @@ def test_hgp_exact_when_domains_align(method, head, grad_tol, mean_target):
     float32 inputs the Gram form (float64 inside) and the fused form (H_e g_e − T formed from
     g_e − ḡ and centred blocks) stay within 1e-3 of float64, value and gradients, at a small
     and at a DomainBed-sized head. The ops form forms H_e g_e and T apart: its head gradient
-    is off by 2.2e-2 on the small head (by 62-75% on the DomainBed one; the autograd
+    is off by 2.4e-2 on the small head with ATen's GEMMs, 3.3e-2 with the CPU's few-classes
+    kernel, which rounds its logits differently (by 62-75% on the DomainBed one; the autograd
     backend's by 180-210%)."""
     errors = float32_errors(lambda *a: penalties.hgp(*a, 1.0, 1.0, method=method, mean_target=mean_target), head)
     assert errors[0] < 1e-3 and errors[1] < 1e-3, errors      # value, features

@@ -24,8 +24,16 @@ bool onednn_gemm_applies(const at::Tensor& out, const at::Tensor& a, const at::T
 // out = a @ b, or out += a @ b with accumulate, on oneDNN
 void onednn_gemm(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b, bool accumulate);
 
+// Whether out = a @ b runs on the CPU's few-classes kernel (cpu/few_classes_nt_cpu.cpp): float32,
+// b the transpose of a row-major block of few rows (a head's weight or tangent, transposed), 2-D
+// or batched; an undefined out stands for a new contiguous tensor.
+bool few_classes_applies(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b);
+// out = a @ b (+ bias, (b.size(-1),), broadcast over the rows) on that kernel
+void few_classes_nt(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b, const at::Tensor* bias);
+
 // out = a @ b
 inline void gemm_out(at::Tensor out, const at::Tensor& a, const at::Tensor& b) {
+  if (few_classes_applies(out, a, b)) return few_classes_nt(out, a, b, nullptr);
   if (onednn_gemm_applies(out, a, b)) return onednn_gemm(out, a, b, false);
   if (a.dim() == 3) at::bmm_out(out, a, b);
   else at::mm_out(out, a, b);
@@ -56,8 +64,13 @@ void segment_tn(const at::Tensor& X, const at::Tensor& Y, const std::vector<int6
 
 // bias + a @ b for 2-D a and b, the bias (b.size(1),) broadcast over the rows
 inline at::Tensor gemm_bias(const at::Tensor& bias, const at::Tensor& a, const at::Tensor& b) {
-  if (!onednn_gemm_applies({}, a, b)) return at::addmm(bias, a, b);
+  const bool few = few_classes_applies({}, a, b) && bias.scalar_type() == at::kFloat;
+  if (!few && !onednn_gemm_applies({}, a, b)) return at::addmm(bias, a, b);
   at::Tensor out = at::empty({a.size(0), b.size(1)}, a.options());
+  if (few) {
+    few_classes_nt(out, a, b, &bias);
+    return out;
+  }
   out.copy_(bias.expand_as(out));  // not expand().contiguous(): with one row that is bias itself
   onednn_gemm(out, a, b, true);
   return out;

@@ -48,7 +48,9 @@ def load() -> None:
     cpp_extension.load(
         name=f"hessalign_emu_{key}",
         # host/gemm.h's CPU GEMMs
-        sources=[str(HERE / "emu_ops.cpp"), *(str(ROOT / "csrc" / "cpu" / f) for f in ("onednn_gemm.cpp", "segment_tn_cpu.cpp"))],
+        sources=[str(HERE / "emu_ops.cpp"),
+                 *(str(ROOT / "csrc" / "cpu" / f) for f in ("onednn_gemm.cpp", "segment_tn_cpu.cpp",
+                                                            "few_classes_nt_cpu.cpp"))],
         extra_cflags=["-O1", *SAN_FLAGS],
         extra_ldflags=[str(obj), "-fopenmp", *SAN_FLAGS],
         build_directory=str(build_dir),
