@@ -1,8 +1,10 @@
 // Every GEMM of the host drivers goes through these calls. On CUDA they are ATen's
 // (cuBLAS). On the CPU a float32 GEMM runs on oneDNN, the copy inside libtorch, where that is
 // faster than ATen's BLAS (cpu/onednn_gemm.cpp): MKL's and OpenBLAS's sgemm run 256-bit kernels
-// on AMD CPUs, oneDNN runs 512-bit FMAs on any CPU with AVX-512. Operands are 2-D, or 3-D for a
-// batch of GEMMs.
+// on AMD CPUs, oneDNN runs 512-bit FMAs on any CPU with AVX-512. Where oneDNN does not run, two
+// shapes BLAS handles poorly run on this project's kernels: products with few output columns
+// (cpu/few_classes_nt_cpu.cpp) and per-domain products of few rows (cpu/segment_tn_cpu.cpp).
+// Operands are 2-D, or 3-D for a batch of GEMMs.
 #pragma once
 #include <ATen/ATen.h>
 
