@@ -78,8 +78,9 @@ void rows(const float* a, int64_t lda, const float* bt, int64_t ldb, int64_t K, 
 
 // Every product of the batch (one for 2-D operands), rows in blocks of kMR, the last N % kMR one
 // at a time; the tasks are (product, block) pairs, so a batch of short domains fills the threads.
+// The bias of product p starts at bias + p · bias_batch (0: one bias for all).
 void products(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b, const float* bias,
-              int64_t bias_stride) {
+              int64_t bias_stride, int64_t bias_batch) {
   const bool batched = a.dim() == 3;
   const int64_t P = batched ? a.size(0) : 1, N = a.size(-2), K = a.size(-1), C = b.size(-1);
   const int64_t lda = a.stride(-2), ldb = b.stride(-1), ldo = out.stride(-2);  // bᵀ's rows lie ldb apart
@@ -94,10 +95,12 @@ void products(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b, c
       const float* ap = pa + p * sa;
       const float* bp = pb + p * sb;
       float* op = po + p * so;
+      const float* bias_p = bias ? bias + p * bias_batch : nullptr;
       if (i0 + kMR <= N) {
-        rows<kMR>(ap + i0 * lda, lda, bp, ldb, K, C, bias, bias_stride, op + i0 * ldo, ldo);
+        rows<kMR>(ap + i0 * lda, lda, bp, ldb, K, C, bias_p, bias_stride, op + i0 * ldo, ldo);
       } else {
-        for (int64_t i = i0; i < N; ++i) rows<1>(ap + i * lda, lda, bp, ldb, K, C, bias, bias_stride, op + i * ldo, ldo);
+        for (int64_t i = i0; i < N; ++i)
+          rows<1>(ap + i * lda, lda, bp, ldb, K, C, bias_p, bias_stride, op + i * ldo, ldo);
       }
     }
   });
@@ -136,14 +139,17 @@ void few_classes_nt(const at::Tensor& out, const at::Tensor& a, const at::Tensor
   TORCH_CHECK(few_classes::operands_layout(a, b) && few_classes::out_layout(out, a, b),
               "few_classes_nt: float32 operands of matching sizes, a and out with unit column stride, b the ",
               "transpose of a row-major block of at most ", few_classes::kMaxClasses, " rows, out's rows apart");
-  TORCH_CHECK(!bias || (bias->dim() == 1 && bias->size(0) == b.size(-1) && bias->scalar_type() == at::kFloat),
-              "few_classes_nt: bias must be float32 of length ", b.size(-1));
+  // a bias shared by the batch (C,), or one per product (P, C)
+  TORCH_CHECK(!bias || (bias->scalar_type() == at::kFloat && bias->size(-1) == b.size(-1) &&
+                        (bias->dim() == 1 || (bias->dim() == 2 && a.dim() == 3 && bias->size(0) == a.size(0)))),
+              "few_classes_nt: bias must be float32, (", b.size(-1), ",) or one row per product");
   if (out.numel() == 0) return;
   if (a.size(-1) == 0) {  // no inner dimension (and perhaps no data pointers): the bias alone
-    bias ? out.copy_(bias->expand_as(out)) : out.zero_();
+    bias ? out.copy_(bias->dim() == 2 ? bias->unsqueeze(1).expand_as(out) : bias->expand_as(out)) : out.zero_();
     return;
   }
-  few_classes::products(out, a, b, bias ? bias->const_data_ptr<float>() : nullptr, bias ? bias->stride(0) : 0);
+  few_classes::products(out, a, b, bias ? bias->const_data_ptr<float>() : nullptr, bias ? bias->stride(-1) : 0,
+                        bias && bias->dim() == 2 ? bias->stride(0) : 0);
 }
 
 }  // namespace hessalign

@@ -30,7 +30,8 @@ void onednn_gemm(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b
 // b the transpose of a row-major block of few rows (a head's weight or tangent, transposed), 2-D
 // or batched; an undefined out stands for a new contiguous tensor.
 bool few_classes_applies(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b);
-// out = a @ b (+ bias, (b.size(-1),), broadcast over the rows) on that kernel
+// out = a @ b (+ bias broadcast over the rows: (b.size(-1),), or for batched operands one row per
+// product) on that kernel
 void few_classes_nt(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b, const at::Tensor* bias);
 
 // out = a @ b

@@ -32,9 +32,11 @@ namespace hessalign {
 // Products of per-domain (k, D) blocks with the rows of their domain: one batched GEMM when
 // the domains hold equal rows, one GEMM per domain otherwise. Unlike head_gemms.h's seg_*, whose
 // operands carry the ones column of z̃_i (Head::augment: an N×D copy of the features), a block's
-// bias column here multiplies an implicit 1 (baddbmm, a column sum), and every GEMM is ATen's:
+// bias column here multiplies an implicit 1 (baddbmm, a column sum), and the GEMMs are ATen's:
 // gemm.h would send CPU float32 GEMMs to oneDNN on AVX-512 machines, where the near-aligned
-// domains test (test_hgp_exact_when_domains_align) has not been run.
+// domains test (test_hgp_exact_when_domains_align) has not been run. The exception is apply's
+// products with few rows per block, on the few-classes kernel where it runs (AVX2 CPUs without
+// oneDNN), which that test covers (float32, C = 7 and 10).
 struct DomainRows {
   at::Tensor X;  // (N, d), contiguous
   std::vector<int64_t> off;
@@ -51,19 +53,28 @@ struct DomainRows {
 
   at::Tensor rows(const at::Tensor& t, int64_t e) const { return t.narrow(0, off[e], off[e + 1] - off[e]); }
 
-  // (E, k, D) blocks -> (N, k) rows M_{e(i)} z̃_i
+  // (E, k, D) blocks -> (N, k) rows M_{e(i)} z̃_i. With few rows k per block, on the CPU's
+  // few-classes kernel (host/gemm.h), where BLAS is slow.
   at::Tensor apply(const at::Tensor& M) const {
     const int64_t k = M.size(1);
     if (n) {
       const at::Tensor Xe = X.view({E, n, d}), Mt = M.narrow(2, 0, d).transpose(1, 2);
+      if (few_classes_applies({}, Xe, Mt)) {
+        at::Tensor out = at::empty({E, n, k}, X.options());
+        const at::Tensor Mb = bias ? M.select(2, d) : at::Tensor();
+        few_classes_nt(out, Xe, Mt, bias ? &Mb : nullptr);
+        return out.view({N, k});
+      }
       const at::Tensor out = bias ? at::baddbmm(M.select(2, d).unsqueeze(1), Xe, Mt) : at::bmm(Xe, Mt);
       return out.view({N, k});
     }
     at::Tensor out = at::empty({N, k}, X.options());
     for (int64_t e = 0; e < E; ++e) {
       at::Tensor oe = rows(out, e);
-      const at::Tensor Me = M.select(0, e);
-      if (bias) at::addmm_out(oe, Me.select(1, d), rows(X, e), Me.narrow(1, 0, d).t());
+      const at::Tensor Me = M.select(0, e), Mte = Me.narrow(1, 0, d).t();
+      const at::Tensor Mbe = bias ? Me.select(1, d) : at::Tensor();
+      if (few_classes_applies(oe, rows(X, e), Mte)) few_classes_nt(oe, rows(X, e), Mte, bias ? &Mbe : nullptr);
+      else if (bias) at::addmm_out(oe, Mbe, rows(X, e), Mte);
       else at::mm_out(oe, rows(X, e), Me.t());
     }
     return out;

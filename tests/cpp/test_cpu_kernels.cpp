@@ -130,9 +130,9 @@ void check_segment_tn() {
 
 // The few-classes kernel (cpu/few_classes_nt_cpu.cpp) against float64 products: classes off its
 // 3-class tiles (1 to 32), rows off its 4-row blocks (0 to 33), K off the 8-wide vectors (0 to
-// 513), 2-D and batched (3 products), with and without a bias; a and bᵀ views with a row stride
-// past their width, out's rows padded: the padding and 16 elements after out must keep their
-// sentinel.
+// 513), 2-D and batched (3 products), without a bias, with one (a strided view) and, batched,
+// with one per product; a and bᵀ views with a row stride past their width, out's rows padded:
+// the padding and 16 elements after out must keep their sentinel.
 void check_few_classes_nt() {
   at::manual_seed(12);
   int bad = 0, cases = 0;
@@ -140,19 +140,22 @@ void check_few_classes_nt() {
     for (int64_t C : {1, 2, 3, 4, 7, 16, 31, 32})
       for (int64_t N : {0, 1, 4, 5, 33})
         for (int64_t K : {0, 1, 9, 64, 513})
-          for (const bool with_bias : {false, true}) {
+          for (const int bias_rows : {0, 1, 3}) {  // 3: one bias per product
+            if (bias_rows == 3 && !P) continue;
             const int64_t B = P ? P : 1;
             const at::Tensor a = at::randn({B, N, K + 3}).narrow(2, 1, K);
             const at::Tensor bt = at::randn({B, C, K + 5}).narrow(2, 2, K);  // b = btᵀ: a row-major block
-            const at::Tensor bias = at::randn({C});
+            const at::Tensor bias = bias_rows == 3 ? at::randn({B, C + 2}).narrow(1, 1, C)  // rows C + 2 apart
+                                                   : at::randn({2 * C}).slice(0, 0, 2 * C, 2);  // stride 2
             const float sentinel = 7.0f;
             const at::Tensor buf = at::full({B * N * (C + 1) + 16}, sentinel);
             at::Tensor out = buf.narrow(0, 0, B * N * (C + 1)).view({B, N, C + 1}).narrow(2, 0, C);
             const at::Tensor b = bt.transpose(1, 2);
-            if (P) hessalign::few_classes_nt(out, a, b, with_bias ? &bias : nullptr);
-            else hessalign::few_classes_nt(out[0], a[0], b[0], with_bias ? &bias : nullptr);
+            const at::Tensor* bias_arg = bias_rows ? &bias : nullptr;
+            if (P) hessalign::few_classes_nt(out, a, b, bias_arg);
+            else hessalign::few_classes_nt(out[0], a[0], b[0], bias_arg);
             at::Tensor want = at::bmm(a.to(at::kDouble), b.to(at::kDouble));
-            if (with_bias) want = want + bias.to(at::kDouble);
+            if (bias_rows) want = want + (bias_rows == 3 ? bias.unsqueeze(1) : bias).to(at::kDouble);
             const double err = N ? (out.to(at::kDouble) - want).abs().max().item<double>() : 0.0;
             const double scale = N ? want.abs().max().item<double>() : 0.0;
             const at::Tensor pad = buf.narrow(0, 0, B * N * (C + 1)).view({B, N, C + 1}).select(2, C);
@@ -160,8 +163,8 @@ void check_few_classes_nt() {
                               (buf.narrow(0, B * N * (C + 1), 16) == sentinel).all().item<bool>();
             ++cases;
             if (err > 1e-5 * std::max(1.0, scale) || !kept) {
-              std::printf("few_classes_nt P=%ld C=%ld N=%ld K=%ld bias=%d: max abs error %.3e (scale %.3e)%s FAIL\n",
-                          long(P), long(C), long(N), long(K), int(with_bias), err, scale,
+              std::printf("few_classes_nt P=%ld C=%ld N=%ld K=%ld bias rows=%d: max abs error %.3e (scale %.3e)%s FAIL\n",
+                          long(P), long(C), long(N), long(K), bias_rows, err, scale,
                           kept ? "" : ", wrote past a row");
               ++bad;
             }
