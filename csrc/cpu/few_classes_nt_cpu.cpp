@@ -1,5 +1,6 @@
 // The CPU's products out = a bᵀ (+ bias) with few output columns (host/gemm.h's few_classes_nt):
-// a head's logits Z Wᵀ, its tangent logits Z̃ Vᵀ, per domain or shared, for C up to kMaxClasses.
+// a head's logits Z Wᵀ, its tangent logits Z̃ Vᵀ, per domain or shared, and the fused HGP step's
+// per-domain blocks applied to the features (host/hgp_fused.h), for C up to kMaxClasses.
 // A register-blocked kernel on ATen's Vectorized, taken only in builds for AVX2 + FMA (setup.py's
 // and CMake's ISA rule); elsewhere Vectorized is its generic form, never measured.
 //
