@@ -227,6 +227,13 @@ def full_hessians(p: Problem) -> torch.Tensor:
     return torch.stack(hs)
 
 
+def aten_calls(fn: Callable, *names: str) -> int:
+    """How many times fn() calls the ATen ops named (torch.profiler events, e.g. "aten::bmm")."""
+    with torch.profiler.profile() as prof:
+        fn()
+    return sum(e.name in names for e in prof.events())
+
+
 # --------------------------------------------------------------------------------------
 # Backward helpers
 # --------------------------------------------------------------------------------------

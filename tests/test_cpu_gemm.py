@@ -8,7 +8,7 @@ import torch
 
 import hessalign_ext
 from hessalign_ext import reference
-from conftest import SHAPE, Shape, assert_close, check_backward, make_problem
+from conftest import SHAPE, Shape, assert_close, aten_calls, check_backward, make_problem
 
 OPS = ["domain_losses", "head_grad", "head_hvp", "head_hessian_diag", "head_hessian_trace",
        "head_hessian_inner", "hutchinson_diag", "hutchinson_trace"]
@@ -133,12 +133,10 @@ def test_float64_stays_on_aten(monkeypatch):
     assert torch.equal(run_in("onednn", monkeypatch, "head_hvp", p), run_in("aten", monkeypatch, "head_hvp", p))
 
 
-def batched_gemms(mode, monkeypatch, op, p) -> int:
-    """The op's calls to ATen's batched GEMM (its per-domain products of equal domains)."""
+def gemm_calls(mode, monkeypatch, op, p, names=("aten::mm", "aten::addmm", "aten::bmm")) -> int:
+    """The op's calls to ATen's GEMMs in a mode: plain, with a bias and batched, or those named."""
     set_mode(monkeypatch, mode)
-    with torch.profiler.profile() as prof:
-        call(hessalign_ext, op, p)
-    return sum(e.name == "aten::bmm" for e in prof.events())
+    return aten_calls(lambda: call(hessalign_ext, op, p), *names)
 
 
 @pytest.mark.skipif(onednn_runs(), reason="where oneDNN runs, auto mode keeps float32 products on its rule")
@@ -151,15 +149,9 @@ def test_auto_takes_the_few_rows_kernel_up_to_64_rows(op, monkeypatch):
     for shape, dtype, fewer in ((LARGE, torch.float32, 1), (Shape("rows_65", (65, 65), C=40, d=40), torch.float32, 0),
                                 (LARGE, torch.float64, 0)):
         p = make_problem(shape, dtype)
-        assert batched_gemms("aten", monkeypatch, op, p) - batched_gemms(None, monkeypatch, op, p) == fewer, (shape.id, dtype)
-
-
-def aten_gemms(mode, monkeypatch, op, p) -> int:
-    """The op's calls to ATen's GEMMs, plain, with a bias and batched."""
-    set_mode(monkeypatch, mode)
-    with torch.profiler.profile() as prof:
-        call(hessalign_ext, op, p)
-    return sum(e.name in ("aten::mm", "aten::addmm", "aten::bmm") for e in prof.events())
+        bmm = ("aten::bmm",)  # the per-domain products of equal domains
+        assert gemm_calls("aten", monkeypatch, op, p, bmm) - gemm_calls(None, monkeypatch, op, p, bmm) == fewer, \
+            (shape.id, dtype)
 
 
 @pytest.mark.skipif(onednn_runs(), reason="where oneDNN runs, auto mode keeps float32 products on its rule")
@@ -171,5 +163,5 @@ def test_auto_takes_the_few_classes_kernel_up_to_32_classes(op, monkeypatch):
     float64, the same GEMMs (domains of 65 rows, past the few-rows kernel)."""
     for C, dtype, fewer in ((32, torch.float32, True), (33, torch.float32, False), (32, torch.float64, False)):
         p = make_problem(Shape(f"rows_65_C{C}", (65, 65), C=C, d=40), dtype)
-        auto, aten = aten_gemms(None, monkeypatch, op, p), aten_gemms("aten", monkeypatch, op, p)
+        auto, aten = gemm_calls(None, monkeypatch, op, p), gemm_calls("aten", monkeypatch, op, p)
         assert (auto < aten) if fewer else (auto == aten), (C, dtype, auto, aten)

@@ -26,11 +26,6 @@ namespace few_classes {  // named: the unity build puts every CPU file in one tr
 namespace {
 
 constexpr int64_t kMaxClasses = 32;
-#if defined(CPU_CAPABILITY_AVX2)
-constexpr bool kBuiltForAvx2 = true;
-#else
-constexpr bool kBuiltForAvx2 = false;
-#endif
 constexpr int kMR = 4;  // rows of a per tile
 constexpr int kNC = 3;  // classes (rows of b's transpose) per tile
 
@@ -128,12 +123,10 @@ bool out_layout(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b)
 }  // namespace
 }  // namespace few_classes
 
-// float32 only, and only where oneDNN does not run (its rule, cpu/onednn_gemm.cpp, was measured
-// on an AVX-512 CPU; this kernel on an AVX2 CPU only).
+// float32 only; where the project's CPU kernels run at all: host/gemm.h's own_cpu_kernels_apply.
 bool few_classes_applies(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b) {
-  return few_classes::kBuiltForAvx2 && a.is_cpu() && few_classes::operands_layout(a, b) &&
-         (!out.defined() || few_classes::out_layout(out, a, b)) &&
-         cpu_gemm_mode() == CpuGemm::kAuto && !onednn_usable();
+  return few_classes::operands_layout(a, b) && (!out.defined() || few_classes::out_layout(out, a, b)) &&
+         own_cpu_kernels_apply(a);  // layout first: most GEMMs fail it without a getenv
 }
 
 void few_classes_nt(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b, const at::Tensor* bias) {

@@ -78,6 +78,15 @@ CpuGemm cpu_gemm_mode() {
 
 bool onednn_usable() { return usable_matmul() != nullptr; }
 
+bool own_cpu_kernels_apply(const at::Tensor& t) {
+#if defined(CPU_CAPABILITY_AVX2)
+  constexpr bool built_for_avx2 = true;
+#else
+  constexpr bool built_for_avx2 = false;  // Vectorized is its generic form here, never measured
+#endif
+  return built_for_avx2 && t.is_cpu() && cpu_gemm_mode() == CpuGemm::kAuto && !onednn_usable();
+}
+
 bool onednn_gemm_applies(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b) {
   if (!a.is_cpu() || a.scalar_type() != at::kFloat || b.scalar_type() != at::kFloat ||
       (out.defined() && out.scalar_type() != at::kFloat) || a.numel() == 0 || b.numel() == 0)

@@ -27,11 +27,6 @@ namespace {
 // (the kernel before its class chunks): 1.03-1.29x faster at 32 and 64 rows, even at 128
 // (0.96-1.11x), BLAS faster at 256 (0.93-1.02x), whose blocking over the inner dimension wins.
 constexpr int64_t kMaxRows = 64;
-#if defined(CPU_CAPABILITY_AVX2)
-constexpr bool kBuiltForAvx2 = true;
-#else
-constexpr bool kBuiltForAvx2 = false;
-#endif
 constexpr int kMR = 4;  // classes (rows of out) per tile
 constexpr int kNV = 3;  // vectors of columns per tile: kMR × kNV accumulators, kNV loads, kMR broadcasts
 
@@ -144,11 +139,9 @@ bool kernel_layout(const at::Tensor& X, const at::Tensor& Y, const at::Tensor& o
 }  // namespace
 
 // float32 only: in float64 (4 lanes) BLAS was as fast or faster at C = 345 (0.88-0.95x). Where
-// oneDNN runs (AVX-512 CPUs), products stay on the rule of cpu/onednn_gemm.cpp, measured there;
-// this kernel was measured on an AVX2 CPU only.
+// the project's CPU kernels run at all: host/gemm.h's own_cpu_kernels_apply.
 bool segment_tn_applies(const at::Tensor& X, const at::Tensor& Y, const at::Tensor& out, int64_t max_rows) {
-  return kBuiltForAvx2 && X.is_cpu() && max_rows <= kMaxRows && kernel_layout(X, Y, out) &&
-         cpu_gemm_mode() == CpuGemm::kAuto && !onednn_usable();
+  return max_rows <= kMaxRows && kernel_layout(X, Y, out) && own_cpu_kernels_apply(X);  // layout first: no getenv
 }
 
 void segment_tn(const at::Tensor& X, const at::Tensor& Y, const std::vector<int64_t>& off, const at::Tensor& out) {

@@ -19,6 +19,10 @@ enum class CpuGemm { kAuto, kAten, kOneDnn };
 CpuGemm cpu_gemm_mode();
 // Whether oneDNN's float32 matmul runs on this CPU (it wants AVX-512).
 bool onednn_usable();
+// Whether this project's CPU kernels (few rows, few classes) may take products on t's device: a
+// build for AVX2 + FMA, auto mode, and a CPU where oneDNN does not run (its rule was measured on
+// AVX-512; these kernels on AVX2 only).
+bool own_cpu_kernels_apply(const at::Tensor& t);
 
 // Whether out = a @ b runs on oneDNN (cpu/onednn_gemm.cpp); an undefined out stands for a new
 // contiguous tensor.
