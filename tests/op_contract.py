@@ -6,6 +6,8 @@ probes' numbering and determinism. A test module subclasses OpContract (or Probe
 says how its op is called; its own tests (identities, other references) stay beside it.
 """
 
+import sys
+
 import pytest
 import torch
 
@@ -134,6 +136,47 @@ class OpContract:
     def test_double_backward_raises(self):
         p = make_problem(SHAPE["unequal"], requires_grad=True)
         assert_double_backward_raises(self.op, lambda: self.call(hessalign_ext, p), self.inputs(p))
+
+    def test_autograd_kernel_runs_no_python(self):
+        """The Autograd kernel is C++ (csrc/autograd.cpp): a call, recording a graph or not, runs
+        no Python below the dispatcher (torch.library.register_autograd's kernel ran ~25-80 us of
+        it per call)."""
+        for requires_grad in (False, True):
+            p = make_problem(SHAPE["unequal"], requires_grad=requires_grad)
+            args = self.schema_args(p, p.labels, (-100, None, 0.0, "mean", 0))
+            op = getattr(torch.ops.hessalign_ext, self.op).default
+            frames = []
+            sys.setprofile(lambda frame, event, arg: frames.append(frame.f_code.co_filename) if event == "call" else None)
+            try:
+                out = op(*args)
+            finally:
+                sys.setprofile(None)
+            assert [f for f in frames if not f.endswith("torch/_ops.py")] == []  # only OpOverload.__call__
+            assert (out.grad_fn is not None) == requires_grad
+            if requires_grad:
+                assert out.grad_fn.name() == f"hessalign_ext::{self.op}Backward"
+
+    def test_gradients_only_for_inputs_that_require_them(self):
+        p = make_problem(SHAPE["unequal"])
+        inputs = self.inputs(p)
+        for k, t in enumerate(inputs):
+            if t is None:
+                continue
+            wanted = t.detach().requires_grad_(True)
+            args = [wanted if j == k else x for j, x in enumerate(inputs)]
+            (g,) = torch.autograd.grad(self.call(hessalign_ext, p, args).square().sum(), wanted)
+            full = [x.detach().requires_grad_(True) if x is not None else None for x in inputs]
+            expected = torch.autograd.grad(self.call(hessalign_ext, p, full).square().sum(), full[k])[0]
+            assert_close(g, expected)
+
+    def test_input_changed_in_place_before_backward_raises(self):
+        """Inputs are saved as torch saves its own ops' inputs: a later in-place change is caught."""
+        p = make_problem(SHAPE["unequal"], requires_grad=True)
+        out = self.call(hessalign_ext, p)
+        with torch.no_grad():
+            p.weight.mul_(2)
+        with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+            out.sum().backward()
 
 
 class ProbeContract(OpContract):

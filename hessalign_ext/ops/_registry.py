@@ -1,9 +1,11 @@
-"""Shared plumbing of the op wrappers: argument normalisation, fake kernels and the
-closed-form autograd of every ``torch.ops.hessalign_ext`` op.
+"""Shared plumbing of the op wrappers: argument normalisation and the fake kernels of every
+``torch.ops.hessalign_ext`` op.
 
 Every op's schema ends with the cross-entropy options and ``class_tile`` (csrc/schemas.h);
 its backward op ``_<op>_backward(grad, *op_args)`` returns the gradients of features,
 weight and bias (and vectors for head_hvp), computed in closed form by the C++ kernels.
+The head ops' autograd, which calls it, is C++ (csrc/autograd.cpp): a Python autograd
+kernel would run on every call.
 """
 from __future__ import annotations
 
@@ -82,14 +84,12 @@ def register_fake(op: str):
 
 
 def register(name: str, out: str, offsets_index: int, differentiable: Sequence[int] = (0, 1, 2)) -> None:
-    """Fake kernels and autograd for op ``name``.
+    """Fake kernels for op ``name`` and its backward op (their autograd is C++: csrc/autograd.cpp).
 
     out: "domains" for an (E,) result, "pairs" for (E, E), "params" for (E, C, D). offsets_index: position of
     offsets in the op's arguments. differentiable: argument positions that get gradients
     (features, weight, bias, and vectors for head_hvp), in the order the backward returns them.
     """
-    qual = f"{LIB}::{name}"
-    backward_op = getattr(torch.ops.hessalign_ext, f"_{name}_backward").default
 
     @register_fake(name)
     def _fake(*args):
@@ -107,25 +107,4 @@ def register(name: str, out: str, offsets_index: int, differentiable: Sequence[i
                  args[2].new_empty(args[2].shape) if args[2] is not None else args[0].new_empty((0,))]
         grads += [args[i].new_empty(args[i].shape) for i in differentiable[3:]]
         return tuple(grads)
-
-    def setup_context(ctx, inputs, output):
-        ctx.inputs = inputs
-
-    def backward(ctx, grad):
-        inputs = ctx.inputs
-        grads = backward_op(grad.contiguous(), *inputs)
-        result = [None] * len(inputs)
-        for pos, g in zip(differentiable, grads):
-            if inputs[pos] is not None and ctx.needs_input_grad[pos]:
-                result[pos] = g
-        return tuple(result)
-
-    torch.library.register_autograd(qual, backward, setup_context=setup_context)
-
-    def no_double_backward(ctx, *grads):
-        raise RuntimeError(f"hessalign_ext.{name}: double backward (differentiating the closed-form backward "
-                           "again) is not supported; compute the second-order quantity with another op instead")
-
-    torch.library.register_autograd(f"{LIB}::_{name}_backward", no_double_backward,
-                                    setup_context=lambda ctx, inputs, output: None)
 
