@@ -1,13 +1,14 @@
-// Autograd of the head ops, in C++: one boxed kernel at the Autograd key serves every op of the
-// table below. It runs the op below autograd and, when a differentiable argument requires grad,
-// records a node whose backward calls the op's closed-form backward op _<op>_backward(grad, the
-// op's arguments); that op's own Autograd kernel makes double backward raise, naming the op.
+// Autograd of every differentiable op, in C++: one boxed kernel at the Autograd key, configured per
+// op by the table at the end. It runs the op below autograd and, when a differentiable argument
+// requires grad, records a node whose backward calls the op's closed-form backward op
+// _<op>_backward on the output gradients and what the op saved; that op's own Autograd kernel
+// makes double backward raise, naming the op.
 //
 // Why C++ (torchvision's csrc/ops/autograd/ does the same): torch.library.register_autograd
 // runs a Python function at the Autograd key on every call, grad or no grad. Measured 2026-11-27
 // on this project's 2-core AMD EPYC, one thread: domain_losses on a 3×4-row head took 58 µs
-// through it and 12 µs below it; at 3×32 rows, d = 512, C = 7 (ColoredMNIST/PACS-sized),
-// 25-60 µs of each op's 60-160 µs. The GPU ops at DomainBed shapes are host-bound, so there the
+// through it and 12 µs below it; at 3×32 rows, d = 512, C = 2 and 7 (ColoredMNIST/PACS-sized),
+// 25-80 µs of each op's 60-170 µs. The GPU ops at DomainBed shapes are host-bound, so there the
 // same cost is most of a call.
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/csrc/autograd/function.h>
@@ -15,6 +16,7 @@
 #include <torch/csrc/autograd/saved_variable.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <memory>
 #include <string>
 #include <utility>
@@ -46,90 +48,115 @@ std::vector<at::Tensor> tensors_at(c10::ArrayRef<c10::IValue> args, const std::v
   return out;
 }
 
-// The op's arguments as its backward needs them: tensors as SavedVariables (so an in-place change
-// before backward is reported, as for torch's own ops), the rest as they were.
-class SavedArguments {
+// How an op's autograd is wired: which arguments get gradients, what its backward op takes.
+struct AutogradSpec {
+  std::vector<size_t> differentiable;  // argument positions; the backward op returns their gradients in order
+  std::vector<size_t> outputs;         // output positions with the node as grad_fn; their gradients lead
+                                       // the backward op's arguments (None where absent)
+  std::vector<size_t> saved_args;      // then these arguments (all of them where empty) ...
+  std::vector<size_t> saved_outputs;   // ... and these outputs
+  bool output_mask = false;            // and last a bool[] of the gradients wanted
+};
+
+// What the backward op takes after the gradients: tensors as SavedVariables (so an in-place change
+// before backward is reported, as for torch's own ops), everything else as it was.
+class SavedValues {
  public:
-  explicit SavedArguments(c10::ArrayRef<c10::IValue> args) : args_(args.begin(), args.end()) {
-    for (size_t i = 0; i < args_.size(); ++i)
-      if (args_[i].isTensor()) {
-        tensors_.emplace_back(i, SavedVariable(args_[i].toTensor(), /*is_output=*/false));
-        args_[i] = c10::IValue();
-      }
+  void add(const c10::IValue& v, bool is_output) {
+    if (v.isTensor()) {
+      tensors_.emplace_back(values_.size(), SavedVariable(v.toTensor(), is_output));
+      values_.emplace_back();
+    } else {
+      values_.push_back(v);
+    }
   }
 
   void push_onto(torch::jit::Stack& stack, const c10::intrusive_ptr<Node>& saved_for) const {
     const size_t base = stack.size();
-    stack.insert(stack.end(), args_.begin(), args_.end());
+    stack.insert(stack.end(), values_.begin(), values_.end());
     for (const auto& [i, saved] : tensors_) stack[base + i] = saved.unpack(saved_for);
   }
 
   void release() {
     for (auto& [i, saved] : tensors_) saved.reset_data();
+    values_.clear();
   }
 
  private:
-  std::vector<c10::IValue> args_;
+  std::vector<c10::IValue> values_;
   std::vector<std::pair<size_t, SavedVariable>> tensors_;
 };
 
-// The node of one head op call: its edges are the differentiable arguments in order (an absent
+// The node of one recorded call: its edges are the differentiable arguments in order (an absent
 // bias has an invalid edge), as the backward op returns their gradients.
-class HeadOpBackward : public Node {
+class OpBackward : public Node {
  public:
-  HeadOpBackward(const c10::OperatorHandle& backward_op, std::string name, c10::ArrayRef<c10::IValue> args)
-      : backward_op_(backward_op), name_(std::move(name)), args_(args) {}
+  OpBackward(const c10::OperatorHandle& backward_op, std::string name, bool output_mask)
+      : backward_op_(backward_op), name_(std::move(name)), output_mask_(output_mask) {}
+
+  SavedValues saved;
 
   std::string name() const override { return name_; }
 
   variable_list apply(variable_list&& grads) override {
     variable_list out(num_outputs());
-    if (!grads[0].defined()) return out;
+    if (std::none_of(grads.begin(), grads.end(), [](const at::Tensor& g) { return g.defined(); })) return out;
     torch::jit::Stack stack;
-    stack.emplace_back(grads[0].contiguous());
-    args_.push_onto(stack, getptr());
+    for (const at::Tensor& g : grads) stack.emplace_back(g.defined() ? c10::IValue(g.contiguous()) : c10::IValue());
+    saved.push_onto(stack, getptr());
+    if (output_mask_) {
+      c10::List<bool> wanted;
+      for (size_t k = 0; k < out.size(); ++k) wanted.push_back(should_compute_output(k));
+      stack.emplace_back(std::move(wanted));
+    }
     backward_op_.callBoxed(stack);  // through the dispatcher: its Autograd kernel guards double backward
     for (size_t k = 0; k < out.size(); ++k)  // the stack now holds the gradients, one per edge
       if (should_compute_output(k)) out[k] = stack[k].toTensor();
     return out;
   }
 
-  void release_variables() override { args_.release(); }
+  void release_variables() override { saved.release(); }
 
  private:
   c10::OperatorHandle backward_op_;
   std::string name_;
-  SavedArguments args_;
+  bool output_mask_;
 };
 
-// The Autograd kernel of a head op: `differentiable` lists the argument positions the backward op
-// returns gradients for (features, weight, bias, and vectors for head_hvp).
-class HeadOpAutograd : public c10::OperatorKernel {
+class OpAutograd : public c10::OperatorKernel {
  public:
-  HeadOpAutograd(std::string backward_op, std::vector<size_t> differentiable)
-      : backward_name_(std::move(backward_op)), differentiable_(std::move(differentiable)) {}
+  OpAutograd(std::string backward_op, AutogradSpec spec) : backward_name_(std::move(backward_op)), spec_(std::move(spec)) {}
 
   void operator()(const c10::OperatorHandle& op, c10::DispatchKeySet ks, torch::jit::Stack* stack) {
-    const size_t n = op.schema().arguments().size();
-    const auto args = torch::jit::last(*stack, n);
-    const std::vector<at::Tensor> inputs = tensors_at(args, differentiable_);
-    c10::intrusive_ptr<HeadOpBackward> node;
+    const size_t n = op.schema().arguments().size(), n_out = op.schema().returns().size();
+    const std::vector<at::Tensor> inputs = tensors_at(torch::jit::last(*stack, n), spec_.differentiable);
+    c10::intrusive_ptr<OpBackward> node;
     if (torch::autograd::compute_requires_grad(inputs)) {
       // looked up per recorded call (a hash lookup): the library may register before the schemas
       const auto backward = c10::Dispatcher::singleton().findSchemaOrThrow(backward_name_.c_str(), "");
-      node = c10::make_intrusive<HeadOpBackward>(backward, "hessalign_ext::" + public_name(op) + "Backward", args);
+      node = c10::make_intrusive<OpBackward>(backward, "hessalign_ext::" + public_name(op) + "Backward",
+                                             spec_.output_mask);
       node->set_next_edges(torch::autograd::collect_next_edges(inputs));
+      const auto args = torch::jit::last(*stack, n);
+      if (spec_.saved_args.empty())
+        for (const c10::IValue& a : args) node->saved.add(a, false);
+      else
+        for (size_t i : spec_.saved_args) node->saved.add(args[i], false);
     }
     {
       at::AutoDispatchBelowADInplaceOrView guard;
       op.redispatchBoxed(ks & c10::after_ADInplaceOrView_keyset, stack);
     }
-    if (node) torch::autograd::set_history(stack->back().toTensor(), node);
+    if (!node) return;
+    const auto outs = torch::jit::last(*stack, n_out);
+    for (size_t o : spec_.outputs) torch::autograd::set_history(outs[o].toTensor(), node);
+    for (size_t o : spec_.saved_outputs)  // an output whose grad_fn is the node is saved as an output (no cycle)
+      node->saved.add(outs[o], std::find(spec_.outputs.begin(), spec_.outputs.end(), o) != spec_.outputs.end());
   }
 
  private:
   std::string backward_name_;
-  std::vector<size_t> differentiable_;
+  AutogradSpec spec_;
 };
 
 // What a backward op's outputs lead back to when they are differentiated again.
@@ -172,18 +199,28 @@ void backward_op_autograd(const c10::OperatorHandle& op, c10::DispatchKeySet ks,
 }  // namespace
 }  // namespace hessalign
 
-// (op, its differentiable argument positions): features, weight, bias (and vectors).
 TORCH_LIBRARY_IMPL(hessalign_ext, Autograd, m) {
-  using hessalign::HeadOpAutograd;
-  const std::vector<std::pair<const char*, std::vector<size_t>>> ops = {
-      {"domain_losses", {0, 1, 2}},     {"head_grad", {0, 1, 2}},          {"head_hvp", {0, 1, 2, 3}},
-      {"head_hessian_diag", {0, 1, 2}}, {"head_hessian_trace", {0, 1, 2}}, {"head_hessian_inner", {0, 1, 2}},
-      {"hutchinson_diag", {0, 1, 2}},   {"hutchinson_trace", {0, 1, 2}},
+  using hessalign::AutogradSpec;
+  const AutogradSpec head{{0, 1, 2}, {0}};  // features, weight, bias; _<op>_backward(grad, every argument)
+  const std::vector<std::pair<const char*, AutogradSpec>> ops = {
+      {"domain_losses", head},
+      {"head_grad", head},
+      {"head_hvp", {{0, 1, 2, 3}, {0}}},  // and vectors
+      {"head_hessian_diag", head},
+      {"head_hessian_trace", head},
+      {"head_hessian_inner", head},
+      {"hutchinson_diag", head},
+      {"hutchinson_trace", head},
+      // (grad_s, grad_m, probs, coef, vectors, means)
+      {"logits_hvp", {{0, 1, 2}, {0, 1}, {0, 1, 2}, {1}}},
+      // (grad, features, weight, bias, offsets, alpha, beta, saved, output_mask); the squared norms
+      // are not differentiable
+      {"hgp_fused", {{0, 1, 2}, {0}, {0, 1, 2, 4, 5, 6}, {3}, true}},
   };
-  for (const auto& [op, differentiable] : ops) {
+  for (const auto& [op, spec] : ops) {
     const std::string backward = std::string("_") + op + "_backward";
     m.impl(op, torch::CppFunction::makeFromBoxedFunctor(
-                   std::make_unique<HeadOpAutograd>("hessalign_ext::" + backward, differentiable)));
+                   std::make_unique<hessalign::OpAutograd>("hessalign_ext::" + backward, spec)));
     m.impl(backward.c_str(), torch::CppFunction::makeFromBoxedFunction<&hessalign::backward_op_autograd>());
   }
 }

@@ -8,6 +8,7 @@ Nothing here touches ``torch.cuda`` at import time: CUDA cases are skipped at co
 from __future__ import annotations
 
 import dataclasses
+import sys
 from typing import Callable, Optional
 
 import pytest
@@ -225,6 +226,18 @@ def full_hessians(p: Problem) -> torch.Tensor:
         h = torch.autograd.functional.hessian(lambda t: torch.logsumexp(zt @ t.T, 1).mean(), theta)
         hs.append(h.reshape(theta.numel(), theta.numel()))
     return torch.stack(hs)
+
+
+def python_below_op(op, *args):
+    """(result, the Python functions a call of OpOverload op ran below its own __call__): none where
+    its kernels, autograd included, are C++ (csrc/autograd.cpp)."""
+    frames = []
+    sys.setprofile(lambda frame, event, arg: frames.append(frame.f_code.co_filename) if event == "call" else None)
+    try:
+        out = op(*args)
+    finally:
+        sys.setprofile(None)
+    return out, [f for f in frames if not f.endswith("torch/_ops.py")]
 
 
 def aten_calls(fn: Callable, *names: str) -> int:

@@ -6,8 +6,6 @@ probes' numbering and determinism. A test module subclasses OpContract (or Probe
 says how its op is called; its own tests (identities, other references) stay beside it.
 """
 
-import sys
-
 import pytest
 import torch
 
@@ -15,7 +13,7 @@ import hessalign_ext
 from hessalign_ext import reference
 from conftest import (
     DEVICES, DTYPES, LOSS_CASE_IDS, LOSS_CASES, LOSS_SHAPE, SHAPE, SHAPE_IDS, SHAPES, SMALL_SHAPE_IDS, SMALL_SHAPES,
-    assert_close, assert_double_backward_raises, check_backward, make_problem,
+    assert_close, assert_double_backward_raises, check_backward, make_problem, python_below_op,
 )
 
 
@@ -144,14 +142,8 @@ class OpContract:
         for requires_grad in (False, True):
             p = make_problem(SHAPE["unequal"], requires_grad=requires_grad)
             args = self.schema_args(p, p.labels, (-100, None, 0.0, "mean", 0))
-            op = getattr(torch.ops.hessalign_ext, self.op).default
-            frames = []
-            sys.setprofile(lambda frame, event, arg: frames.append(frame.f_code.co_filename) if event == "call" else None)
-            try:
-                out = op(*args)
-            finally:
-                sys.setprofile(None)
-            assert [f for f in frames if not f.endswith("torch/_ops.py")] == []  # only OpOverload.__call__
+            out, python = python_below_op(getattr(torch.ops.hessalign_ext, self.op).default, *args)
+            assert python == []
             assert (out.grad_fn is not None) == requires_grad
             if requires_grad:
                 assert out.grad_fn.name() == f"hessalign_ext::{self.op}Backward"

@@ -4,7 +4,7 @@ domain at a time), in float64 on random heads; its schema and fake kernels (opch
 its argument checks."""
 import pytest
 import torch
-from conftest import assert_close
+from conftest import assert_close, python_below_op
 
 from hessalign_ext import ops, penalties
 from single_thread import one_torch_thread  # noqa: F401  (autouse fixture)
@@ -73,6 +73,22 @@ def test_double_backward_raises():
     grads = torch.autograd.grad(penalty, inputs, create_graph=True)
     with pytest.raises(RuntimeError, match="hgp_fused: double backward"):
         torch.autograd.grad(grads[0].sum(), inputs)
+
+
+def test_autograd_is_cpp_and_keeps_the_saved_list():
+    """No Python below the op's call, grad or not (csrc/autograd.cpp); the node holds the forward's
+    saved list, so the gradients are those of the Python-level call."""
+    for requires_grad in (False, True):
+        inputs, y, off = head(SIZES["unequal"], requires_grad=requires_grad)
+        args = (*inputs, y, off, 0.5, 0.5, True, -100, None, 0.0, "mean")
+        (penalty, hess_terms, grad_terms, saved), python = python_below_op(torch.ops.hessalign_ext.hgp_fused.default,
+                                                                             *args)
+        assert python == []
+        assert (penalty.grad_fn is not None) == requires_grad
+        assert not hess_terms.requires_grad and not grad_terms.requires_grad
+    expected = torch.autograd.grad(ops.hgp_fused(*inputs, y, off, alpha=0.5, beta=0.5)[0], inputs)
+    for got, want in zip(torch.autograd.grad(penalty, inputs), expected):
+        assert_close(got, want)
 
 
 def _forward(z, W, b, y, off, **kw):

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import hessalign_ext
+from conftest import python_below_op
 
 F64 = torch.float64
 SHAPES = {"N37_C7_B1": (37, 7, 1), "N37_C65_B3": (37, 65, 3), "N5_C1_B2": (5, 1, 2), "N1_C2_B4": (1, 2, 4),
@@ -73,6 +74,16 @@ def test_double_backward_raises():
     (g,) = torch.autograd.grad(s.square().sum(), vectors, create_graph=True)
     with pytest.raises(RuntimeError, match="double backward"):
         torch.autograd.grad(g.sum(), vectors)
+
+
+def test_autograd_is_cpp():
+    """No Python below the op's call, grad or not (csrc/autograd.cpp); both outputs get the node."""
+    for requires_grad in (False, True):
+        logits, coef, vectors = problem(7, 3, 2, requires_grad=requires_grad)
+        (s, m), python = python_below_op(torch.ops.hessalign_ext.logits_hvp.default, torch.softmax(logits, 1), coef,
+                                         vectors)
+        assert python == []
+        assert (s.grad_fn is not None) == requires_grad and (m.grad_fn is s.grad_fn)
 
 
 def test_gradient_through_the_softmax_matches_autograd():

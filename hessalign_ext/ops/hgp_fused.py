@@ -1,6 +1,7 @@
 """hgp_fused: the HGP penalty step in parameter space with its hand-written backward, each one
 op (kernels: csrc/host/hgp_fused.h, with the derivation; csrc/cpu/hgp_fused_cpu.cpp,
-csrc/cuda/hgp_fused_cuda.cu), its fake kernels and its autograd. ``penalties.hgp`` with
+csrc/cuda/hgp_fused_cuda.cu), and its fake kernels. Its autograd is csrc/autograd.cpp's: the
+node keeps the forward's saved list for the backward op. ``penalties.hgp`` with
 ``method="fused"`` calls it."""
 from __future__ import annotations
 
@@ -41,32 +42,20 @@ def hgp_fused(features, weight, bias, labels, offsets: Union[Sequence[int], torc
         up = [None if t is None else t.float() for t in (features, weight, bias)]
         if class_weight is not None:
             class_weight = class_weight.float()
-        out = _HgpFused.apply(*up, labels, offsets, float(alpha), float(beta), bool(mean_loss), ignore_index,
-                              class_weight, label_smoothing, reduction)
+        out = _call(*up, labels, offsets, alpha, beta, mean_loss, ignore_index, class_weight, label_smoothing,
+                    reduction)
         return tuple(t.to(features.dtype) for t in out)
-    return _HgpFused.apply(features, weight, bias, labels, offsets, float(alpha), float(beta), bool(mean_loss),
-                           ignore_index, class_weight, label_smoothing, reduction)
+    return _call(features, weight, bias, labels, offsets, alpha, beta, mean_loss, ignore_index, class_weight,
+                 label_smoothing, reduction)
 
 
-class _HgpFused(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, features, weight, bias, labels, offsets, alpha, beta, mean_loss, ignore_index, class_weight,
-                label_smoothing, reduction):
-        penalty, hess_terms, grad_terms, saved = torch.ops.hessalign_ext.hgp_fused(
-            features, weight, bias, labels, offsets, alpha, beta, mean_loss, ignore_index, class_weight,
-            label_smoothing, reduction)
-        ctx.save_for_backward(features, weight, bias, *saved)
-        ctx.offsets, ctx.alpha, ctx.beta = offsets, alpha, beta
-        ctx.mark_non_differentiable(hess_terms, grad_terms)
-        return penalty, hess_terms, grad_terms
-
-    @staticmethod
-    def backward(ctx, d_penalty, _hess_terms, _grad_terms):
-        features, weight, bias, *saved = ctx.saved_tensors
-        need = ctx.needs_input_grad[:3]
-        grads = torch.ops.hessalign_ext._hgp_fused_backward(d_penalty, features, weight, bias, ctx.offsets, ctx.alpha,
-                                                            ctx.beta, saved, list(need))
-        return (*(g if n else None for g, n in zip(grads, need)),) + (None,) * 9
+def _call(features, weight, bias, labels, offsets, alpha, beta, mean_loss, ignore_index, class_weight,
+          label_smoothing, reduction):
+    """(penalty, hess_terms, grad_terms): the op without the list it saves for its backward."""
+    penalty, hess_terms, grad_terms, _ = torch.ops.hessalign_ext.hgp_fused.default(
+        features, weight, bias, labels, offsets, float(alpha), float(beta), bool(mean_loss), ignore_index,
+        class_weight, label_smoothing, reduction)
+    return penalty, hess_terms, grad_terms
 
 
 @register_fake("hgp_fused")
@@ -86,12 +75,3 @@ def _fake_backward(grad, features, weight, bias: Optional[torch.Tensor], offsets
         return like.new_empty(like.shape) if wanted and like is not None else features.new_empty((0,))
 
     return out(output_mask[0], features), out(output_mask[1], weight), out(output_mask[2], bias)
-
-
-def _no_double_backward(ctx, *grads):
-    raise RuntimeError("hessalign_ext.hgp_fused: double backward (differentiating the closed-form backward again) "
-                       "is not supported")
-
-
-torch.library.register_autograd("hessalign_ext::_hgp_fused_backward", _no_double_backward,
-                                setup_context=lambda ctx, inputs, output: None)

@@ -1,6 +1,6 @@
-"""logits_hvp: each row's cross-entropy Hessian in logit space applied to vectors, its fake
-kernel and its closed-form autograd (kernels: csrc/host/logits_hvp.h, csrc/cpu/logits_hvp_cpu.cpp,
-csrc/cuda/logits_hvp_cuda.cu)."""
+"""logits_hvp: each row's cross-entropy Hessian in logit space applied to vectors, and its fake
+kernel (kernels: csrc/host/logits_hvp.h, csrc/cpu/logits_hvp_cpu.cpp, csrc/cuda/logits_hvp_cuda.cu;
+autograd: csrc/autograd.cpp, whose backward op takes an absent output's gradient as None)."""
 import torch
 
 from ._registry import register_fake
@@ -37,27 +37,3 @@ def _fake(probs, coef, vectors):
 @torch.library.register_fake("hessalign_ext::_logits_hvp_backward")
 def _fake_backward(grad_s, grad_m, probs, coef, vectors, means):
     return probs.new_empty(probs.shape), coef.new_empty(coef.shape), vectors.new_empty(vectors.shape)
-
-
-def _setup_context(ctx, inputs, output):
-    ctx.save_for_backward(*inputs, output[1])
-    ctx.set_materialize_grads(False)  # an unused output's gradient stays None: no zero terms
-
-
-def _backward(ctx, grad_s, grad_m):
-    """Closed form (csrc/math/logits_hvp.h), two row passes."""
-    p, c, u, m = ctx.saved_tensors
-    if grad_s is None and grad_m is None:
-        return None, None, None
-    grads = torch.ops.hessalign_ext._logits_hvp_backward(grad_s, grad_m, p, c, u, m)
-    return tuple(g if need else None for g, need in zip(grads, ctx.needs_input_grad))
-
-
-def _no_double_backward(ctx, *grads):
-    raise RuntimeError("hessalign_ext.logits_hvp: double backward (differentiating the closed-form backward "
-                       "again) is not supported")
-
-
-torch.library.register_autograd("hessalign_ext::logits_hvp", _backward, setup_context=_setup_context)
-torch.library.register_autograd("hessalign_ext::_logits_hvp_backward", _no_double_backward,
-                                setup_context=lambda ctx, inputs, output: None)
