@@ -77,9 +77,10 @@ class SavedValues {
     for (const auto& [i, saved] : tensors_) stack[base + i] = saved.unpack(saved_for);
   }
 
+  // After a backward without retain_graph: a second one fails in unpack with torch's own message.
   void release() {
     for (auto& [i, saved] : tensors_) saved.reset_data();
-    values_.clear();
+    for (c10::IValue& v : values_) v = c10::IValue();  // hgp_fused's saved list, among them
   }
 
  private:

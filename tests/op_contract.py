@@ -1,8 +1,9 @@
 """The contract every head op's tests check, written once: the forward against the reference at
 every shape, dtype and device (with the result's shape), the docstring, loss options against
 the reference, the closed-form backward (every small shape, loss options, float32, class tiles),
-gradcheck, opcheck, torch.compile and the double-backward error; and, for the probe ops, the
-probes' numbering and determinism. A test module subclasses OpContract (or ProbeContract) and
+gradcheck, opcheck, torch.compile, the double-backward error and the C++ autograd kernel (no
+Python below the call, gradients only where required, saved inputs changed in place); and, for
+the probe ops, the probes' numbering and determinism. A test module subclasses OpContract (or ProbeContract) and
 says how its op is called; its own tests (identities, other references) stay beside it.
 """
 
@@ -160,6 +161,24 @@ class OpContract:
             full = [x.detach().requires_grad_(True) if x is not None else None for x in inputs]
             expected = torch.autograd.grad(self.call(hessalign_ext, p, full).square().sum(), full[k])[0]
             assert_close(g, expected)
+
+    def test_second_backward_without_retain_graph_raises(self):
+        p = make_problem(SHAPE["unequal"], requires_grad=True)
+        out = self.call(hessalign_ext, p).sum()
+        out.backward()
+        with pytest.raises(RuntimeError, match="backward through the graph a second time"):
+            out.backward()
+
+    def test_torch_func_grad(self):
+        """torch.func.grad (functorch's transform) runs through the C++ Autograd kernel."""
+        p = make_problem(SHAPE["unequal"])
+        inputs = self.inputs(p)
+
+        def f(weight):
+            return self.call(hessalign_ext, p, [weight if k == 1 else t for k, t in enumerate(inputs)]).square().sum()
+
+        w = inputs[1].detach().requires_grad_(True)
+        assert_close(torch.func.grad(f)(inputs[1]), torch.autograd.grad(f(w), w)[0])
 
     def test_input_changed_in_place_before_backward_raises(self):
         """Inputs are saved as torch saves its own ops' inputs: a later in-place change is caught."""

@@ -91,6 +91,15 @@ def test_autograd_is_cpp_and_keeps_the_saved_list():
         assert_close(got, want)
 
 
+def test_second_backward_without_retain_graph_raises():
+    """The node frees the saved list with the inputs; a second backward gets torch's own error."""
+    inputs, y, off = head(SIZES["equal"])
+    penalty = ops.hgp_fused(*inputs, y, off, alpha=0.5, beta=0.5)[0]
+    penalty.backward()
+    with pytest.raises(RuntimeError, match="backward through the graph a second time"):
+        penalty.backward()
+
+
 def _forward(z, W, b, y, off, **kw):
     return ops.hgp_fused(z, W, b, y, off, alpha=0.5, beta=0.5, **kw)
 
