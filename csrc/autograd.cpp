@@ -8,7 +8,7 @@
 // runs a Python function at the Autograd key on every call, grad or no grad. Measured 2026-11-27
 // on this project's 2-core AMD EPYC, one thread: domain_losses on a 3×4-row head took 58 µs
 // through it and 12 µs below it; at 3×32 rows, d = 512, C = 2 and 7 (ColoredMNIST/PACS-sized),
-// 25-80 µs of each op's 60-170 µs. The GPU ops at DomainBed shapes are host-bound, so there the
+// 12-83 µs of each op's 56-173 µs. The GPU ops at DomainBed shapes are host-bound, so there the
 // same cost is most of a call.
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/csrc/autograd/function.h>
