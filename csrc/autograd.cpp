@@ -18,6 +18,8 @@
 
 #include <algorithm>
 #include <memory>
+#include <mutex>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -29,15 +31,11 @@ using torch::autograd::Node;
 using torch::autograd::SavedVariable;
 using torch::autograd::variable_list;
 
-// "hessalign_ext::_head_grad_backward" -> "head_grad"
-std::string public_name(const c10::OperatorHandle& op) {
-  std::string name = op.schema().name();
-  name = name.substr(name.find("::") + 2);
-  if (name.front() == '_') name = name.substr(1);
-  const std::string suffix = "_backward";
-  if (name.size() > suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0)
-    name.resize(name.size() - suffix.size());
-  return name;
+// The op a backward op belongs to: "hessalign_ext::_head_grad_backward" -> "head_grad".
+std::string forward_name(const c10::OperatorHandle& backward_op) {
+  const std::string& name = backward_op.schema().name();
+  const size_t begin = name.find("::_") + 3, suffix = std::string("_backward").size();
+  return name.substr(begin, name.size() - begin - suffix);
 }
 
 // The tensors among args (positions `positions`; None where an optional one is absent).
@@ -46,6 +44,12 @@ std::vector<at::Tensor> tensors_at(c10::ArrayRef<c10::IValue> args, const std::v
   out.reserve(positions.size());
   for (size_t i : positions) out.push_back(args[i].isTensor() ? args[i].toTensor() : at::Tensor());
   return out;
+}
+
+// The op's CPU or CUDA kernel, on the stack's arguments.
+void run_below_autograd(const c10::OperatorHandle& op, c10::DispatchKeySet ks, torch::jit::Stack* stack) {
+  at::AutoDispatchBelowADInplaceOrView guard;
+  op.redispatchBoxed(ks & c10::after_ADInplaceOrView_keyset, stack);
 }
 
 // How an op's autograd is wired: which arguments get gradients, what its backward op takes.
@@ -124,40 +128,47 @@ class OpBackward : public Node {
   bool output_mask_;
 };
 
+// The Autograd kernel of op `name`, wired by `spec`.
 class OpAutograd : public c10::OperatorKernel {
  public:
-  OpAutograd(std::string backward_op, AutogradSpec spec) : backward_name_(std::move(backward_op)), spec_(std::move(spec)) {}
+  OpAutograd(const std::string& name, AutogradSpec spec)
+      : backward_name_("hessalign_ext::_" + name + "_backward"),
+        node_name_("hessalign_ext::" + name + "Backward"),
+        spec_(std::move(spec)) {}
 
   void operator()(const c10::OperatorHandle& op, c10::DispatchKeySet ks, torch::jit::Stack* stack) {
-    const size_t n = op.schema().arguments().size(), n_out = op.schema().returns().size();
-    const std::vector<at::Tensor> inputs = tensors_at(torch::jit::last(*stack, n), spec_.differentiable);
+    const auto args = torch::jit::last(*stack, op.schema().arguments().size());
+    const std::vector<at::Tensor> inputs = tensors_at(args, spec_.differentiable);
     c10::intrusive_ptr<OpBackward> node;
     if (torch::autograd::compute_requires_grad(inputs)) {
-      // looked up per recorded call (a hash lookup): the library may register before the schemas
-      const auto backward = c10::Dispatcher::singleton().findSchemaOrThrow(backward_name_.c_str(), "");
-      node = c10::make_intrusive<OpBackward>(backward, "hessalign_ext::" + public_name(op) + "Backward",
-                                             spec_.output_mask);
+      node = c10::make_intrusive<OpBackward>(backward_op(), node_name_, spec_.output_mask);
       node->set_next_edges(torch::autograd::collect_next_edges(inputs));
-      const auto args = torch::jit::last(*stack, n);
       if (spec_.saved_args.empty())
         for (const c10::IValue& a : args) node->saved.add(a, false);
       else
         for (size_t i : spec_.saved_args) node->saved.add(args[i], false);
     }
-    {
-      at::AutoDispatchBelowADInplaceOrView guard;
-      op.redispatchBoxed(ks & c10::after_ADInplaceOrView_keyset, stack);
-    }
+    run_below_autograd(op, ks, stack);
     if (!node) return;
-    const auto outs = torch::jit::last(*stack, n_out);
+    const auto outs = torch::jit::last(*stack, op.schema().returns().size());
     for (size_t o : spec_.outputs) torch::autograd::set_history(outs[o].toTensor(), node);
     for (size_t o : spec_.saved_outputs)  // an output whose grad_fn is the node is saved as an output (no cycle)
       node->saved.add(outs[o], std::find(spec_.outputs.begin(), spec_.outputs.end(), o) != spec_.outputs.end());
   }
 
  private:
-  std::string backward_name_;
+  // Looked up at the first recorded call: this kernel may register before the library's schemas.
+  const c10::OperatorHandle& backward_op() {
+    std::call_once(backward_found_, [&] {
+      backward_.emplace(c10::Dispatcher::singleton().findSchemaOrThrow(backward_name_.c_str(), ""));
+    });
+    return *backward_;
+  }
+
+  std::string backward_name_, node_name_;
   AutogradSpec spec_;
+  std::once_flag backward_found_;
+  std::optional<c10::OperatorHandle> backward_;
 };
 
 // What a backward op's outputs lead back to when they are differentiated again.
@@ -185,13 +196,10 @@ void backward_op_autograd(const c10::OperatorHandle& op, c10::DispatchKeySet ks,
     if (a.isTensor()) inputs.push_back(a.toTensor());
   c10::intrusive_ptr<DoubleBackwardError> node;
   if (torch::autograd::compute_requires_grad(inputs)) {
-    node = c10::make_intrusive<DoubleBackwardError>(public_name(op));
+    node = c10::make_intrusive<DoubleBackwardError>(forward_name(op));
     node->set_next_edges(torch::autograd::collect_next_edges(inputs));
   }
-  {
-    at::AutoDispatchBelowADInplaceOrView guard;
-    op.redispatchBoxed(ks & c10::after_ADInplaceOrView_keyset, stack);
-  }
+  run_below_autograd(op, ks, stack);
   if (!node) return;
   for (const c10::IValue& out : torch::jit::last(*stack, op.schema().returns().size()))
     if (out.isTensor() && out.toTensor().defined()) torch::autograd::set_history(out.toTensor(), node);
@@ -219,9 +227,8 @@ TORCH_LIBRARY_IMPL(hessalign_ext, Autograd, m) {
       {"hgp_fused", {{0, 1, 2}, {0}, {0, 1, 2, 4, 5, 6}, {3}, true}},
   };
   for (const auto& [op, spec] : ops) {
-    const std::string backward = std::string("_") + op + "_backward";
-    m.impl(op, torch::CppFunction::makeFromBoxedFunctor(
-                   std::make_unique<hessalign::OpAutograd>("hessalign_ext::" + backward, spec)));
-    m.impl(backward.c_str(), torch::CppFunction::makeFromBoxedFunction<&hessalign::backward_op_autograd>());
+    m.impl(op, torch::CppFunction::makeFromBoxedFunctor(std::make_unique<hessalign::OpAutograd>(op, spec)));
+    m.impl(("_" + std::string(op) + "_backward").c_str(),
+           torch::CppFunction::makeFromBoxedFunction<&hessalign::backward_op_autograd>());
   }
 }

@@ -71,11 +71,11 @@ struct DomainRows {
     at::Tensor out = at::empty({N, k}, X.options());
     for (int64_t e = 0; e < E; ++e) {
       at::Tensor oe = rows(out, e);
-      const at::Tensor Me = M.select(0, e), Mte = Me.narrow(1, 0, d).t();
+      const at::Tensor Xe = rows(X, e), Me = M.select(0, e), Mte = Me.narrow(1, 0, d).t();
       const at::Tensor Mbe = bias ? Me.select(1, d) : at::Tensor();
-      if (few_classes_applies(oe, rows(X, e), Mte)) few_classes_nt(oe, rows(X, e), Mte, bias ? &Mbe : nullptr);
-      else if (bias) at::addmm_out(oe, Mbe, rows(X, e), Mte);
-      else at::mm_out(oe, rows(X, e), Me.t());
+      if (few_classes_applies(oe, Xe, Mte)) few_classes_nt(oe, Xe, Mte, bias ? &Mbe : nullptr);
+      else if (bias) at::addmm_out(oe, Mbe, Xe, Mte);
+      else at::mm_out(oe, Xe, Me.t());
     }
     return out;
   }

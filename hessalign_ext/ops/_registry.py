@@ -4,7 +4,7 @@
 Every op's schema ends with the cross-entropy options and ``class_tile`` (csrc/schemas.h);
 its backward op ``_<op>_backward(grad, *op_args)`` returns the gradients of features,
 weight and bias (and vectors for head_hvp), computed in closed form by the C++ kernels.
-The head ops' autograd, which calls it, is C++ (csrc/autograd.cpp): a Python autograd
+Every op's autograd, which calls it, is C++ (csrc/autograd.cpp): a Python autograd
 kernel would run on every call.
 """
 from __future__ import annotations
@@ -90,7 +90,6 @@ def register(name: str, out: str, offsets_index: int, differentiable: Sequence[i
     offsets in the op's arguments. differentiable: argument positions that get gradients
     (features, weight, bias, and vectors for head_hvp), in the order the backward returns them.
     """
-
     @register_fake(name)
     def _fake(*args):
         features, weight, bias = args[0], args[1], args[2]
