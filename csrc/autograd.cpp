@@ -21,6 +21,7 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -30,6 +31,21 @@ namespace {
 using torch::autograd::Node;
 using torch::autograd::SavedVariable;
 using torch::autograd::variable_list;
+
+// torch 2.11 (the GPU machine's) holds autograd nodes by std::shared_ptr, 2.13 and later by
+// c10::intrusive_ptr; Edge::function says which this build has.
+using NodePtr = decltype(torch::autograd::Edge::function);
+constexpr bool kSharedNodes = std::is_same_v<NodePtr, std::shared_ptr<Node>>;
+template <class T>
+using NodePtrTo = std::conditional_t<kSharedNodes, std::shared_ptr<T>, c10::intrusive_ptr<T>>;
+
+template <class T, class... Args>
+NodePtrTo<T> make_node(Args&&... args) {
+  if constexpr (kSharedNodes)
+    return std::make_shared<T>(std::forward<Args>(args)...);
+  else
+    return c10::make_intrusive<T>(std::forward<Args>(args)...);
+}
 
 // The op a backward op belongs to: "hessalign_ext::_head_grad_backward" -> "head_grad".
 std::string forward_name(const c10::OperatorHandle& backward_op) {
@@ -75,7 +91,7 @@ class SavedValues {
     }
   }
 
-  void push_onto(torch::jit::Stack& stack, const c10::intrusive_ptr<Node>& saved_for) const {
+  void push_onto(torch::jit::Stack& stack, const NodePtr& saved_for) const {
     const size_t base = stack.size();
     stack.insert(stack.end(), values_.begin(), values_.end());
     for (const auto& [i, saved] : tensors_) stack[base + i] = saved.unpack(saved_for);
@@ -139,9 +155,9 @@ class OpAutograd : public c10::OperatorKernel {
   void operator()(const c10::OperatorHandle& op, c10::DispatchKeySet ks, torch::jit::Stack* stack) {
     const auto args = torch::jit::last(*stack, op.schema().arguments().size());
     const std::vector<at::Tensor> inputs = tensors_at(args, spec_.differentiable);
-    c10::intrusive_ptr<OpBackward> node;
+    NodePtrTo<OpBackward> node;
     if (torch::autograd::compute_requires_grad(inputs)) {
-      node = c10::make_intrusive<OpBackward>(backward_op(), node_name_, spec_.output_mask);
+      node = make_node<OpBackward>(backward_op(), node_name_, spec_.output_mask);
       node->set_next_edges(torch::autograd::collect_next_edges(inputs));
       if (spec_.saved_args.empty())
         for (const c10::IValue& a : args) node->saved.add(a, false);
@@ -194,9 +210,9 @@ void backward_op_autograd(const c10::OperatorHandle& op, c10::DispatchKeySet ks,
   std::vector<at::Tensor> inputs;
   for (const c10::IValue& a : args)
     if (a.isTensor()) inputs.push_back(a.toTensor());
-  c10::intrusive_ptr<DoubleBackwardError> node;
+  NodePtrTo<DoubleBackwardError> node;
   if (torch::autograd::compute_requires_grad(inputs)) {
-    node = c10::make_intrusive<DoubleBackwardError>(forward_name(op));
+    node = make_node<DoubleBackwardError>(forward_name(op));
     node->set_next_edges(torch::autograd::collect_next_edges(inputs));
   }
   run_below_autograd(op, ks, stack);
