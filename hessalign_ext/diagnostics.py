@@ -110,7 +110,7 @@ def hessian_gaps(features: torch.Tensor, weight: torch.Tensor, bias: Optional[to
     z = features.detach()
     W = weight.detach()
     bb = None if bias is None else bias.detach()
-    C, D = W.shape[0], z.shape[1] + (bias is not None)
+    C, D = W.shape[0], z.shape[1] + (0 if bias is None else 1)
     gaps = {}
     with torch.no_grad():
         for a, b in pairs:

@@ -123,8 +123,10 @@ inline DomainOffsets domain_offsets(const std::vector<int64_t>& off, const at::T
 // stayed 4097; that padding cost 10 ms more than it saved (57.4 ms against 47.8). With
 // align_rows every D-wide GEMM operand is a buffer of Dg = D rounded up to 16 bytes whose extra
 // columns are zero, and the GEMMs run over all Dg columns (the zeros add nothing): aligned
-// rows and an aligned extent, for one copy of each (E, C, D) operand and result. Not yet
-// timed on a GPU (scripts/gpu_check.sh's A/B), hence off by default.
+// rows and an aligned extent, for one copy of each (E, C, D) operand and result. On an H100
+// (2026-11-27, scripts/gpu_check.sh's A/B) that bf16 HVP took 13.4 ms with it, 36.7 ms without.
+// Still off by default: its bf16 backward failed there (the float32 gradient accumulators took a
+// narrower padded width than their bf16 operands; Head::padded since), not yet re-run on a GPU.
 inline int64_t padded_width(int64_t width, int64_t elem) {
   const int64_t per16 = std::max<int64_t>(1, 16 / elem);
   return (width + per16 - 1) / per16 * per16;
@@ -165,6 +167,7 @@ struct Head {
   int64_t budget;  // bytes of working buffers (the memory rule)
   bool has_bias;
   bool align_rows;  // D-wide GEMM operands are zero-padded to an aligned width (align_rows_for)
+  int64_t gemm_elem;  // bytes per element of the features, the GEMM operands' dtype
   at::ScalarType acc_type;
   // per-row loss coefficients (math/cross_entropy.h), acc dtype
   at::Tensor c, a, b, labels, class_weight;
@@ -205,12 +208,16 @@ struct Head {
             class_weight.defined() ? class_weight.const_data_ptr<acc_t>() : nullptr};
   }
 
+  // The padded width of a D-wide buffer of any dtype: the features' 16-byte rows, so that a
+  // float32 accumulator and its bfloat16 operands (gemm_add) have the same padded width.
+  int64_t padded(int64_t width) const { return padded_width(width, gemm_elem); }
+
   // A buffer of `shape` (last dimension D) for GEMMs: contiguous, or with align_rows a view of
   // the first D columns of a buffer padded to an aligned width with zeros (wide() widens it).
   at::Tensor rows_buffer(std::vector<int64_t> shape, const at::TensorOptions& o, bool zero = false) const {
     if (!align_rows) return zero ? at::zeros(shape, o) : at::empty(shape, o);
     const int64_t width = shape.back();
-    shape.back() = padded_width(width, int64_t(c10::elementSize(o.dtype().toScalarType())));
+    shape.back() = padded(width);
     at::Tensor buf = zero ? at::zeros(shape, o) : at::empty(shape, o);
     if (!zero) buf.narrow(-1, width, shape.back() - width).zero_();
     return buf.narrow(-1, 0, width);
@@ -229,7 +236,7 @@ struct Head {
   // an aligned extent, and the zero columns add nothing. Itself without align_rows.
   at::Tensor wide(const at::Tensor& t) const {
     if (!align_rows) return t;
-    const int64_t w = padded_width(t.size(-1), t.element_size());
+    const int64_t w = padded(t.size(-1));
     TORCH_INTERNAL_ASSERT(t.stride(-1) == 1 && t.dim() >= 2 && t.stride(-2) >= w, op,
                           ": a GEMM operand without its padded columns");
     std::vector<int64_t> sizes = t.sizes().vec();
@@ -291,7 +298,8 @@ Head make_head(const char* op, const at::Tensor& features, const at::Tensor& wei
   h.D = h.d + (h.has_bias ? 1 : 0);
   h.acc_type = at::toOpMathType(features.scalar_type());
   // Non-contiguous and expanded inputs are copied here, once.
-  h.align_rows = align_rows_for(h.D, features.element_size());
+  h.gemm_elem = features.element_size();
+  h.align_rows = align_rows_for(h.D, h.gemm_elem);
   h.z = features.contiguous();
   h.zt = h.z;
   if (augment) h.augment();

@@ -62,7 +62,7 @@ def _call(features, weight, bias, labels, offsets, alpha, beta, mean_loss, ignor
 def _fake(features, weight, bias, labels, offsets, alpha, beta, mean_loss, ignore_index, class_weight,
           label_smoothing, reduction):
     (N, d), C, E = features.shape, weight.shape[0], len(offsets) - 1
-    D = d + (bias is not None)
+    D = d + (0 if bias is None else 1)  # an int: a SymInt plus a bool fails in torch 2.11
     # the saved list of host/hgp_fused.h (HgpSaved): c, p, R, U, S, pu; g, h_diff, g_diff
     rows = [features.new_empty((N,))] + [features.new_empty((N, C)) for _ in range(4)] + [features.new_empty((N, 1))]
     blocks = [features.new_empty((E, C, D)) for _ in range(3)]

@@ -53,7 +53,7 @@ def hgp(features: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
         raise ValueError(f"hgp: method must be one of {_HGP_METHODS}; got {method!r}")
     E = len(offs) - 1
     if method == "auto":
-        method = hgp_gram.choose(features.shape[0], weight.shape[0], features.shape[1] + (bias is not None),
+        method = hgp_gram.choose(features.shape[0], weight.shape[0], features.shape[1] + (0 if bias is None else 1),
                                  features.device)
 
     if backend == "kernel" and method == "gram":
