@@ -17,7 +17,11 @@
 #   gpu_check.md (device, versions, date, build time, test counts), cuda_tests.log, profile.md,
 #   benchmark.log (each run's markdown at its end), bench_json.tar (each benchmark run's JSON;
 #   build.log only when the build fails).
-# Usage: [DEADLINE_S=540] bash scripts/gpu_check.sh   (DEADLINE_S: seconds for the whole script)
+# Usage: [DEADLINE_S=540] [PHASES=...] [HEADS=...] bash scripts/gpu_check.sh
+#   DEADLINE_S: seconds for the whole script. PHASES: a comma list of the steps after the build
+#   (tests,profile,bf16,align,hgp,ops,hutchinson,large; default all), so a short lease can run what
+#   an earlier one did not reach. HEADS: a comma list of DomainBed head ids (E5xn32_d2048_C65, ...)
+#   for the hgp, ops and hutchinson phases (default all 16, in plan order, as far as time allows).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 T0=$(date +%s)
@@ -29,6 +33,10 @@ mkdir -p "$RESULTS"
 export PYTHONUNBUFFERED=1
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}  # the in-place build, for benchmarks/run.py
 SUMMARY="$RESULTS/gpu_check.md"
+PHASES=${PHASES:-tests,profile,bf16,align,hgp,ops,hutchinson,large}
+want() { [[ ",$PHASES," == *",$1,"* ]]; }
+HEADS_ARG=()
+[ -n "${HEADS:-}" ] && HEADS_ARG=(--only-shapes "$HEADS")
 
 if compgen -G ".whl/*.whl" > /dev/null; then
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
@@ -46,6 +54,7 @@ export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
   echo "- nvcc: $($CUDA_HOME/bin/nvcc --version | tail -2 | head -1)"
   echo "- python: $($PY --version 2>&1); peers: $($PY -c 'import backpack, curvlinops; import importlib.metadata as m; print("backpack", m.version("backpack-for-pytorch"), "curvlinops", m.version("curvlinops-for-pytorch"))' 2>&1 | tail -1)"
   echo "- TORCH_CUDA_ARCH_LIST: $TORCH_CUDA_ARCH_LIST"
+  echo "- phases: $PHASES${HEADS:+; heads: $HEADS}"
 } > "$SUMMARY"
 
 start=$(date +%s)
@@ -57,6 +66,8 @@ echo "- build: $(( $(date +%s) - start )) s" >> "$SUMMARY"
 
 # pytest-xdist spreads the tests over the CPU cores (the CPU side of each comparison dominates).
 workers=$($PY -c "import xdist" 2>/dev/null && echo "-n 8" || echo "")
+tests_rc=0
+if want tests; then
 start=$(date +%s)
 timeout $(( $(left) / 3 )) $PY -m pytest -q -m cuda -p no:cacheprovider -rfEs $workers --timeout 120 \
   tests/test_cuda.py tests/test_domain_losses.py tests/test_head_*.py tests/test_hutchinson_*.py tests/test_loss_rows.py tests/test_logits_hvp.py \
@@ -64,11 +75,14 @@ timeout $(( $(left) / 3 )) $PY -m pytest -q -m cuda -p no:cacheprovider -rfEs $w
 tests_rc=$?
 tail -30 "$RESULTS/cuda_tests.log"
 echo "- CUDA tests (pytest -m cuda $workers): $(tail -1 "$RESULTS/cuda_tests.log") [exit $tests_rc, $(( $(date +%s) - start )) s]" >> "$SUMMARY"
+fi
 
+if want profile; then
 start=$(date +%s)
 timeout 60 $PY benchmarks/profile_launches.py --device cuda --calls 50 --out "$RESULTS/profile.md" \
   --shape 3,32,512,7 > /tmp/profile.log 2>&1
 echo "- launch profile (benchmarks/profile_launches.py, profile.md): exit $?, $(( $(date +%s) - start )) s" >> "$SUMMARY"
+fi
 
 # bench SECONDS ARGS: one benchmark run of at most SECONDS (less if the deadline is nearer); it
 # starts no new job once its budget is spent, and its budget leaves 30 s for the job in flight.
@@ -93,16 +107,16 @@ bench_rc=0
 OPS=domain_losses,head_grad,head_hvp,head_hessian_diag,head_hessian_trace,head_hessian_inner,hutchinson_diag,hutchinson_trace
 # Seconds per phase, from the H100 run of 2026-11-26 (about 150 s go to build, tests and profile):
 # 1. the bf16 large-head HVP against its GEMMs and the fusion across domains (~20 s)
-bench 60 --quick --dtype bfloat16
+want bf16 && bench 60 --quick --dtype bfloat16
 # 2. A/B: the same HVP with the GEMM width padded to aligned rows (head_problem.h); JSON kept as align_*.json
-AB=align_ HESSALIGN_ALIGN_ROWS=1 bench 45 --quick --dtype bfloat16 --only head_hvp --only-tags large
+want align && AB=align_ HESSALIGN_ALIGN_ROWS=1 bench 45 --quick --dtype bfloat16 --only head_hvp --only-tags large
 # 3. the HGP step at the 16 DomainBed heads, every form (~55 s)
-bench 75 --only-tags domainbed --only hgp_step --dtype float32
+want hgp && bench 75 --only-tags domainbed --only hgp_step --dtype float32 "${HEADS_ARG[@]}"
 # 4. every op at as many DomainBed heads as fit (~25 s a head)
-bench 140 --only-tags domainbed --dtype float32 --only $OPS --rounds 3 --burst 0.04
+want ops && bench 140 --only-tags domainbed --dtype float32 --only $OPS --rounds 3 --burst 0.04 "${HEADS_ARG[@]}"
 # 5. the Hutchinson steps (the autograd reference with 300 probes takes seconds per call), then the fp32 large head
-bench 60 --only-tags domainbed --only hutchinson_step,hutchinson_exact_step --dtype float32 --rounds 3
-bench 3600 --quick --only-tags large --dtype float32
+want hutchinson && bench 60 --only-tags domainbed --only hutchinson_step,hutchinson_exact_step --dtype float32 --rounds 3 "${HEADS_ARG[@]}"
+want large && bench 3600 --quick --only-tags large --dtype float32
 grep -A14 "^## Targets" "$RESULTS/benchmark.log" | head -60
 cat "$SUMMARY"
 [ "$tests_rc" -eq 0 ] && [ "$bench_rc" -eq 0 ]
