@@ -3,7 +3,7 @@ for the same seed, and float16/bfloat16 within the precision bound of DESIGN.md 
 
 Skipped (with the reason) without a GPU; scripts/gpu_check.sh runs it whenever one is lent.
 What only this file covers (the emulated tests cannot): the cuBLAS GEMMs, streams and device
-guards, offsets given on the CPU for CUDA features, float16/bfloat16 kernels.
+guards, offsets given on the CPU for CUDA features, float16/bfloat16 against plain torch's error.
 """
 import dataclasses
 

@@ -40,10 +40,11 @@ def load() -> None:
     build_dir.mkdir(parents=True, exist_ok=True)
     obj = build_dir / "emu_kernels.o"
     if not obj.exists():
-        # The emulation unit never sees torch headers, so it takes flags torch's would not.
+        # The emulation unit sees only c10's 16-bit scalar types of torch, so it takes flags torch's would not.
         tmp = obj.with_suffix(".tmp.o")
         subprocess.run(["g++", "-std=c++17", "-O1", "-g", "-fPIC", "-fno-extern-tls-init", "-Wno-unknown-pragmas",
-                        "-fopenmp", *SAN_FLAGS, "-c", str(HERE / "emu_kernels.cpp"), "-o", str(tmp)], check=True)
+                        "-fopenmp", *SAN_FLAGS, "-I", cpp_extension.include_paths()[0],
+                        "-c", str(HERE / "emu_kernels.cpp"), "-o", str(tmp)], check=True)
         tmp.rename(obj)
     cpp_extension.load(
         name=f"hessalign_emu_{key}",

@@ -1,7 +1,11 @@
 // Every CUDA kernel of csrc/cuda/, compiled by g++ over the CPU emulation header and
-// instantiated for float and double through the same launchers the GPU build uses.
-// Built by tests/emu/build.py; never include torch here (see cuda_cpu_emu.h).
+// instantiated through the same launchers the GPU build uses: for float and double, and for
+// float16 and bfloat16 with float accumulation, as the GPU build runs them. Built by
+// tests/emu/build.py; of torch it includes only c10's two 16-bit scalar types (header-only).
 #include "cuda_cpu_emu.h"
+
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
 
 #include "../../csrc/cuda/domain_stats_kernels.cuh"
 #include "../../csrc/cuda/row_kernels.cuh"
@@ -22,43 +26,51 @@ namespace hessalign {
 
 #define HE_ROWS(...) template int launch_rows<__VA_ARGS__>(index_t, const __VA_ARGS__&, cudaStream_t);
 #define HE_ELEMENTS(...) template int launch_elements<__VA_ARGS__>(index_t, const __VA_ARGS__&, cudaStream_t);
-#define HE_INSTANTIATE(T)                                                                                     \
-  HE_ROWS(LossRowOp<T, T>)                                                                                    \
-  HE_ROWS(ResidualOp<T, T>)                                                                                   \
-  HE_ROWS(HvpMeanOp<T, T>)                                                                                    \
-  HE_ROWS(HvpSOp<T, T>)                                                                                       \
-  HE_ROWS(HvpBackwardSumsOp<T, T>)                                                                            \
-  HE_ROWS(HvpBackwardMapOp<T, T>)                                                                             \
-  HE_ROWS(SoftmaxBackwardOp<T, T>)                                                                            \
-  HE_ROWS(DiagQOp<T, T>)                                                                                      \
-  HE_ROWS(DiagBackwardSumsOp<T, T>)                                                                           \
-  HE_ROWS(DiagBackwardMapOp<T, T>)                                                                            \
-  HE_ROWS(ProbTileOp<T, T>)                                                                                   \
-  HE_ROWS(InnerDpOp<T, T>)                                                                                    \
-  HE_ELEMENTS(InnerPairOp<T>)                                                                                 \
-  HE_ELEMENTS(InnerPairBackwardOp<T>)                                                                         \
-  HE_ROWS(TraceRowOp<T, T>)                                                                                   \
-  HE_ROWS(RowSqNormOp<T, T>)                                                                                  \
-  HE_ROWS(TraceBackwardOp<T, T>)                                                                              \
-  HE_ROWS(HutchinsonVarOp<T, T>)                                                                              \
-  HE_ROWS(HutchinsonTraceBackwardOp<T, T>)                                                                    \
-  HE_ELEMENTS(RademacherFillOp<T, 1>)                                                                         \
-  HE_ELEMENTS(ProbeDiagAccumulateOp<T, T, 1>)                                                                 \
-  HE_ELEMENTS(ProbeUpstreamOp<T, T, 1>)                                                                       \
-  HE_ELEMENTS(ClassMajorSOp<T, T, 1>)                                                                         \
-  HE_ELEMENTS(ProbeClassFoldOp<T, T, 1>)                                                                      \
-  HE_ROWS(TargetsRowOp<T>)                                                                                    \
-  HE_ROWS(LogitsHvpOp<T, T>)                                                                                  \
-  HE_ROWS(LogitsHvpBackwardUOp<T, T>)                                                                         \
-  HE_ROWS(LogitsHvpBackwardPOp<T, T>)                                                                         \
-  template int launch_softmax_stats<T, T>(const T*, index_t, index_t, T*, T*, bool, T*, cudaStream_t);       \
-  template int launch_segment_sum<T>(const T*, const DomainOffsets&, T*, cudaStream_t);                       \
-  template int launch_ce_coeffs<T>(const CeParams<T>&, const DomainOffsets&, T*, T*, T*, cudaStream_t);       \
-  template int launch_domain_stats<T, T>(const CeParams<T>&, const DomainOffsets&, const T*, index_t, T*, T*, T*, T*, \
-                                         T*, cudaStream_t);
+// The kernels of a storage type S with accumulation type A.
+#define HE_INSTANTIATE(S, A)                                                                                  \
+  HE_ROWS(LossRowOp<S, A>)                                                                                    \
+  HE_ROWS(ResidualOp<S, A>)                                                                                   \
+  HE_ROWS(HvpMeanOp<S, A>)                                                                                    \
+  HE_ROWS(HvpSOp<S, A>)                                                                                       \
+  HE_ROWS(HvpBackwardSumsOp<S, A>)                                                                            \
+  HE_ROWS(HvpBackwardMapOp<S, A>)                                                                             \
+  HE_ROWS(SoftmaxBackwardOp<S, A>)                                                                            \
+  HE_ROWS(DiagQOp<S, A>)                                                                                      \
+  HE_ROWS(DiagBackwardSumsOp<S, A>)                                                                           \
+  HE_ROWS(DiagBackwardMapOp<S, A>)                                                                            \
+  HE_ROWS(ProbTileOp<S, A>)                                                                                   \
+  HE_ROWS(InnerDpOp<S, A>)                                                                                    \
+  HE_ROWS(TraceRowOp<S, A>)                                                                                   \
+  HE_ROWS(RowSqNormOp<S, A>)                                                                                  \
+  HE_ROWS(TraceBackwardOp<S, A>)                                                                              \
+  HE_ROWS(HutchinsonVarOp<S, A>)                                                                              \
+  HE_ROWS(HutchinsonTraceBackwardOp<S, A>)                                                                    \
+  HE_ELEMENTS(RademacherFillOp<S, 1>)                                                                         \
+  HE_ELEMENTS(ProbeDiagAccumulateOp<S, A, 1>)                                                                 \
+  HE_ELEMENTS(ProbeUpstreamOp<S, A, 1>)                                                                       \
+  HE_ELEMENTS(ClassMajorSOp<S, A, 1>)                                                                         \
+  HE_ELEMENTS(ProbeClassFoldOp<S, A, 1>)                                                                      \
+  HE_ROWS(LogitsHvpOp<S, A>)                                                                                  \
+  HE_ROWS(LogitsHvpBackwardUOp<S, A>)                                                                         \
+  HE_ROWS(LogitsHvpBackwardPOp<S, A>)                                                                         \
+  template int launch_softmax_stats<S, A>(const S*, index_t, index_t, A*, A*, bool, A*, cudaStream_t);       \
+  template int launch_domain_stats<S, A>(const CeParams<A>&, const DomainOffsets&, const S*, index_t, A*, A*, A*, A*, \
+                                         A*, cudaStream_t);
 
-HE_INSTANTIATE(float)
-HE_INSTANTIATE(double)
+// The kernels of the accumulation type alone.
+#define HE_INSTANTIATE_ACC(A)                                                                                 \
+  HE_ELEMENTS(InnerPairOp<A>)                                                                                 \
+  HE_ELEMENTS(InnerPairBackwardOp<A>)                                                                         \
+  HE_ROWS(TargetsRowOp<A>)                                                                                    \
+  template int launch_segment_sum<A>(const A*, const DomainOffsets&, A*, cudaStream_t);                       \
+  template int launch_ce_coeffs<A>(const CeParams<A>&, const DomainOffsets&, A*, A*, A*, cudaStream_t);
+
+HE_INSTANTIATE(float, float)
+HE_INSTANTIATE(double, double)
+HE_INSTANTIATE(c10::Half, float)
+HE_INSTANTIATE(c10::BFloat16, float)
+HE_INSTANTIATE_ACC(float)
+HE_INSTANTIATE_ACC(double)
 HE_ELEMENTS(ProbeKeysOp)
 
 }  // namespace hessalign

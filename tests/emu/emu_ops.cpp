@@ -19,7 +19,7 @@
 #include "../../csrc/schemas.h"
 
 namespace hessalign {
-struct EmuKernels : CudaKernelsT<false> {
+struct EmuKernels : CudaKernelsT<true> {  // float16/bfloat16 too, as the GPU build (cuda_backend.cuh)
   static int guard(const at::Tensor&) { return 0; }
   static EmuKernels current() { return {{nullptr}}; }
 };
