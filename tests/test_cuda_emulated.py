@@ -260,3 +260,24 @@ def test_emulated_aligned_rows_bfloat16(op, shape, monkeypatch):
     _assert_reduced(out, expected, torch.bfloat16, op)
     for name, (g, ref) in zip(["features", "weight", "bias", "vectors"], grads):
         _assert_reduced(g, ref, torch.bfloat16, f"{op} backward, {name}")
+
+
+@pytest.mark.parametrize("dtype", list(REDUCED), ids=["bf16", "f16"])
+@pytest.mark.parametrize("shape", ["unequal_37x129", "no_bias_33x31", "wide_1000", "past_fused_rows"])
+def test_emulated_reduced_precision_hgp_fused(shape, dtype):
+    """The HGP step in float16/bfloat16 (host/hgp_fused.h runs it in the features' dtype):
+    value, per-domain terms and gradients against float64 on the same values."""
+    sizes, C, d, bias = SHAPES[shape]
+    features, weight, b, labels, offsets = _args("head_grad", sizes, C, d, bias, torch.float64, OPTIONS["plain"])[:5]
+    (low, ref), off = _rounded((features, weight, b), dtype), offsets.tolist()
+
+    def run(lib, head, grad):
+        out = lib.hgp_fused(*head, labels, off, 0.7, 0.3, True, -100, None, 0.1, "mean")
+        return out[:3], lib._hgp_fused_backward(grad, *head, off, 0.7, 0.3, out[3], [True, True, bias])
+
+    grad = torch.tensor(1.3).to(dtype)
+    (emu, emu_back), (cpu, cpu_back) = (run(torch.ops.hessalign_emu, low, grad),
+                                        run(torch.ops.hessalign_ext, ref, grad.double()))
+    for name, e, c in zip(["penalty", "hess_terms", "grad_terms", "features", "weight", "bias"],
+                          [*emu, *emu_back], [*cpu, *cpu_back]):
+        _assert_reduced(e, c, dtype, f"hgp_fused {name}")
