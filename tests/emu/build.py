@@ -19,6 +19,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 HERE = pathlib.Path(__file__).resolve().parent
 SANITIZE = os.environ.get("HESSALIGN_EMU_SANITIZE", "0") == "1"
 SAN_FLAGS = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer"] if SANITIZE else []
+# the sanitizer build runs the float64 subset: its ops take float and double only (emu_ops.cpp)
+OPS_DEFINES = ["-DHE_EMU_FLOAT_ONLY"] if SANITIZE else []
 
 
 def _source_hash() -> str:
@@ -52,7 +54,7 @@ def load() -> None:
         sources=[str(HERE / "emu_ops.cpp"),
                  *(str(ROOT / "csrc" / "cpu" / f) for f in ("onednn_gemm.cpp", "segment_tn_cpu.cpp",
                                                             "few_classes_nt_cpu.cpp"))],
-        extra_cflags=["-O1", *SAN_FLAGS],
+        extra_cflags=["-O1", *SAN_FLAGS, *OPS_DEFINES],
         extra_ldflags=[str(obj), "-fopenmp", *SAN_FLAGS],
         build_directory=str(build_dir),
         is_python_module=False,

@@ -19,7 +19,14 @@
 #include "../../csrc/schemas.h"
 
 namespace hessalign {
-struct EmuKernels : CudaKernelsT<true> {  // float16/bfloat16 too, as the GPU build (cuda_backend.cuh)
+// float16/bfloat16 too, as the GPU build (cuda_backend.cuh); the sanitizer build, which runs the
+// float64 subset only (scripts/test.sh), takes float and double alone and compiles in less time.
+#ifdef HE_EMU_FLOAT_ONLY
+constexpr bool kEmuReducedPrecision = false;
+#else
+constexpr bool kEmuReducedPrecision = true;
+#endif
+struct EmuKernels : CudaKernelsT<kEmuReducedPrecision> {
   static int guard(const at::Tensor&) { return 0; }
   static EmuKernels current() { return {{nullptr}}; }
 };
