@@ -10,7 +10,7 @@ kernel would run on every call.
 from __future__ import annotations
 
 import functools
-from typing import Optional, Sequence
+from typing import Optional
 
 import torch
 
@@ -83,12 +83,12 @@ def register_fake(op: str):
     return wrap
 
 
-def register(name: str, out: str, offsets_index: int, differentiable: Sequence[int] = (0, 1, 2)) -> None:
+def register(name: str, out: str, offsets_index: int) -> None:
     """Fake kernels for op ``name`` and its backward op (their autograd is C++: csrc/autograd.cpp).
 
     out: "domains" for an (E,) result, "pairs" for (E, E), "params" for (E, C, D). offsets_index: position of
-    offsets in the op's arguments. differentiable: argument positions that get gradients
-    (features, weight, bias, and vectors for head_hvp), in the order the backward returns them.
+    offsets in the op's arguments. The backward op returns the gradients of the op's leading
+    arguments (features, weight, bias, and vectors for head_hvp), as many as its schema returns.
     """
     @register_fake(name)
     def _fake(*args):
@@ -100,10 +100,11 @@ def register(name: str, out: str, offsets_index: int, differentiable: Sequence[i
             return features.new_empty((E, E))
         return features.new_empty((E, *param_shape(features, weight, bias)))
 
+    returns = len(getattr(torch.ops.hessalign_ext, f"_{name}_backward").default._schema.returns)
+
     @torch.library.register_fake(f"{LIB}::_{name}_backward")
     def _fake_backward(grad, *args):
-        grads = [args[0].new_empty(args[0].shape), args[1].new_empty(args[1].shape),
-                 args[2].new_empty(args[2].shape) if args[2] is not None else args[0].new_empty((0,))]
-        grads += [args[i].new_empty(args[i].shape) for i in differentiable[3:]]
-        return tuple(grads)
+        # an absent bias gets an empty gradient, as from the C++ kernels
+        return tuple(args[0].new_empty((0,)) if args[i] is None else args[i].new_empty(args[i].shape)
+                     for i in range(returns))
 

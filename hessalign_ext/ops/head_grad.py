@@ -28,4 +28,4 @@ def head_grad(features, weight, bias, labels, offsets, *, ignore_index=-100, cla
     return torch.ops.hessalign_ext.head_grad(features, weight, bias, labels, offsets, *ce)
 
 
-register("head_grad", out="params", offsets_index=4, differentiable=(0, 1, 2))
+register("head_grad", out="params", offsets_index=4)

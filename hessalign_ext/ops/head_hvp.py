@@ -30,4 +30,4 @@ def head_hvp(features, weight, bias, vectors, offsets, *, labels=None, ignore_in
     return torch.ops.hessalign_ext.head_hvp(features, weight, bias, vectors, offsets, labels, *ce)
 
 
-register("head_hvp", out="params", offsets_index=4, differentiable=(0, 1, 2, 3))
+register("head_hvp", out="params", offsets_index=4)
