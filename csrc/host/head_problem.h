@@ -126,7 +126,8 @@ inline DomainOffsets domain_offsets(const std::vector<int64_t>& off, const at::T
 // rows and an aligned extent, for one copy of each (E, C, D) operand and result. On an H100
 // (2026-11-27, scripts/gpu_check.sh's A/B) that bf16 HVP took 13.4 ms with it, 36.7 ms without.
 // Still off by default: its bf16 backward failed there (the float32 gradient accumulators took a
-// narrower padded width than their bf16 operands; Head::padded since), not yet re-run on a GPU.
+// narrower padded width than their bf16 operands; Head::padded since), not yet re-run on a GPU
+// (the emulated CUDA tests run that backward).
 inline int64_t padded_width(int64_t width, int64_t elem) {
   const int64_t per16 = std::max<int64_t>(1, 16 / elem);
   return (width + per16 - 1) / per16 * per16;
