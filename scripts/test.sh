@@ -6,7 +6,9 @@
 #      (float64) under forward and reverse;
 #   3. every kernel (float64) once more under AddressSanitizer + UndefinedBehaviorSanitizer;
 #   4. the CMake/libtorch build of the CPU library, one unit per source file (setup.py's build
-#      is one unity unit), and of the C++ kernel test, run by ctest.
+#      is one unity unit), and of the C++ kernel test, run by ctest;
+#   5. the C++ sources against torch 2.11's headers, the GPU machines' torch
+#      (scripts/check_torch_headers.sh; skipped with a notice if the wheel cannot be downloaded).
 # Every step has a timeout; the first failure fails the command.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -54,4 +56,7 @@ TORCH_CUDA_ARCH_LIST="8.0;9.0" cmake -S . -B build/cmake -DTorch_DIR="$TORCH_DIR
   || { tail -30 build/cmake.log; exit 1; }
 timeout 900 cmake --build build/cmake -j "$(nproc)"
 (cd build/cmake && timeout 300 ctest --output-on-failure)
+step "C++ sources against torch 2.11's headers (the GPU machines' torch)"
+timeout 300 bash scripts/check_torch_headers.sh 2.11.0
+
 echo; echo "== all tests passed ($(date +%T))"
