@@ -221,15 +221,17 @@ def _assert_reduced(actual, expected, dtype, what):
     assert err <= REDUCED[dtype] * max(scale, 1e-6), f"{what}: max error {err:.3g} against max |x| {scale:.3g}"
 
 
-def _reduced_op_and_backward(op, args, dtype, grad_seed=7):
-    """The emulated op and its backward in dtype; the CPU op and backward in float64 on the same values."""
+def _check_reduced_op(op, args, dtype):
+    """The emulated op and its backward in dtype against the CPU op and backward in float64 on the
+    same values."""
     low, ref_args = _rounded(args, dtype)
     expected = getattr(torch.ops.hessalign_ext, op)(*ref_args)
-    grad = torch.randn(expected.shape, generator=torch.Generator().manual_seed(grad_seed)).to(dtype)
-    ref_back = getattr(torch.ops.hessalign_ext, f"_{op}_backward")(grad.double(), *ref_args)
-    out = getattr(torch.ops.hessalign_emu, op)(*low)
+    grad = torch.randn(expected.shape, generator=torch.Generator().manual_seed(7)).to(dtype)
+    _assert_reduced(getattr(torch.ops.hessalign_emu, op)(*low), expected, dtype, op)
     back = getattr(torch.ops.hessalign_emu, f"_{op}_backward")(grad, *low)
-    return (out, expected), list(zip(back, ref_back))
+    ref_back = getattr(torch.ops.hessalign_ext, f"_{op}_backward")(grad.double(), *ref_args)
+    for name, g, ref in zip(["features", "weight", "bias", "vectors"], back, ref_back):
+        _assert_reduced(g, ref, dtype, f"{op} backward, {name}")
 
 
 @pytest.mark.parametrize("dtype", list(REDUCED), ids=["bf16", "f16"])
@@ -239,11 +241,7 @@ def test_emulated_reduced_precision_kernels(op, shape, dtype):
     """Every op's float16/bfloat16 kernels, forward and backward, with every loss option and class
     tiles (the fused statistics kernel, and past_fused_rows the separate ones)."""
     sizes, C, d, bias = SHAPES[shape]
-    (out, expected), grads = _reduced_op_and_backward(op, _args(op, sizes, C, d, bias, torch.float64,
-                                                                 OPTIONS["options_tiled"]), dtype)
-    _assert_reduced(out, expected, dtype, op)
-    for name, (g, ref) in zip(["features", "weight", "bias", "vectors"], grads):
-        _assert_reduced(g, ref, dtype, f"{op} backward, {name}")
+    _check_reduced_op(op, _args(op, sizes, C, d, bias, torch.float64, OPTIONS["options_tiled"]), dtype)
 
 
 # HESSALIGN_ALIGN_ROWS=1 (host/head_problem.h): every D-wide GEMM operand padded to 16 bytes. In
@@ -254,12 +252,8 @@ def test_emulated_reduced_precision_kernels(op, shape, dtype):
 @pytest.mark.parametrize("op", OPS)
 def test_emulated_aligned_rows_bfloat16(op, shape, monkeypatch):
     sizes, C, d, bias = SHAPES[shape]
-    args = _args(op, sizes, C, d, bias, torch.float64, OPTIONS["options_tiled"])
     monkeypatch.setenv("HESSALIGN_ALIGN_ROWS", "1")
-    (out, expected), grads = _reduced_op_and_backward(op, args, torch.bfloat16)
-    _assert_reduced(out, expected, torch.bfloat16, op)
-    for name, (g, ref) in zip(["features", "weight", "bias", "vectors"], grads):
-        _assert_reduced(g, ref, torch.bfloat16, f"{op} backward, {name}")
+    _check_reduced_op(op, _args(op, sizes, C, d, bias, torch.float64, OPTIONS["options_tiled"]), torch.bfloat16)
 
 
 @pytest.mark.parametrize("dtype", list(REDUCED), ids=["bf16", "f16"])

@@ -168,7 +168,6 @@ struct Head {
   int64_t budget;  // bytes of working buffers (the memory rule)
   bool has_bias;
   bool align_rows;  // D-wide GEMM operands are zero-padded to an aligned width (align_rows_for)
-  int64_t gemm_elem;  // bytes per element of the features, the GEMM operands' dtype
   at::ScalarType acc_type;
   // per-row loss coefficients (math/cross_entropy.h), acc dtype
   at::Tensor c, a, b, labels, class_weight;
@@ -211,7 +210,7 @@ struct Head {
 
   // The padded width of a D-wide buffer of any dtype: the features' 16-byte rows, so that a
   // float32 accumulator and its bfloat16 operands (gemm_add) have the same padded width.
-  int64_t padded(int64_t width) const { return padded_width(width, gemm_elem); }
+  int64_t padded(int64_t width) const { return padded_width(width, z.element_size()); }
 
   // A buffer of `shape` (last dimension D) for GEMMs: contiguous, or with align_rows a view of
   // the first D columns of a buffer padded to an aligned width with zeros (wide() widens it).
@@ -299,8 +298,7 @@ Head make_head(const char* op, const at::Tensor& features, const at::Tensor& wei
   h.D = h.d + (h.has_bias ? 1 : 0);
   h.acc_type = at::toOpMathType(features.scalar_type());
   // Non-contiguous and expanded inputs are copied here, once.
-  h.gemm_elem = features.element_size();
-  h.align_rows = align_rows_for(h.D, h.gemm_elem);
+  h.align_rows = align_rows_for(h.D, features.element_size());
   h.z = features.contiguous();
   h.zt = h.z;
   if (augment) h.augment();

@@ -44,7 +44,8 @@ def _domains(offsets: torch.Tensor) -> int:
 
 
 def param_shape(features: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> tuple:
-    """(C, D): D = d + 1 with a bias (its last column), d without."""
+    """(C, D): D = d + 1 with a bias (its last column), d without (an int added: torch 2.11's
+    symbolic shapes refuse a SymInt plus a bool)."""
     return weight.shape[0], features.shape[1] + (1 if bias is not None else 0)
 
 

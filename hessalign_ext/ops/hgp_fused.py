@@ -9,7 +9,7 @@ from typing import Optional, Sequence, Union
 
 import torch
 
-from ._registry import ce_args, register_fake
+from ._registry import ce_args, param_shape, register_fake
 
 
 def hgp_fused(features, weight, bias, labels, offsets: Union[Sequence[int], torch.Tensor], *, alpha: float,
@@ -61,8 +61,8 @@ def _call(features, weight, bias, labels, offsets, alpha, beta, mean_loss, ignor
 @register_fake("hgp_fused")
 def _fake(features, weight, bias, labels, offsets, alpha, beta, mean_loss, ignore_index, class_weight,
           label_smoothing, reduction):
-    (N, d), C, E = features.shape, weight.shape[0], len(offsets) - 1
-    D = d + (0 if bias is None else 1)  # an int: a SymInt plus a bool fails in torch 2.11
+    N, E = features.shape[0], len(offsets) - 1
+    C, D = param_shape(features, weight, bias)
     # the saved list of host/hgp_fused.h (HgpSaved): c, p, R, U, S, pu; g, h_diff, g_diff
     rows = [features.new_empty((N,))] + [features.new_empty((N, C)) for _ in range(4)] + [features.new_empty((N, 1))]
     blocks = [features.new_empty((E, C, D)) for _ in range(3)]
