@@ -48,7 +48,7 @@ def run(benchmark, case: P.Case, name: str, shape: P.Shape, dtype=torch.float32)
     reason = P.reason_not_applicable(prov, problem, case)
     if reason:
         pytest.skip(reason)
-    status, err, tol, cshape = P.check(prov, problem, case, _TRUTH)
+    status, err, tol, cshape, _ = P.check(prov, problem, case, _TRUTH)
     if status != "ok":
         pytest.skip(f"differs from the float64 reference at {cshape}: rel err {err:.2e} > {tol:.0e}")
     fn = prov.build(problem, case)

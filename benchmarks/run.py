@@ -16,8 +16,8 @@ For each (case, shape, dtype) it
 2. times the providers interleaved, round after round (so a change of machine load hits all
    of them alike): warm-up, then single calls timed with ``time.perf_counter`` (CPU) or CUDA
    events (GPU); reports the median, p20 and p80 of the single-call times;
-3. measures peak memory of one extra call: on CUDA ``max_memory_allocated`` minus the memory
-   allocated before the call; on CPU the peak of the bytes held by torch's CPU allocator
+3. measures peak memory: on CUDA in the first timed call, ``max_memory_allocated`` minus the
+   memory allocated before the call; on CPU in one extra call, the peak of the bytes held by torch's CPU allocator
    during the call, from the profiler's memory events (``torch.profiler``, ``profile_memory``:
    allocations and frees of tensors, the CPU analogue of ``max_memory_allocated``), and, as a
    second figure, the process's peak RSS growth (``VmHWM`` after resetting it through
@@ -57,7 +57,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import providers as P  # noqa: E402
 from plan import every_case, flops, plan  # noqa: E402
 from report import plots, report  # noqa: E402
-from timing import Clock, gemm_gflops, measure, peak_memory, quantiles  # noqa: E402
+from timing import Clock, cpu_peak_memory, gemm_gflops, measure, quantiles  # noqa: E402
 
 warnings.filterwarnings("ignore", message="Full backward hook is firing")  # BackPACK, inputs without grad
 warnings.filterwarnings("ignore", category=FutureWarning)
@@ -116,7 +116,7 @@ def run_job(job, args, clock, dtype, meta, log):
     variants = [("", shape, sorted(tags))]
     if "scaling-E" in tags and shape.E > 1:
         variants.append(("@1domain", P.Shape(1, shape.N, shape.d, shape.C, "scaling-E1"), ["scaling-E1"]))
-    records, runnable, fl_of = [], {}, {}
+    records, runnable, fl_of, warm, peaks = [], {}, {}, {}, {}
     for suffix, sh, tg in variants:
         problem = P.make_problem(sh, device, dtype)
         base = {"op": case.op, "case": case.label, "K": case.K, "mode": mode, "shape": sh.id,
@@ -133,7 +133,7 @@ def run_job(job, args, clock, dtype, meta, log):
                 records.append(rec)
                 continue
             try:
-                status, err, tol, cshape = P.check(prov, problem, case, truth_cache)
+                status, err, tol, cshape, check_s = P.check(prov, problem, case, truth_cache)
                 rec["check"] = {"status": status, "rel_err": err, "tol": tol, "shape": cshape}
                 if status != "ok":
                     rec.update(status="mismatch",
@@ -141,6 +141,7 @@ def run_job(job, args, clock, dtype, meta, log):
                     records.append(rec)
                     continue
                 runnable[name + suffix] = (prov.build(problem, case), rec)
+                warm[name + suffix] = check_s
                 fl_of[name + suffix] = sh
             except Exception as exc:  # noqa: BLE001 - a provider that fails is recorded, not fatal
                 msg = str(exc).splitlines()[0][:200] if str(exc) else ""
@@ -150,7 +151,7 @@ def run_job(job, args, clock, dtype, meta, log):
                     torch.cuda.empty_cache()
     fns = {key: (lambda f=fn: f()) for key, (fn, rec) in runnable.items()}
     try:
-        samples = measure(clock, fns, args.rounds, args.burst) if fns else {}
+        samples = measure(clock, fns, args.rounds, args.burst, warm, None if args.no_memory else peaks) if fns else {}
     except Exception as exc:  # noqa: BLE001
         samples = {}
         for key, (fn, rec) in runnable.items():
@@ -166,9 +167,11 @@ def run_job(job, args, clock, dtype, meta, log):
         if fl is not None:
             rate, gemm = gemm_gflops(clock, sh, device, dtype, args.rounds, args.burst)
             rec.update(flops=fl, gflops=fl / p50 / 1e9, gemm_gflops=rate, gemm=gemm, x_floor=rate / (fl / p50 / 1e9))
-        if not args.no_memory and p50 < args.memory_max_s:
+        if key in peaks:  # CUDA: taken in the first timed call
+            rec.update(peak_mem_bytes=peaks[key], rss_peak_delta_bytes=None)
+        elif device == "cpu" and not args.no_memory and p50 < args.memory_max_s:
             try:
-                peak, rss = peak_memory(device, fn)
+                peak, rss = cpu_peak_memory(fn)
                 rec.update(peak_mem_bytes=peak, rss_peak_delta_bytes=rss)
             except Exception as exc:  # noqa: BLE001
                 rec.update(peak_mem_bytes=None, memory_error=f"{type(exc).__name__}: {str(exc)[:120]}")
@@ -204,7 +207,7 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, default=None, help="interleaved timing rounds (default 5; quick 3)")
     ap.add_argument("--burst", type=float, default=None, help="seconds of calls per provider per round")
     ap.add_argument("--no-memory", action="store_true")
-    ap.add_argument("--memory-max-s", type=float, default=5.0, help="skip the memory pass for calls slower than this")
+    ap.add_argument("--memory-max-s", type=float, default=5.0, help="CPU: skip the memory pass (an extra call) for calls slower than this")
     ap.add_argument("--no-plots", action="store_true")
     ap.add_argument("--smoke", action="store_true",
                     help="tiny heads: tests the harness in seconds (numbers meaningless)")

@@ -40,10 +40,19 @@ class Clock:
         return time.perf_counter() - t0
 
 
-def measure(clock: Clock, fns: dict, rounds: int, burst_s: float):
-    """Interleaved timing of several callables: per-call samples for each (seconds)."""
+def measure(clock: Clock, fns: dict, rounds: int, burst_s: float, warm=None, peaks=None):
+    """Interleaved timing of several callables: per-call samples for each (seconds).
+
+    ``warm``: {name: seconds of a call just made at the same inputs} (the reference check's):
+    a provider slower than a burst needs no other warm-up call. ``peaks``: a dict that, on CUDA,
+    receives each provider's peak memory in its first timed call (``track_peak``), so the
+    memory costs no extra call (a slow reference's extra call was as long as a sample)."""
+    warm = warm or {}
     est = {}
     for name, fn in fns.items():  # warm-up: at least one call, then to ~burst_s
+        if warm.get(name) is not None and warm[name] >= burst_s:
+            est[name] = warm[name]
+            continue
         clock.sync()
         t, calls = clock.once(fn), 1
         while t * calls < burst_s and calls < 3 and t < 1.0:
@@ -63,7 +72,14 @@ def measure(clock: Clock, fns: dict, rounds: int, burst_s: float):
                 continue
             burst = max(1, min(50, int(burst_s / max(t, 1e-6))))
             for _ in range(burst):
-                samples[name].append(clock.once(fn))
+                if peaks is not None and clock.cuda and name not in peaks:
+                    with track_peak() as peak:
+                        samples[name].append(clock.once(fn))
+                    peaks[name] = peak[0]
+                else:
+                    samples[name].append(clock.once(fn))
+            # a first call's estimate (compilation, the check's call) can only overstate
+            est[name] = min(est[name], min(samples[name]))
     return samples
 
 
@@ -121,20 +137,21 @@ def _quiet_stderr():
         os.close(saved)
 
 
-def peak_memory(device: str, fn):
-    """(peak bytes above the starting allocation, peak RSS growth in bytes or None) of one call.
+@contextlib.contextmanager
+def track_peak():
+    """CUDA: yields a list that holds, after the block, the peak bytes allocated during it above
+    what was allocated before it. The caching allocator counts on the host as tensors are made,
+    so no synchronization is needed."""
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    out = [None]
+    yield out
+    out[0] = torch.cuda.max_memory_allocated() - base
 
-    On CUDA the peak is taken above what is allocated before the call, so garbage that an earlier
-    call left does not count and no gc.collect is needed: one takes about 0.1 s with the peers
-    imported (on this project's CPU machine), and the 110 s ops phase of the 2026-11-27 H100 run
-    made 203 of these measurements."""
-    if device == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        fn()
-        torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated() - base, None
+
+def cpu_peak_memory(fn):
+    """(peak bytes held by torch's CPU allocator, peak RSS growth in bytes or None) of one extra
+    call (on CUDA the peak is taken in a timed call: ``measure``'s ``peaks``)."""
     gc.collect()
     libc = _libc()
     if libc:

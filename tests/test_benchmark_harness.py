@@ -37,3 +37,38 @@ def test_run_at_chosen_heads(tmp_path):
     assert all(r["p50_ms"] > 0 and r["ratio_vs_ours"] > 0 for r in records if r.get("status") == "ok")
     md = json_path.with_suffix(".md").read_text()
     assert "## chosen heads, float32: time / ours" in md and "| 3×5, 6, 4 |" in md
+
+
+def test_measure_skips_warm_up_after_the_check_and_takes_cuda_peaks_in_a_timed_call(monkeypatch):
+    """A provider whose check call was slower than a burst is not called again to warm up; on
+    CUDA each provider's peak memory comes from its first timed call, not from an extra one."""
+    import timing
+
+    calls = {"fast": 0, "slow": 0}
+    allocated = [100]
+
+    def make(name, seconds, peak):
+        def fn():
+            calls[name] += 1
+            allocated.append(allocated[0] + peak)
+            return seconds
+        return fn
+
+    class FakeClock:
+        cuda = True
+
+        def sync(self):
+            pass
+
+        def once(self, fn):
+            return fn()
+
+    monkeypatch.setattr(timing.torch.cuda, "reset_peak_memory_stats", lambda: allocated.__setitem__(slice(1, None), []))
+    monkeypatch.setattr(timing.torch.cuda, "memory_allocated", lambda: allocated[0])
+    monkeypatch.setattr(timing.torch.cuda, "max_memory_allocated", lambda: max(allocated))
+    fns = {"fast": make("fast", 0.001, 7), "slow": make("slow", 0.5, 1000)}
+    peaks = {}
+    samples = timing.measure(FakeClock(), fns, rounds=3, burst_s=0.01, warm={"fast": None, "slow": 0.6}, peaks=peaks)
+    assert calls["slow"] == len(samples["slow"]) == 3  # one per round, no warm-up call
+    assert calls["fast"] == len(samples["fast"]) + 3  # warmed up to the burst: three calls
+    assert peaks == {"fast": 7, "slow": 1000}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 from typing import Optional
 
 import torch
@@ -106,10 +107,13 @@ def tolerance(case: Case, dtype: torch.dtype) -> float:
 
 
 def check(provider: Provider, problem: Problem, case: Case, cache: Optional[dict] = None):
-    """Runs ``provider`` against the float64 truth: (status "ok" | "mismatch", rel_error, tol, check shape id).
+    """Runs ``provider`` against the float64 truth: (status "ok" | "mismatch", rel_error, tol, check
+    shape id, seconds of the provider's call when it ran at ``problem``'s shape, else None).
 
     At ``problem``'s shape when the reference affords it, else at ``shape.reduced()`` (same
-    domains, small head). Hutchinson providers get the op's own probes.
+    domains, small head). Hutchinson providers get the op's own probes. A call at the benchmark
+    shape warms what the timed calls use (cuBLAS, the allocator), so the timing skips its own
+    warm-up call for a provider whose call takes longer than a burst.
     """
     cache = {} if cache is None else cache
     s = problem.shape
@@ -118,6 +122,12 @@ def check(provider: Provider, problem: Problem, case: Case, cache: Optional[dict
     if key not in cache:
         cache[key] = truth(cp, case)
     probes = op_probes(cp, case.K) if (case.K and provider.uses_probes) else None
-    err = rel_error(provider.build(cp, case, probes)(), cache[key])
+    fn = provider.build(cp, case, probes)
+    t0 = time.perf_counter()
+    out = fn()
+    if cp.device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - t0
+    err = rel_error(out, cache[key])
     tol = tolerance(case, problem.dtype)
-    return ("ok" if err <= tol else "mismatch"), err, tol, cp.shape.id
+    return ("ok" if err <= tol else "mismatch"), err, tol, cp.shape.id, seconds if cp is problem else None
