@@ -97,6 +97,7 @@ def hessian_gaps(features: torch.Tensor, weight: torch.Tensor, bias: Optional[to
                  **loss_options) -> Dict[Tuple[int, int], float]:
     """``{(a, b): ‖H_a − H_b‖₂}`` for ``pairs`` of domains (default: every pair a < b)."""
     from . import ops
+    from .ops._registry import param_shape
 
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}; got {method!r}")
@@ -110,7 +111,7 @@ def hessian_gaps(features: torch.Tensor, weight: torch.Tensor, bias: Optional[to
     z = features.detach()
     W = weight.detach()
     bb = None if bias is None else bias.detach()
-    C, D = W.shape[0], z.shape[1] + (0 if bias is None else 1)
+    C, D = param_shape(z, W, bias)
     gaps = {}
     with torch.no_grad():
         for a, b in pairs:

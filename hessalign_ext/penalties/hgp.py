@@ -53,8 +53,9 @@ def hgp(features: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
         raise ValueError(f"hgp: method must be one of {_HGP_METHODS}; got {method!r}")
     E = len(offs) - 1
     if method == "auto":
-        method = hgp_gram.choose(features.shape[0], weight.shape[0], features.shape[1] + (0 if bias is None else 1),
-                                 features.device)
+        from ..ops._registry import param_shape  # the ops package loads the extension: on first use
+
+        method = hgp_gram.choose(features.shape[0], *param_shape(features, weight, bias), features.device)
 
     if backend == "kernel" and method == "gram":
         hess_terms, grad_terms = hgp_gram.hgp_terms(features, weight, bias, labels, offs, opts, mean_target)
