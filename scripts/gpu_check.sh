@@ -7,11 +7,11 @@
 #      class tile, same probes per seed, fp16/bf16 bounds, opcheck and torch.compile on CUDA);
 #   4. profiles the launches of every op and step at a DomainBed head (profile.md:
 #      kernels, copies and syncs per call; device, event and host time);
-#   5. benchmarks, each within its own number of seconds: the bf16 large-head HVP and
-#      the fusion across domains, the same HVP with the GEMM width padded to aligned rows
-#      (HESSALIGN_ALIGN_ROWS=1), the HGP step at the 16 DomainBed heads, every op at as many
-#      DomainBed heads as fit, the Hutchinson steps, the fp32 large head (the scaling series:
-#      run.py --only-tags scaling-C,scaling-N,scaling-K,scaling-E on a longer lease).
+#   5. benchmarks, each within its own number of seconds: the bf16 large-head HVP and the
+#      fusion across domains (with the padded GEMM width, its default there), the same HVP in
+#      the plain layout (HESSALIGN_ALIGN_ROWS=0), the HGP step at the 16 DomainBed heads, every
+#      op at as many DomainBed heads as fit, the Hutchinson steps, the fp32 large head (the
+#      scaling series: run.py --only-tags scaling-C,scaling-N,scaling-K,scaling-E on a longer lease).
 # Results go to $OUT (device tool) or benchmarks/results/gpu_<date>/ (at most 8 files, so the
 # device tool returns them all; plots are rebuilt from the JSON with run.py --report):
 #   gpu_check.md (device, versions, date, build time, test counts), cuda_tests.log, profile.md,
@@ -100,7 +100,7 @@ bench() {
   (cd "$RESULTS" && for j in 20*.json; do
     [ -e "$j" ] && tar rf bench_json.tar --transform "s/^/${AB:-}/" "$j" && rm "$j"
   done)
-  echo "- benchmark \`${AB:+HESSALIGN_ALIGN_ROWS=1 }run.py --device cuda $*\` (budget ${budget} s): exit $rc, $(( $(date +%s) - start )) s" >> "$SUMMARY"
+  echo "- benchmark \`${AB:+HESSALIGN_ALIGN_ROWS=${HESSALIGN_ALIGN_ROWS:-} }run.py --device cuda $*\` (budget ${budget} s): exit $rc, $(( $(date +%s) - start )) s" >> "$SUMMARY"
   [ "$rc" -eq 0 ] || bench_rc=$rc
 }
 bench_rc=0
@@ -108,8 +108,8 @@ OPS=domain_losses,head_grad,head_hvp,head_hessian_diag,head_hessian_trace,head_h
 # Seconds per phase, from the H100 run of 2026-11-26 (about 150 s go to build, tests and profile):
 # 1. the bf16 large-head HVP against its GEMMs and the fusion across domains (~20 s)
 want bf16 && bench 60 --quick --dtype bfloat16
-# 2. A/B: the same HVP with the GEMM width padded to aligned rows (head_problem.h); JSON kept as align_*.json
-want align && AB=align_ HESSALIGN_ALIGN_ROWS=1 bench 45 --quick --dtype bfloat16 --only head_hvp --only-tags large
+# 2. A/B: the same HVP in the plain layout, without the padded GEMM width (head_problem.h); JSON kept as plain_*.json
+want align && AB=plain_ HESSALIGN_ALIGN_ROWS=0 bench 45 --quick --dtype bfloat16 --only head_hvp --only-tags large
 # 3. the HGP step at the 16 DomainBed heads, every form (~55 s)
 want hgp && bench 75 --only-tags domainbed --only hgp_step --dtype float32 "${HEADS_ARG[@]}"
 # 4. every op at as many DomainBed heads as fit (~25 s a head)

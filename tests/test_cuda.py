@@ -137,6 +137,35 @@ def test_aligned_rows_match_plain_cuda(op, dtype, d, monkeypatch):
         scaled_close(a, b, tol)
 
 
+@pytest.mark.parametrize("op", ["head_grad", "head_hvp"])
+def test_bf16_heads_past_the_rule_take_the_padded_width_by_default(op, monkeypatch):
+    """head_problem.h's rule: a bf16 head with 512 rows a domain and 1024 × 1024 × 1025 ≥ 2^30
+    multiply-adds takes the padded width unless HESSALIGN_ALIGN_ROWS says otherwise: the default
+    gives the forced-on path's results bit for bit, forward and backward; and they agree with the
+    plain layout to bf16 rounding."""
+    g = torch.Generator("cuda").manual_seed(0)
+    N, C, d = 1024, 1024, 1024
+    z = torch.randn(N, d, device="cuda", generator=g).bfloat16().requires_grad_()
+    w = (torch.randn(C, d, device="cuda", generator=g) / d**0.5).bfloat16().requires_grad_()
+    b = torch.randn(C, device="cuda", generator=g).bfloat16().requires_grad_()
+    labels, offsets = torch.randint(0, C, (N,), device="cuda", generator=g), torch.tensor([0, 512, N])
+    v = torch.randn(2, C, d + 1, device="cuda", generator=g).bfloat16()
+    up = torch.randn(2, C, d + 1, device="cuda", generator=g).bfloat16()
+    results = {}
+    for flag in (None, "1", "0"):
+        if flag is None:
+            monkeypatch.delenv("HESSALIGN_ALIGN_ROWS", raising=False)
+        else:
+            monkeypatch.setenv("HESSALIGN_ALIGN_ROWS", flag)
+        out = (hessalign_ext.head_grad(z, w, b, labels, offsets) if op == "head_grad"
+               else hessalign_ext.head_hvp(z, w, b, v, offsets, labels=labels))
+        results[flag] = (out, *torch.autograd.grad(out, (z, w, b), up))
+    for default, forced in zip(results[None], results["1"]):
+        assert torch.equal(default, forced)
+    for padded, plain in zip(results["1"], results["0"]):
+        scaled_close(padded, plain, dict(rtol=2e-2, atol=2e-2))
+
+
 class _FirstOpCall(TorchDispatchMode):
     """Records the first hessalign_ext op the public function dispatches (overload, args, kwargs)."""
 

@@ -248,12 +248,19 @@ def test_emulated_reduced_precision_kernels(op, shape, dtype):
 # bfloat16 the float32 gradient accumulators must take their bfloat16 operands' padded width: at
 # D = 4 (wide_1000) float32 rows need no padding and bfloat16 rows pad to 8, at D = 130
 # (unequal_37x129) they pad to 132 and 136. An H100 run found every op's backward failing there.
+# "staged": tiles by the memory rule under a budget that stages the caller's blocks and the results
+# 16 rows at a time (Head::stage_rows).
+@pytest.mark.parametrize("staged", [False, True], ids=["tiles_of_5", "staged"])
 @pytest.mark.parametrize("shape", ["wide_1000", "unequal_37x129"])
 @pytest.mark.parametrize("op", OPS)
-def test_emulated_aligned_rows_bfloat16(op, shape, monkeypatch):
+def test_emulated_aligned_rows_bfloat16(op, shape, staged, monkeypatch):
     sizes, C, d, bias = SHAPES[shape]
     monkeypatch.setenv("HESSALIGN_ALIGN_ROWS", "1")
-    _check_reduced_op(op, _args(op, sizes, C, d, bias, torch.float64, OPTIONS["options_tiled"]), torch.bfloat16)
+    options = OPTIONS["options_tiled"]
+    if staged:
+        monkeypatch.setenv("HESSALIGN_TILE_BYTES", "600")
+        options = (*options[:3], 0)
+    _check_reduced_op(op, _args(op, sizes, C, d, bias, torch.float64, options), torch.bfloat16)
 
 
 @pytest.mark.parametrize("dtype", list(REDUCED), ids=["bf16", "f16"])

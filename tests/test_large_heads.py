@@ -105,16 +105,22 @@ def test_peak_memory_is_a_fraction_of_plain_torch(op):
 # Padded GEMM width (head_problem.h, align_rows_for; HESSALIGN_ALIGN_ROWS=1): every D-wide GEMM
 # operand in a buffer whose extra columns are zero, the GEMMs over the whole padded width. Here on
 # heads with odd D (d + 1 with a bias, or an odd d without), equal and unequal domains, one tile
-# and many: every op and its backward agree with the plain layout to rounding.
+# and many, and ("staged") one tile of all 150 classes under a budget that copies the caller's
+# blocks and the results into padded buffers 16 rows at a time (Head::stage_rows: 9 chunks and
+# one of 6): every op and its backward agree with the plain layout to rounding.
 ALIGN_SHAPES = [Shape("unequal", (9, 1, 14), C=150, d=6), Shape("equal", (8, 8, 8), C=150, d=6),
                 Shape("odd_d_no_bias", (7, 9), C=150, d=5, bias=False)]
+STAGED_BUDGET = "600"  # bytes: below 16 padded rows of any (E, M, D) or (M, D) block here
 
 
 @pytest.mark.parametrize("shape", ALIGN_SHAPES, ids=lambda s: s.id)
-@pytest.mark.parametrize("tile", [None, 64])
+@pytest.mark.parametrize("tile", [None, 64, "staged"])
 @pytest.mark.parametrize("op", OPS)
 def test_aligned_rows_give_the_plain_results(op, tile, shape, monkeypatch):
     p = make_problem(shape, dtype=torch.float32, requires_grad=True)
+    if tile == "staged":
+        monkeypatch.setenv("HESSALIGN_TILE_BYTES", STAGED_BUDGET)
+        tile = shape.C
     opts = dict(class_tile=tile, label_smoothing=0.1)
     results = []
     for flag in ("0", "1"):
@@ -149,3 +155,53 @@ def test_aligned_rows_give_the_plain_hutchinson_diag(path, shape, monkeypatch):
     torch.testing.assert_close(aligned, plain, rtol=1e-5, atol=1e-6)
     for a, b in zip(g_aligned, g_plain):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def _allocator_peak(fn) -> int:
+    """Peak bytes held by torch's CPU allocator during fn(), from the profiler's memory events
+    (deterministic, unlike the resident set)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    held = peak = 0
+    for _, nbytes in sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
+                            if e.name() == "[memory]"):
+        held += nbytes
+        peak = max(peak, held)
+    return peak
+
+
+@pytest.mark.parametrize("op", ["head_grad", "head_hessian_diag"])
+def test_padded_width_stages_the_upstream_block_within_the_budget(op, monkeypatch):
+    """The backward's upstream gradient (2, 8192, 513) float32, 32 MiB padded, in one class tile:
+    with the padded width it is staged in padded buffers of at most the memory rule's budget, so
+    under a 2 MiB budget the backward holds about 2 MiB more than without it; under 64 MiB, which
+    it fits, the whole block more (a second copy, what the padded width held before staging)."""
+    g = torch.Generator().manual_seed(0)
+    N, C, d = 256, 8192, 512
+    z = torch.randn(N, d, generator=g, requires_grad=True)
+    w = (torch.randn(C, d, generator=g) / d**0.5).requires_grad_(True)
+    b = torch.randn(C, generator=g, requires_grad=True)
+    labels, offsets = torch.randint(0, C, (N,), generator=g), torch.tensor([0, N // 3, N])
+    up = torch.randn(2, C, d + 1, generator=g)
+
+    def call():
+        if op == "head_grad":
+            out = hessalign_ext.head_grad(z, w, b, labels, offsets, class_tile=C)
+        else:
+            out = hessalign_ext.head_hessian_diag(z, w, b, offsets, labels=labels, class_tile=C)
+        torch.autograd.grad(out, (z, w, b), up)
+
+    def extra(budget_mib):
+        peaks = []
+        for flag in ("0", "1"):
+            monkeypatch.setenv("HESSALIGN_ALIGN_ROWS", flag)
+            monkeypatch.setenv("HESSALIGN_TILE_BYTES", str(budget_mib << 20))
+            call()  # the allocator's one-off growth is not counted
+            peaks.append(_allocator_peak(call))
+        return (peaks[1] - peaks[0]) / 2**20
+
+    block_mib = 2 * C * 516 * 4 / 2**20
+    assert extra(2) <= 3, "staged in chunks of at most the budget"
+    assert extra(64) >= 0.9 * block_mib, "a budget the block fits stages it whole"

@@ -48,7 +48,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> head_grad_backward(
   check_param_block(h.op, "grad", grad, features, h.E, h.C, h.D, false);
   prepare(h, k, ce);
   HeadGrads g(h);
-  const at::Tensor G = h.aligned(grad.contiguous());  // once, not per tile and pass
+  const at::Tensor G = grad.contiguous();  // the padded width stages it in the GEMMs (seg_nt)
   if (h.N == 0) return g.finish(h);
   HE_DISPATCH(K, h.zt.scalar_type(), [&] {
     using acc_t = at::opmath_type<scalar_t>;

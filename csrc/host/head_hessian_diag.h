@@ -44,7 +44,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> head_hessian_diag_backward(
   Head h = make_head<K>("head_hessian_diag_backward", features, weight, bias, offsets, ce, false, class_tile, 3);
   check_param_block(h.op, "grad", grad, features, h.E, h.C, h.D, false);
   prepare(h, k, ce);
-  const at::Tensor G = h.aligned(grad.contiguous()), z2 = squared_features(h);
+  const at::Tensor G = grad.contiguous(), z2 = squared_features(h);
   HeadGrads g(h);
   if (h.N == 0) return g.finish(h);
   HE_DISPATCH(K, h.zt.scalar_type(), [&] {

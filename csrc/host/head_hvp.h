@@ -14,7 +14,7 @@ at::Tensor head_hvp_forward(HE_HEAD_PARAMS, const at::Tensor& vectors, const at:
   Head h = make_head<K>("head_hvp", features, weight, bias, offsets, ce, false, class_tile, 2);
   check_param_block(h.op, "vectors", vectors, features, h.E, h.C, h.D, true);
   prepare(h, k, ce);
-  const at::Tensor V = h.aligned(vectors.contiguous());  // once, not per tile and pass
+  const at::Tensor V = vectors.contiguous();  // the padded width stages it in the GEMMs (seg_nt)
   at::Tensor out = at::empty({h.E, h.C, h.D}, h.zt.options());
   HE_DISPATCH(K, h.zt.scalar_type(), [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -52,9 +52,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> head_hvp_backward(
   check_param_block(h.op, "vectors", vectors, features, h.E, h.C, h.D, true);
   check_param_block(h.op, "grad", grad, features, h.E, h.C, h.D, false);
   prepare(h, k, ce);
-  const at::Tensor V = h.aligned(vectors.contiguous()), G = h.aligned(grad.contiguous());
+  const at::Tensor V = vectors.contiguous(), G = grad.contiguous();
   HeadGrads g(h);
-  at::Tensor dV = at::zeros({h.E, h.C, h.D}, h.zt.options().dtype(h.acc_type));
+  // Each class tile writes its own rows of dV: per-domain vectors take it in their dtype, shared
+  // ones sum it over the domains, in the accumulation dtype.
+  const bool shared = vectors.dim() == 2;
+  at::Tensor dV = shared ? at::empty({h.E, h.C, h.D}, h.zt.options().dtype(h.acc_type))
+                         : at::empty({h.E, h.C, h.D}, h.zt.options());
+  if (h.N == 0) dV.zero_();  // no class tile runs
   HE_DISPATCH(K, h.zt.scalar_type(), [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const auto acc = h.zt.options().dtype(h.acc_type);
@@ -88,9 +93,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> head_hvp_backward(
       // U holds S, dS holds dU now
       seg_nn_add(h, U, Gt, g.dzt);
       seg_nn_add(h, dS, Vt, g.dzt);
-      at::Tensor dVt = at::empty({h.E, T, h.D}, h.zt.options());
-      seg_tn(h, dS, h.zt, dVt);
-      dV.narrow(1, c0, T).add_(dVt);
+      if (shared) {
+        at::Tensor dVt = at::empty({h.E, T, h.D}, h.zt.options());
+        seg_tn(h, dS, h.zt, dVt);
+        dV.narrow(1, c0, T).copy_(dVt);
+      } else {
+        seg_tn(h, dS, h.zt, dV.narrow(1, c0, T));
+      }
       at::Tensor dl = at::empty({h.N, T}, h.zt.options());
       k.rows(h.N, SoftmaxBackwardOp<scalar_t, acc_t>{{}, lt, DP.const_data_ptr<acc_t>(), rho.const_data_ptr<acc_t>(),
                                                      dl.mutable_data_ptr<scalar_t>()});
@@ -98,7 +107,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> head_hvp_backward(
     }
   });
   auto [gz, gw, gb] = g.finish(h);
-  at::Tensor gv = (vectors.dim() == 2 ? dV.sum(0) : dV).to(features.scalar_type());
+  at::Tensor gv = shared ? dV.sum(0).to(features.scalar_type()) : dV;
   return {gz, gw, gb, gv};
 }
 

@@ -115,27 +115,38 @@ inline DomainOffsets domain_offsets(const std::vector<int64_t>& off, const at::T
   return d;
 }
 
-// Padded GEMM width (Head::align_rows, off unless HESSALIGN_ALIGN_ROWS=1): with a bias, Z̃ and
-// the (E, C, D) blocks have D = d + 1 columns, and cuBLAS's vectorized kernels take neither
-// rows of that many elements nor a GEMM extent of D. On an H100 (2026-11-26) the bf16 HVP's
-// per-domain GEMMs at d = 4096 ran its `align1` kernels (~140 TFLOP/s, against 678 for an
-// aligned mm) with row strides padded to 16 bytes as well as without, since their extent
-// stayed 4097; that padding cost 10 ms more than it saved (57.4 ms against 47.8). With
-// align_rows every D-wide GEMM operand is a buffer of Dg = D rounded up to 16 bytes whose extra
-// columns are zero, and the GEMMs run over all Dg columns (the zeros add nothing): aligned
-// rows and an aligned extent, for one copy of each (E, C, D) operand and result. On an H100
-// (2026-11-27, scripts/gpu_check.sh's A/B) that bf16 HVP took 13.4 ms with it, 36.7 ms without.
-// Still off by default: its bf16 backward failed there (the float32 gradient accumulators took a
-// narrower padded width than their bf16 operands; Head::padded since), not yet re-run on a GPU
-// (the emulated CUDA tests run that backward).
+// Padded GEMM width (Head::align_rows): with a bias, Z̃ and the (E, C, D) blocks have D = d + 1
+// columns, and cuBLAS's vectorized kernels take neither rows of that many elements nor a GEMM
+// extent of D. On an H100 (2026-11-26) the bf16 HVP's per-domain GEMMs at d = 4096 ran its
+// `align1` kernels (~140 TFLOP/s, against 678 for an aligned mm) with row strides padded to 16
+// bytes as well as without, since their extent stayed 4097; that padding cost 10 ms more than it
+// saved (57.4 ms against 47.8). With align_rows every D-wide GEMM operand is a buffer of Dg = D
+// rounded up to 16 bytes whose extra columns are zero, and the GEMMs run over all Dg columns
+// (the zeros add nothing): aligned rows and an aligned extent. The caller's blocks and the
+// results are staged through such buffers (Head::stage_rows). On an H100 (2026-11-27,
+// scripts/gpu_check.sh's A/B, at 69fdef8) that bf16 HVP took 13.4 ms with it, 36.7 ms without.
 inline int64_t padded_width(int64_t width, int64_t elem) {
   const int64_t per16 = std::max<int64_t>(1, 16 / elem);
   return (width + per16 - 1) / per16 * per16;
 }
 
-inline bool align_rows_for(int64_t D, int64_t elem) {
+// The rule for align_rows where HESSALIGN_ALIGN_ROWS does not decide (1: always, 0: never; only
+// where D is not aligned): 16-bit features on CUDA (the `align1` kernels are tensor-core ones;
+// float32 GEMMs without TF32 run the same SIMT kernels at any alignment: within 1.07x of their
+// floor at d + 1 = 4097 on the H100), where the padding pays for its copies. Per (E, C, D) block
+// staged (~4 bytes of traffic an element, ~1.3 ps at 3 TB/s) the per-domain GEMMs over it do
+// n_e multiply-adds an element, each ~11 fs faster padded (140 against 680 TFLOP/s): that wins
+// from about 120 rows a domain, so 128; and the GEMMs must have 2^30 multiply-adds (a saving of
+// ~12 µs, the host time of the copies' launches). Taken from those rates, not measured at the
+// boundary.
+constexpr int64_t kAlignRowsMinRowsPerDomain = 128;
+constexpr int64_t kAlignRowsMinMacs = int64_t(1) << 30;
+
+inline bool align_rows_for(int64_t N, int64_t E, int64_t C, int64_t D, int64_t elem, bool cuda) {
+  if (padded_width(D, elem) == D) return false;
   const char* env = std::getenv("HESSALIGN_ALIGN_ROWS");
-  return env && env[0] == '1' && padded_width(D, elem) != D;
+  if (env && env[0] != '\0') return env[0] == '1';
+  return cuda && elem == 2 && N >= kAlignRowsMinRowsPerDomain * E && N * C * D >= kAlignRowsMinMacs;
 }
 
 // n when E > 1 domains all hold n > 0 rows (offsets off): the per-domain products are then one
@@ -223,6 +234,21 @@ struct Head {
     return buf.narrow(-1, 0, width);
   }
 
+  // Whether t, a D-wide GEMM operand, must be copied into a padded buffer first: align_rows
+  // and rows narrower than the padded width (a block the caller passed: vectors, an upstream
+  // gradient; the op's own operands are rows_buffers already).
+  bool needs_staging(const at::Tensor& t) const { return align_rows && t.stride(-2) < padded(t.size(-1)); }
+
+  // Rows (dimension -2) per copy when an (E, M, D) or (M, D) operand, or a GEMM's result, is
+  // staged in padded buffers of `row_bytes` a row: all M where they fit the memory rule's
+  // budget, else as many as fit (a multiple of 16, at least 16). Without it the padded width
+  // held a second copy of the caller's block and of the op's result (an H100 run of the bf16
+  // HVP at 4×2048, d = 4096, C = 32768: peak 4165 MiB against 2112).
+  int64_t stage_rows(int64_t M, int64_t row_bytes) const {
+    const int64_t fit = budget / std::max<int64_t>(1, row_bytes);
+    return fit >= M ? M : std::max<int64_t>(16, fit / 16 * 16);
+  }
+
   // t as a GEMM operand: itself, or with align_rows a copy in a rows_buffer.
   at::Tensor aligned(const at::Tensor& t) const {
     if (!align_rows) return t;
@@ -298,7 +324,7 @@ Head make_head(const char* op, const at::Tensor& features, const at::Tensor& wei
   h.D = h.d + (h.has_bias ? 1 : 0);
   h.acc_type = at::toOpMathType(features.scalar_type());
   // Non-contiguous and expanded inputs are copied here, once.
-  h.align_rows = align_rows_for(h.D, features.element_size());
+  h.align_rows = align_rows_for(h.N, h.E, h.C, h.D, features.element_size(), features.is_cuda());
   h.z = features.contiguous();
   h.zt = h.z;
   if (augment) h.augment();

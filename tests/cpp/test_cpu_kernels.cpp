@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <vector>
 
 #include "../../csrc/cpu/cpu_kernels.h"
@@ -177,7 +178,37 @@ void check_few_classes_nt() {
 
 }  // namespace
 
+// The padded GEMM width's rule (host/head_problem.h): by default only for 16-bit features on CUDA
+// at a head with at least 128 rows a domain and 2^30 multiply-adds per GEMM, and never where D is
+// aligned; HESSALIGN_ALIGN_ROWS=1 and =0 decide alone.
+void check_align_rows_rule() {
+  struct Case { const char* what; const char* env; int64_t N, E, C, D, elem; bool cuda, want; };
+  const int64_t d4097 = 4097, big_C = 32768;
+  const Case cases[] = {
+      {"bf16 large head on CUDA", nullptr, 8192, 4, big_C, d4097, 2, true, true},
+      {"fp32 large head on CUDA", nullptr, 8192, 4, big_C, d4097, 4, true, false},
+      {"bf16 large head on the CPU", nullptr, 8192, 4, big_C, d4097, 2, false, false},
+      {"bf16, 127 rows a domain", nullptr, 4 * 127, 4, big_C, d4097, 2, true, false},
+      {"bf16, 128 rows a domain", nullptr, 4 * 128, 4, big_C, d4097, 2, true, true},
+      {"bf16, just under 2^30", nullptr, 1024, 1, 1023, 1025, 2, true, false},
+      {"bf16, just over 2^30", nullptr, 1024, 1, 1024, 1025, 2, true, true},
+      {"bf16 DomainBed head", nullptr, 96, 3, 345, 2049, 2, true, false},
+      {"aligned D, forced on", "1", 8192, 4, big_C, 4104, 2, true, false},
+      {"forced on: fp32 small head on the CPU", "1", 96, 3, 7, 513, 4, false, true},
+      {"forced off: bf16 large head on CUDA", "0", 8192, 4, big_C, d4097, 2, true, false},
+  };
+  for (const Case& c : cases) {
+    if (c.env) setenv("HESSALIGN_ALIGN_ROWS", c.env, 1);
+    else unsetenv("HESSALIGN_ALIGN_ROWS");
+    const bool got = hessalign::align_rows_for(c.N, c.E, c.C, c.D, c.elem, c.cuda);
+    std::printf("%-40s align_rows %d %s\n", c.what, int(got), got == c.want ? "ok" : "FAIL");
+    if (got != c.want) ++failures;
+  }
+  unsetenv("HESSALIGN_ALIGN_ROWS");
+}
+
 int main() {
+  check_align_rows_rule();
   check_segment_tn();
   check_few_classes_nt();
   const Problem p = make_problem();
