@@ -22,6 +22,8 @@
 #   (tests,profile,bf16,align,hgp,ops,hutchinson,large; default all), so a short lease can run what
 #   an earlier one did not reach. HEADS: a comma list of DomainBed head ids (E5xn32_d2048_C65, ...)
 #   for the hgp, ops and hutchinson phases (default all 16, in plan order, as far as time allows).
+#   OPS_S, HUTCHINSON_S: the seconds of the ops and Hutchinson-step phases (default 140 and 60),
+#   for a lease that skips other phases.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 T0=$(date +%s)
@@ -113,9 +115,9 @@ want align && AB=plain_ HESSALIGN_ALIGN_ROWS=0 bench 45 --quick --dtype bfloat16
 # 3. the HGP step at the 16 DomainBed heads, every form (~55 s)
 want hgp && bench 75 --only-tags domainbed --only hgp_step --dtype float32 "${HEADS_ARG[@]}"
 # 4. every op at as many DomainBed heads as fit (~25 s a head)
-want ops && bench 140 --only-tags domainbed --dtype float32 --only $OPS --rounds 3 --burst 0.04 "${HEADS_ARG[@]}"
+want ops && bench "${OPS_S:-140}" --only-tags domainbed --dtype float32 --only $OPS --rounds 3 --burst 0.04 "${HEADS_ARG[@]}"
 # 5. the Hutchinson steps (the autograd reference with 300 probes takes seconds per call), then the fp32 large head
-want hutchinson && bench 60 --only-tags domainbed --only hutchinson_step,hutchinson_exact_step --dtype float32 --rounds 3 "${HEADS_ARG[@]}"
+want hutchinson && bench "${HUTCHINSON_S:-60}" --only-tags domainbed --only hutchinson_step,hutchinson_exact_step --dtype float32 --rounds 3 "${HEADS_ARG[@]}"
 want large && bench 3600 --quick --only-tags large --dtype float32
 grep -A14 "^## Targets" "$RESULTS/benchmark.log" | head -60
 cat "$SUMMARY"
