@@ -1,5 +1,5 @@
 """What benchmarks/run.py runs: the heads (DomainBed, large, the scaling series), the cases
-(every op, the Hutchinson ops at several K, the penalty steps) and each case's FLOPs."""
+(every op, the Hutchinson ops at several K, the penalty steps) and each case's FLOPs and bytes."""
 
 from __future__ import annotations
 
@@ -101,3 +101,23 @@ def flops(case: P.Case, s: P.Shape):
         return 2 * (s.N * s.D * s.C + s.N * s.N * s.D + 3 * s.N * s.N * s.C)
     g = gemm_count(case)
     return None if g is None else 2 * g * s.N * s.D * s.C
+
+
+# ----------------------------------------------------------------------------- bytes
+
+LABELED = ("domain_losses", "head_grad")  # the ops the benchmarks give labels (providers/ours.py)
+SCALAR_OUT = ("domain_losses", "head_hessian_trace", "hutchinson_trace")
+
+
+def min_bytes(case: P.Case, s: P.Shape, elem: int):
+    """The fewest bytes the case must move through memory (the device README's METHOD.md): each
+    input read once and each output written once, in the run's dtype (labels int64). Nothing in
+    between counts: not the N×C logits, not a probe block, which a fused kernel need not write.
+    A penalty step reads the head and labels and writes their gradients."""
+    head = (s.N * s.d + s.C * s.d + s.C) * elem  # features, weight, bias
+    labels = 8 * s.N
+    if case.is_step:
+        return 2 * head + labels
+    block = s.E * s.C * s.D * elem  # an (E, C, D) parameter block
+    out = s.E * elem if case.op in SCALAR_OUT else (s.E * s.E * elem if case.op == "head_hessian_inner" else block)
+    return head + (labels if case.op in LABELED else 0) + (block if case.op == "head_hvp" else 0) + out

@@ -164,15 +164,24 @@ def floor_table(records):
             ("large" in r["tags"] or "domainbed" in r["tags"])]
     if not rows:
         return ""
-    out = ["\n### ours against the GEMM floor (DESIGN.md §4)\n",
-           "| case | shape | ours ms | GFLOP/s | GEMM GFLOP/s | × floor | closed_form × floor |",
-           "|---|---|---:|---:|---:|---:|---:|"]
+    out = ["\n### ours against its floors (DESIGN.md §4; the device README's METHOD.md)\n",
+           "FLOP floor: the op's GEMMs at the `torch.mm` rate of the same run; byte floor: each input read "
+           "once and each output written once (plan.min_bytes) at a large copy's rate of the same run; "
+           "roofline: the larger of the two.\n",
+           "| case | shape | ours ms | GFLOP/s | GEMM GFLOP/s | × FLOP floor | GB/s | copy GB/s | × byte floor "
+           "| × roofline (bound) | closed_form × FLOP floor |",
+           "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     cf = {(r["case"], r["shape"]): r for r in records if r["provider"] == "closed_form" and r.get("x_floor")}
     for r in rows:
         c = cf.get((r["case"], r["shape"]))
         cfloor = f"{c['x_floor']:.2f}" if c else "—"
+        if r.get("x_roofline"):  # runs before the byte floor have only the FLOP floor
+            by = (f"{r['gbps']:.1f} | {r['copy_gbps']:.1f} | {r['x_bytes']:.2f} | "
+                  f"{r['x_roofline']:.2f} ({r['bound']})")
+        else:
+            by = "— | — | — | —"
         out.append(f"| {r['case']} | {r['shape']} | {fmt_ms(r['p50_ms'])} | {r['gflops']:.1f} | "
-                   f"{r['gemm_gflops']:.1f} | {r['x_floor']:.2f} | {cfloor} |")
+                   f"{r['gemm_gflops']:.1f} | {r['x_floor']:.2f} | {by} | {cfloor} |")
     return "\n".join(out)
 
 

@@ -25,7 +25,10 @@ For each (case, shape, dtype) it
    not counted, so it can undercount);
 4. counts each op's FLOPs (DESIGN.md §4: every GEMM is N·D·C multiply-adds, 2·N·D·C FLOPs)
    and reports GFLOP/s and the multiple of the floor, i.e. the time of those GEMMs at the rate
-   of a ``torch.mm`` of (N, d) by (d, C) (the caller's aligned layout) measured in the same run.
+   of a ``torch.mm`` of (N, d) by (d, C) (the caller's aligned layout) measured in the same run;
+   and its fewest bytes (each input read once, each output written once: plan.min_bytes),
+   GB/s and the multiple of the byte floor at a large copy's rate in the same run; the
+   roofline floor is the larger of the two times.
 
 Outputs in ``--out``: ``<date>_<device>[_quick][_<dtype>].json`` (a ``meta`` block and one
 record per op/case, provider, mode, shape and dtype), the same name ``.md`` (the command,
@@ -55,9 +58,9 @@ import torch  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import providers as P  # noqa: E402
-from plan import every_case, flops, plan  # noqa: E402
+from plan import every_case, flops, min_bytes, plan  # noqa: E402
 from report import plots, report  # noqa: E402
-from timing import Clock, cpu_peak_memory, gemm_gflops, measure, quantiles  # noqa: E402
+from timing import Clock, copy_gbps, cpu_peak_memory, gemm_gflops, measure, quantiles  # noqa: E402
 
 warnings.filterwarnings("ignore", message="Full backward hook is firing")  # BackPACK, inputs without grad
 warnings.filterwarnings("ignore", category=FutureWarning)
@@ -164,9 +167,13 @@ def run_job(job, args, clock, dtype, meta, log):
         rec.update(p20_ms=p20 * 1e3, p50_ms=p50 * 1e3, p80_ms=p80 * 1e3, samples=len(samples[key]))
         sh = fl_of[key]
         fl = flops(case, sh)
+        nbytes, bw = min_bytes(case, sh, dtype.itemsize), copy_gbps(clock, device, args.rounds, args.burst)
+        rec.update(bytes=nbytes, gbps=nbytes / p50 / 1e9, copy_gbps=bw, x_bytes=p50 / (nbytes / bw / 1e9))
         if fl is not None:
             rate, gemm = gemm_gflops(clock, sh, device, dtype, args.rounds, args.burst)
-            rec.update(flops=fl, gflops=fl / p50 / 1e9, gemm_gflops=rate, gemm=gemm, x_floor=rate / (fl / p50 / 1e9))
+            flop_s, byte_s = fl / rate / 1e9, nbytes / bw / 1e9
+            rec.update(flops=fl, gflops=fl / p50 / 1e9, gemm_gflops=rate, gemm=gemm, x_floor=p50 / flop_s,
+                       x_roofline=p50 / max(flop_s, byte_s), bound="flops" if flop_s >= byte_s else "bytes")
         if key in peaks:  # CUDA: taken in the first timed call
             rec.update(peak_mem_bytes=peaks[key], rss_peak_delta_bytes=None)
         elif device == "cpu" and not args.no_memory and p50 < args.memory_max_s:

@@ -200,3 +200,17 @@ def gemm_gflops(clock, shape: P.Shape, device, dtype, rounds: int, burst_s: floa
         best = max(rates, key=rates.get)
         _GEMM_CACHE[key] = (rates[best], best)
     return _GEMM_CACHE[key]
+
+
+_COPY_CACHE = {}
+
+
+def copy_gbps(clock, device, rounds: int, burst_s: float):
+    """GB/s of a large copy (bytes read plus bytes written, 256 MiB each way: past any cache),
+    the memory ceiling the byte floor is taken at (same run, same threads)."""
+    if device not in _COPY_CACHE:
+        src = torch.empty(64 << 20, dtype=torch.float32, device=device).uniform_()
+        dst = torch.empty_like(src)
+        s = measure(clock, {"copy": lambda: dst.copy_(src)}, rounds, burst_s)
+        _COPY_CACHE[device] = 2 * src.numel() * src.element_size() / statistics.median(s["copy"]) / 1e9
+    return _COPY_CACHE[device]

@@ -20,6 +20,19 @@ def test_shape_ids_round_trip():
         providers.Shape.from_id("E3x32_d512_C65")
 
 
+def test_min_bytes_reads_each_input_and_writes_each_output_once():
+    from plan import min_bytes
+
+    s = providers.Shape(3, 32, 512, 7)  # N = 96, D = 513
+    head = (96 * 512 + 7 * 512 + 7) * 4
+    block = 3 * 7 * 513 * 4
+    assert min_bytes(providers.Case("head_hvp"), s, 4) == head + 2 * block  # the vectors in, the HVPs out
+    assert min_bytes(providers.Case("head_grad"), s, 4) == head + 8 * 96 + block  # int64 labels
+    assert min_bytes(providers.Case("hutchinson_trace", 300), s, 4) == head + 3 * 4  # probes drawn inside
+    assert min_bytes(providers.Case("head_hessian_inner"), s, 2) == head // 2 + 9 * 2
+    assert min_bytes(providers.Case("hgp_step"), s, 4) == 2 * head + 8 * 96  # the gradients out
+
+
 def test_run_at_chosen_heads(tmp_path):
     cmd = [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--heads", "E2xn4_d8_C3,E3xn5_d6_C4",
            "--only", "head_grad,hgp_step", "--no-plots", "--no-memory", "--rounds", "1", "--burst", "0.005",
@@ -35,6 +48,12 @@ def test_run_at_chosen_heads(tmp_path):
                                ("hgp_step", "autograd")]:
             assert (case, provider, E) in timed
     assert all(r["p50_ms"] > 0 and r["ratio_vs_ours"] > 0 for r in records if r.get("status") == "ok")
+    for r in records:  # every timed case has its byte floor; the GEMM-shaped ones the roofline too
+        if r.get("status") == "ok":
+            assert r["bytes"] > 0 and r["copy_gbps"] > 0 and r["x_bytes"] > 0
+            if r["case"] == "head_grad":
+                assert r["bound"] in ("flops", "bytes")
+                assert r["x_roofline"] == pytest.approx(min(r["x_floor"], r["x_bytes"]))
     md = json_path.with_suffix(".md").read_text()
     assert "## chosen heads, float32: time / ours" in md and "| 3×5, 6, 4 |" in md
 
