@@ -165,6 +165,12 @@ def cpu_peak_memory(fn):
         rss = (_status_kb("VmHWM") - base_rss) * 1024
     except OSError:
         pass
+    return allocator_peak(fn), rss
+
+
+def allocator_peak(fn) -> int:
+    """Peak bytes held by torch's CPU allocator during fn(), from the profiler's memory events
+    (allocations and frees: deterministic, unlike the resident set)."""
     from torch.profiler import ProfilerActivity, profile
 
     with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
@@ -174,7 +180,7 @@ def cpu_peak_memory(fn):
     for _, nb in events:
         held += nb
         peak = max(peak, held)
-    return peak, rss
+    return peak
 
 
 _GEMM_CACHE = {}

@@ -17,6 +17,8 @@ from hessalign_ext import reference
 from conftest import Shape, assert_close, aten_calls, check_backward, make_problem
 
 HELPER = pathlib.Path(__file__).parent / "helpers" / "peak_memory.py"
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks"))
+from timing import allocator_peak  # noqa: E402  (the benchmarks' CPU memory figure)
 # C in the thousands, streamed in tiles of 96 classes (21 tiles, the last one partial).
 LARGE = Shape("large_head", (9, 1, 14), C=2000, d=5)
 TILE = 96
@@ -157,21 +159,6 @@ def test_aligned_rows_give_the_plain_hutchinson_diag(path, shape, monkeypatch):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
-def _allocator_peak(fn) -> int:
-    """Peak bytes held by torch's CPU allocator during fn(), from the profiler's memory events
-    (deterministic, unlike the resident set)."""
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    held = peak = 0
-    for _, nbytes in sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
-                            if e.name() == "[memory]"):
-        held += nbytes
-        peak = max(peak, held)
-    return peak
-
-
 @pytest.mark.parametrize("op", ["head_grad", "head_hessian_diag"])
 def test_padded_width_stages_the_upstream_block_within_the_budget(op, monkeypatch):
     """The backward's upstream gradient (2, 8192, 513) float32, 32 MiB padded, in one class tile:
@@ -199,7 +186,7 @@ def test_padded_width_stages_the_upstream_block_within_the_budget(op, monkeypatc
             monkeypatch.setenv("HESSALIGN_ALIGN_ROWS", flag)
             monkeypatch.setenv("HESSALIGN_TILE_BYTES", str(budget_mib << 20))
             call()  # the allocator's one-off growth is not counted
-            peaks.append(_allocator_peak(call))
+            peaks.append(allocator_peak(call))
         return (peaks[1] - peaks[0]) / 2**20
 
     block_mib = 2 * C * 516 * 4 / 2**20
