@@ -1,8 +1,11 @@
 // Argument validation shared by the CPU and CUDA entry points: every check runs before any
-// allocation or launch, and every message names the op, the argument, what was expected
-// and what was received. Caller mistakes raise ValueError (TORCH_CHECK_VALUE).
+// allocation or launch, except the labels' value check, a reduction whose read-back finishes
+// before any kernel reads labels (LabelCheck). Every message names the op, the argument, what
+// was expected and what was received. Caller mistakes raise ValueError (TORCH_CHECK_VALUE).
 #pragma once
 #include <ATen/ATen.h>
+#include <c10/core/Event.h>
+#include <c10/core/impl/DeviceGuardImplInterface.h>
 
 #include <optional>
 #include <string>
@@ -76,29 +79,65 @@ inline std::vector<int64_t> check_offsets(const char* op, const at::Tensor& offs
 }
 
 // labels: int64 (N,) on the device of features, each in [0, C) or equal to ignore_index.
-inline void check_labels(const char* op, const at::Tensor& labels, const at::Tensor& features, int64_t C,
-                         int64_t ignore_index) {
-  TORCH_CHECK_VALUE(labels.dim() == 1 && labels.size(0) == features.size(0), op,
-                    ": labels must be 1-D of length N = ", features.size(0), "; got shape ", shape_str(labels));
-  TORCH_CHECK_VALUE(labels.scalar_type() == at::kLong, op, ": labels must be int64; got ", labels.scalar_type());
-  TORCH_CHECK_VALUE(labels.device() == features.device(), op, ": labels must be on the device of features (",
-                    features.device(), "); got ", labels.device());
-  if (labels.numel() == 0) return;
-  // Fast path, one reduction (into one buffer: no stacking launch) and one read-back: every
-  // label in [0, C).
-  at::Tensor range = at::empty({2}, labels.options());
-  at::Tensor lo = range.select(0, 0), hi = range.select(0, 1);
-  at::aminmax_out(lo, hi, labels);
-  const at::Tensor host = range.is_cpu() ? range : range.cpu();
-  const int64_t* lo_hi = host.const_data_ptr<int64_t>();  // read on the host: no more dispatches
-  if (lo_hi[0] >= 0 && lo_hi[1] < C) return;
-  const at::Tensor bad = (labels != ignore_index).logical_and_(labels.lt(0).logical_or_(labels.ge(C)));
-  if (bad.any().item<bool>()) {
-    const int64_t i = bad.nonzero()[0][0].item<int64_t>();
-    TORCH_CHECK_VALUE(false, op, ": labels must be in [0, C=", C, ") or equal ignore_index=", ignore_index,
-                      "; got labels[", i, "]=", labels[i].item<int64_t>());
+// The value check is one reduction to (min, max) and its read-back. On a GPU the read-back
+// waits on an event recorded after an asynchronous copy, so the work queued between the start
+// and finish() (the logits GEMMs, which do not read labels) overlaps its round trip instead of
+// following it (H100, 3x32 rows: the op's whole device time is ~30 us, the round trip ~10).
+// No kernel reads labels before finish(): Head::ce_params finishes it. On the CPU it finishes
+// at once.
+class LabelCheck {
+ public:
+  LabelCheck() = default;
+  LabelCheck(const char* op, const at::Tensor& labels, const at::Tensor& features, int64_t C, int64_t ignore_index)
+      : op_(op), labels_(labels), C_(C), ignore_index_(ignore_index) {
+    TORCH_CHECK_VALUE(labels.dim() == 1 && labels.size(0) == features.size(0), op,
+                      ": labels must be 1-D of length N = ", features.size(0), "; got shape ", shape_str(labels));
+    TORCH_CHECK_VALUE(labels.scalar_type() == at::kLong, op, ": labels must be int64; got ", labels.scalar_type());
+    TORCH_CHECK_VALUE(labels.device() == features.device(), op, ": labels must be on the device of features (",
+                      features.device(), "); got ", labels.device());
+    if (labels.numel() == 0) return;
+    // One reduction into one buffer (no stacking launch) and one read-back.
+    at::Tensor range = at::empty({2}, labels.options());
+    at::Tensor lo = range.select(0, 0), hi = range.select(0, 1);
+    at::aminmax_out(lo, hi, labels);
+    pending_ = true;
+    if (range.is_cpu()) {
+      range_ = range;
+      finish();
+      return;
+    }
+    range_ = at::empty({2}, range.options().device(at::kCPU).pinned_memory(true));
+    range_.copy_(range, /*non_blocking=*/true);
+    const c10::Device device = labels.device();
+    copied_.emplace(device.type());
+    copied_->record(c10::impl::getDeviceGuardImpl(device.type())->getStream(device));
   }
-}
+
+  bool pending() const { return pending_; }
+
+  // Waits for the read-back (if any) and raises ValueError naming the first bad label.
+  void finish() {
+    if (!pending_) return;
+    pending_ = false;
+    if (copied_) copied_->synchronize();
+    const int64_t* lo_hi = range_.const_data_ptr<int64_t>();
+    if (lo_hi[0] >= 0 && lo_hi[1] < C_) return;
+    const at::Tensor bad = (labels_ != ignore_index_).logical_and_(labels_.lt(0).logical_or_(labels_.ge(C_)));
+    if (bad.any().item<bool>()) {
+      const int64_t i = bad.nonzero()[0][0].item<int64_t>();
+      TORCH_CHECK_VALUE(false, op_, ": labels must be in [0, C=", C_, ") or equal ignore_index=", ignore_index_,
+                        "; got labels[", i, "]=", labels_[i].item<int64_t>());
+    }
+  }
+
+ private:
+  const char* op_ = nullptr;
+  at::Tensor labels_;
+  int64_t C_ = 0, ignore_index_ = 0;
+  at::Tensor range_;  // (2,) int64 on the host: min and max (pinned when read back from a GPU)
+  std::optional<c10::Event> copied_;
+  bool pending_ = false;
+};
 
 // (C, D) or (E, C, D) per-domain vectors / upstream gradients.
 inline void check_param_block(const char* op, const char* name, const at::Tensor& t, const at::Tensor& features,

@@ -294,3 +294,31 @@ def test_hgp_fused_opcheck_cuda(bias):
     grad = torch.tensor(1.5, dtype=torch.float64, device="cuda")
     torch.library.opcheck(torch.ops.hessalign_ext._hgp_fused_backward.default,
                           (grad, gpu.features, gpu.weight, b, off, 0.7, 0.3, saved, [True] * 3))
+
+
+@pytest.mark.parametrize("op,tile", [*((op, t) for op in OPS for t in (0, 2)), ("hgp_fused", 0), ("loss_rows", 0)])
+def test_bad_labels_raise_before_a_kernel_reads_them(op, tile):
+    """On a GPU the labels' value check finishes after the logits GEMMs are queued (LabelCheck in
+    csrc/checks.h): a label far out of range still raises the CPU's ValueError, and the GPU
+    context survives it (a kernel that read the label would fault at an illegal address, which no
+    later call survives); the next call with valid labels equals the CPU."""
+    from hessalign_ext import penalties
+
+    cpu = make_problem(SHAPE["unequal"], torch.float64, "cpu")
+    gpu = to(cpu, "cuda")
+    bad = gpu.labels.clone()
+    bad[4] = 1 << 40
+    opts = {} if op in ("hgp_fused", "loss_rows") else dict(class_tile=tile or None)
+
+    def run(p, labels):
+        if op == "hgp_fused":
+            return penalties.hgp(p.features, p.weight, p.bias, labels, p.offsets, 0.7, 0.3, method="fused")
+        if op == "loss_rows":
+            return hessalign_ext.ops.loss_rows(labels, p.offsets, p.weight.shape[0], dtype=torch.float64)[1]
+        return call(op, p, labels=labels, **opts)
+
+    with pytest.raises(ValueError, match=rf"labels must be in \[0, C=\d+\) or equal ignore_index=-100; "
+                                         rf"got labels\[4\]={1 << 40}"):
+        run(gpu, bad)
+    torch.cuda.synchronize()  # a fault by a kernel that read the bad label would surface here
+    scaled_close(run(gpu, gpu.labels), run(cpu, cpu.labels), TOL[torch.float64])

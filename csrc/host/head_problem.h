@@ -149,6 +149,7 @@ struct Head {
   at::ScalarType acc_type;
   // per-row loss coefficients (math/cross_entropy.h), acc dtype
   at::Tensor c, a, b, labels, class_weight;
+  LabelCheck label_check;   // the labels' values, finished by ce_params before a kernel reads them
   at::Tensor lse;           // (N,) acc dtype
   at::Tensor domain_loss;   // (E,) acc dtype: each domain's loss, when prepare computed it
   at::Tensor logits_cache;  // (N, C) when one tile covers all classes
@@ -179,8 +180,16 @@ struct Head {
             probs_cache.defined() && T == C ? probs_cache.const_data_ptr<acc_t>() : nullptr};
   }
 
+  // The loss options as kernels read them, once the labels' values are checked.
+  template <class acc_t>
+  CeParams<acc_t> ce_params(const CeOptions& ce) {
+    label_check.finish();
+    return hessalign::ce_params<acc_t>(labels, class_weight, ce, C);
+  }
+
   template <class acc_t>
   CeRows<acc_t> ce_rows() const {
+    TORCH_INTERNAL_ASSERT(!label_check.pending(), op, ": labels read before their check finished");
     return {c.const_data_ptr<acc_t>(), a.const_data_ptr<acc_t>(), b.const_data_ptr<acc_t>(),
             labels.defined() ? labels.const_data_ptr<int64_t>() : nullptr,
             class_weight.defined() ? class_weight.const_data_ptr<acc_t>() : nullptr};
@@ -246,9 +255,11 @@ struct Head {
   }
 };
 
-inline void check_ce(const char* op, const at::Tensor& features, int64_t C, const CeOptions& ce, bool labels_required) {
+// The loss options' checks; the labels' value check is started last and returned, for the
+// caller to finish before any kernel reads labels (checks.h's LabelCheck).
+[[nodiscard]] inline LabelCheck check_ce(const char* op, const at::Tensor& features, int64_t C, const CeOptions& ce,
+                                         bool labels_required) {
   TORCH_CHECK_VALUE(!labels_required || ce.labels, op, ": labels are required");
-  if (ce.labels) check_labels(op, *ce.labels, features, C, ce.ignore_index);
   if (ce.class_weight) {
     TORCH_CHECK_VALUE(ce.labels, op, ": class_weight needs labels (it weights each row by its label's class)");
     const auto& w = *ce.class_weight;
@@ -263,6 +274,7 @@ inline void check_ce(const char* op, const at::Tensor& features, int64_t C, cons
                     ": label_smoothing must be in [0, 1]; got ", ce.label_smoothing);
   TORCH_CHECK_VALUE(ce.reduction == "mean" || ce.reduction == "sum", op,
                     ": reduction must be 'mean' or 'sum'; got '", ce.reduction, "'");
+  return ce.labels ? LabelCheck(op, *ce.labels, features, C, ce.ignore_index) : LabelCheck();
 }
 
 inline void check_class_tile(const char* op, int64_t class_tile) {
@@ -281,8 +293,8 @@ Head make_head(const char* op, const at::Tensor& features, const at::Tensor& wei
   Head h;
   h.op = op;
   h.off = check_offsets(op, offsets, features);
-  check_ce(op, features, weight.size(0), ce, labels_required);
   check_class_tile(op, class_tile);
+  h.label_check = check_ce(op, features, weight.size(0), ce, labels_required);
   h.N = features.size(0);
   h.d = features.size(1);
   h.C = weight.size(0);
@@ -327,20 +339,20 @@ void prepare(Head& h, const K& k, const CeOptions& ce, bool keep_probs = true, b
   h.lse = at::empty({h.N}, opts);
   HE_DISPATCH(K, h.zt.scalar_type(), [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const CeParams<acc_t> p = ce_params<acc_t>(h.labels, h.class_weight, ce, h.C);
     if (h.N == 0) return;
+    // The logits GEMMs are queued before the loss options are read: they overlap the labels'
+    // read-back (LabelCheck).
     if constexpr (K::kFusedDomainStats) {
       if (h.num_tiles() == 1 && K::fuse_domain_stats(h.max_rows, h.C)) {
         h.logits_cache = h.logits(0, h.C);
         if (want_domain_loss) h.domain_loss = at::empty({h.E}, opts);
-        k.domain_stats(p, h.domains, h.logits_cache.const_data_ptr<scalar_t>(), h.C, h.c.mutable_data_ptr<acc_t>(),
-                       h.a.mutable_data_ptr<acc_t>(), h.b.mutable_data_ptr<acc_t>(), h.lse.mutable_data_ptr<acc_t>(),
+        k.domain_stats(h.ce_params<acc_t>(ce), h.domains, h.logits_cache.const_data_ptr<scalar_t>(), h.C,
+                       h.c.mutable_data_ptr<acc_t>(), h.a.mutable_data_ptr<acc_t>(), h.b.mutable_data_ptr<acc_t>(),
+                       h.lse.mutable_data_ptr<acc_t>(),
                        want_domain_loss ? h.domain_loss.mutable_data_ptr<acc_t>() : nullptr);
         return;
       }
     }
-    k.ce_coeffs(p, h.domains, h.c.mutable_data_ptr<acc_t>(), h.a.mutable_data_ptr<acc_t>(),
-                h.b.mutable_data_ptr<acc_t>());
     // The running pair (M, S) of the rows, needed only between class tiles.
     at::Tensor M, S;
     if (h.num_tiles() > 1) M = at::empty({h.N}, opts), S = at::empty({h.N}, opts);
@@ -352,6 +364,8 @@ void prepare(Head& h, const K& k, const CeOptions& ce, bool keep_probs = true, b
                       c0 + T == h.C ? h.lse.mutable_data_ptr<acc_t>() : nullptr);
       if (T == h.C) h.logits_cache = L;
     }
+    k.ce_coeffs(h.ce_params<acc_t>(ce), h.domains, h.c.mutable_data_ptr<acc_t>(), h.a.mutable_data_ptr<acc_t>(),
+                h.b.mutable_data_ptr<acc_t>());
     // One vectorized exp pass (ATen's) for every later pass's probabilities; below ~4k
     // elements the scalar exps cost less than the extra ATen call.
     if (keeps_probs && h.logits_cache.defined() && h.N * h.C >= 4096)

@@ -156,15 +156,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> hgp_fuse
   const K k = K::current();
   const CeOptions ce = make_ce(labels, ignore_index, class_weight, label_smoothing, reduction);
   const int64_t C = weight.size(0);
-  check_ce(op, features, C, ce, /*labels_required=*/true);
+  LabelCheck label_check = check_ce(op, features, C, ce, /*labels_required=*/true);
   const auto dt = features.scalar_type();
   const DomainRows rows(features.contiguous(), offsets.vec(), bias.has_value());
   const int64_t E = rows.E, d = rows.d;
 
+  // The probabilities are queued before the labels are read: they overlap the labels' read-back.
+  const at::Tensor p = at::softmax(at::linear(rows.X, weight, bias), 1);
+  label_check.finish();
   const auto [c_acc, t_acc] = loss_rows_of(k, ce, rows.off, C, at::toOpMathType(dt) == at::kDouble ? at::kDouble
                                                                                                      : at::kFloat);
   const at::Tensor c = c_acc.to(dt), t = t_acc.to(dt);
-  const at::Tensor p = at::softmax(at::linear(rows.X, weight, bias), 1);
   const at::Tensor R = (c.unsqueeze(1) * p).sub_(t);
   const at::Tensor g = rows.outer(R);  // g_e
   const at::Tensor g_bar = g.mean(0);

@@ -45,7 +45,7 @@ std::tuple<at::Tensor, at::Tensor> loss_rows(const at::Tensor& labels, const at:
   TORCH_CHECK_VALUE(dtype == at::kFloat || dtype == at::kDouble, op, ": dtype must be float32 or float64; got ",
                     dtype);
   // labels stand in for the features of the head ops' checks: their length is N, their device the device
-  check_ce(op, labels, num_classes, ce, /*labels_required=*/true);
+  check_ce(op, labels, num_classes, ce, /*labels_required=*/true).finish();
   return loss_rows_of(k, ce, check_offsets(op, offsets, labels), num_classes, dtype);
 }
 
