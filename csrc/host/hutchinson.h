@@ -25,22 +25,21 @@ int64_t choose_probe_chunk(const Head& h, int64_t num_probes, int64_t row_buffer
 }
 
 // Probes k0 .. k0+B-1 on classes c0 .. c0+T-1 as a (B·T, D) matrix, rows b·T + c, or class-major,
-// rows c·B + b.
+// rows c·B + b: a Head::rows_buffer, so that with align_rows the GEMMs read it in place (wide).
 template <class scalar_t, class K>
 at::Tensor probe_block(const Head& h, const K& k, uint64_t seed, int64_t k0, int64_t B, int64_t c0, int64_t T,
                        bool class_major = false) {
   at::Tensor keys = at::empty({B}, h.zt.options().dtype(at::kLong));
   auto* key_ptr = reinterpret_cast<uint64_t*>(keys.mutable_data_ptr<int64_t>());
   k.elements(B, ProbeKeysOp{seed, k0, key_ptr});
-  at::Tensor V = at::empty({B * T, h.D}, h.zt.options());
+  at::Tensor V = h.rows_buffer({B * T, h.D}, h.zt.options());
   using Fill = RademacherFillOp<scalar_t, K::kStreamWidth>;
-  k.elements(Fill::items(B, T, h.D), Fill{key_ptr, c0, T, h.D, V.mutable_data_ptr<scalar_t>(), class_major ? B : 0});
+  k.elements(Fill::items(B, T, h.D),
+             Fill{key_ptr, c0, T, h.D, V.stride(0), V.mutable_data_ptr<scalar_t>(), class_major ? B : 0});
   return V;
 }
 
-// U = Z̃ Vᵀ, N×(B·T): row i holds u_ib = V_b z̃_i for the chunk's probes, b-major. V is the
-// probe block as a GEMM operand (Head::aligned: the elementwise kernels read probe_block's own
-// (…, D) rows).
+// U = Z̃ Vᵀ, N×(B·T): row i holds u_ib = V_b z̃_i for the chunk's probes, b-major (V: probe_block).
 inline at::Tensor probe_products(const Head& h, const at::Tensor& V) { return gemm(h.wide(h.zt), h.wide(V).t()); }
 
 }  // namespace hessalign

@@ -36,7 +36,7 @@ void fold_by_domain(const Head& h, const K& k, uint64_t seed, int64_t num_probes
       const int64_t T = std::min(h.tile, h.C - c0);
       const at::Tensor L = h.logits(c0, T);
       at::Tensor V = probe_block<scalar_t>(h, k, seed, k0, B, c0, T);
-      at::Tensor U = probe_products(h, h.aligned(V));
+      at::Tensor U = probe_products(h, V);
       k.rows(h.N * B, HvpMeanOp<scalar_t, acc_t>{{}, {h.view<scalar_t, acc_t>(L, c0, T), B, 0, B},
                                                  U.const_data_ptr<scalar_t>(), m.mutable_data_ptr<acc_t>()});
       if (T == h.C) V1 = V, U1 = U;
@@ -45,14 +45,15 @@ void fold_by_domain(const Head& h, const K& k, uint64_t seed, int64_t num_probes
       const int64_t T = std::min(h.tile, h.C - c0);
       const at::Tensor L = h.logits(c0, T);
       at::Tensor V = V1.defined() ? V1 : probe_block<scalar_t>(h, k, seed, k0, B, c0, T);
-      at::Tensor U = U1.defined() ? U1 : probe_products(h, h.aligned(V));
+      at::Tensor U = U1.defined() ? U1 : probe_products(h, V);
       k.rows(h.N * B, HvpSOp<scalar_t, acc_t>{{}, {h.view<scalar_t, acc_t>(L, c0, T), B, 0, B},
                                               h.c.const_data_ptr<acc_t>(), m.const_data_ptr<acc_t>(),
                                               U.mutable_data_ptr<scalar_t>()});
       // fold Σ_b v_b ⊙ O_e / K of `domains` domains from e0 into out
       auto accumulate = [&](const at::Tensor& O, int64_t domains, int64_t e0) {
         k.elements(Accumulate::items(domains, T, h.D),
-                   Accumulate{B, c0, T, h.D, h.C, inv_k, V.const_data_ptr<scalar_t>(), O.const_data_ptr<scalar_t>(),
+                   Accumulate{B, c0, T, h.D, h.C, V.stride(0), inv_k, V.const_data_ptr<scalar_t>(),
+                              O.const_data_ptr<scalar_t>(),
                               out.mutable_data_ptr<scalar_t>() + e0 * h.C * h.D});
       };
       if (h.E * B * T * h.D * h.zt.element_size() <= per_domain_above) {  // all domains, one batched GEMM
@@ -84,7 +85,7 @@ void fold_by_class(const Head& h, const K& k, uint64_t seed, int64_t num_probes,
   for (int64_t k0 = 0; k0 < num_probes; k0 += chunk) {
     const int64_t B = std::min(chunk, num_probes - k0);
     auto probes = [&](int64_t c0, int64_t T) {  // (T·B, D) class-major, as a GEMM operand
-      return h.wide(h.aligned(probe_block<scalar_t>(h, k, seed, k0, B, c0, T, /*class_major=*/true)));
+      return h.wide(probe_block<scalar_t>(h, k, seed, k0, B, c0, T, /*class_major=*/true));
     };
     at::Tensor U = at::empty({h.N, h.C, B}, h.zt.options());
     for (int64_t c0 = 0; c0 < h.C; c0 += Tb) {
@@ -154,14 +155,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> hutchinson_diag_backward(
     // The chunk's tile: probes V (B·T, D), U = Z̃ Vᵀ, upstream Ō (E, B·T, D), dS_e = Z̃_e Ō_eᵀ.
     auto tile_inputs = [&](int64_t k0, int64_t B, int64_t c0, int64_t T) -> std::array<at::Tensor, 4> {
       at::Tensor V = probe_block<scalar_t>(h, k, uint64_t(seed), k0, B, c0, T);
-      at::Tensor Obar = at::empty({h.E, B * T, h.D}, h.zt.options());
+      at::Tensor Obar = h.rows_buffer({h.E, B * T, h.D}, h.zt.options());
       using Upstream = ProbeUpstreamOp<scalar_t, acc_t, K::kStreamWidth>;
       k.elements(Upstream::items(h.E, B, T, h.D),
-                 Upstream{B, c0, T, h.D, h.C, acc_t(1) / acc_t(num_probes), V.const_data_ptr<scalar_t>(),
-                          G.const_data_ptr<scalar_t>(), Obar.mutable_data_ptr<scalar_t>()});
-      // the elementwise kernels read (…, D) rows, the GEMMs these aligned copies (Head::wide)
-      const at::Tensor V_gemm = h.aligned(V), Obar_gemm = h.aligned(Obar);
-      return {V_gemm, Obar_gemm, probe_products(h, V_gemm), seg_nt(h, h.zt, Obar_gemm)};
+                 Upstream{B, c0, T, h.D, h.C, V.stride(0), Obar.stride(1), acc_t(1) / acc_t(num_probes),
+                          V.const_data_ptr<scalar_t>(), G.const_data_ptr<scalar_t>(), Obar.mutable_data_ptr<scalar_t>()});
+      return {V, Obar, probe_products(h, V), seg_nt(h, h.zt, Obar)};
     };
     for (int64_t k0 = 0; k0 < num_probes; k0 += chunk) {
       const int64_t B = std::min(chunk, num_probes - k0);

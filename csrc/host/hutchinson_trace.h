@@ -15,7 +15,7 @@ at::Tensor hutchinson_moments(const Head& h, const K& k, uint64_t seed, int64_t 
     for (int64_t c0 = 0; c0 < h.C; c0 += h.tile) {
       const int64_t T = std::min(h.tile, h.C - c0);
       const at::Tensor L = h.logits(c0, T);
-      at::Tensor U = U1.defined() ? U1 : probe_products(h, h.aligned(probe_block<scalar_t>(h, k, seed, k0, B, c0, T)));
+      at::Tensor U = U1.defined() ? U1 : probe_products(h, probe_block<scalar_t>(h, k, seed, k0, B, c0, T));
       const HvpChunk<scalar_t, acc_t> ch{h.view<scalar_t, acc_t>(L, c0, T), B, 0, B};
       if (pass == 0)
         k.rows(h.N * B, HvpMeanOp<scalar_t, acc_t>{{}, ch, U.const_data_ptr<scalar_t>(), m.mutable_data_ptr<acc_t>()});
@@ -77,7 +77,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> hutchinson_trace_backward(
       for (int64_t c0 = 0; c0 < h.C; c0 += h.tile) {
         const int64_t T = std::min(h.tile, h.C - c0);
         const at::Tensor L = h.logits(c0, T);
-        const at::Tensor V = h.aligned(probe_block<scalar_t>(h, k, uint64_t(seed), k0, B, c0, T));
+        const at::Tensor V = probe_block<scalar_t>(h, k, uint64_t(seed), k0, B, c0, T);
         at::Tensor U = U1.defined() ? U1 : probe_products(h, V);
         at::Tensor DL = one_tile ? DL1 : at::zeros({h.N, T}, acc);
         k.rows(h.N, HutchinsonTraceBackwardOp<scalar_t, acc_t>{{}, {h.view<scalar_t, acc_t>(L, c0, T), B, 0, B},

@@ -36,15 +36,16 @@ HE_INLINE void fold_rows(scalar_t* dst, const scalar_t* a, index_t lda, const sc
 template <class scalar_t, class acc_t, int W>
 struct ProbeDiagAccumulateOp {
   index_t B, c0, T, D, C;
+  index_t ldv;  // V's row stride
   acc_t inv_k;
-  const scalar_t* V;  // (B·T, D) the chunk's probes (RademacherFillOp)
+  const scalar_t* V;  // (B·T, ldv) the chunk's probes (RademacherFillOp)
   const scalar_t* O;  // (E, B·T, D)
   scalar_t* out;      // (E, C, D)
   HE_INLINE static index_t items(index_t E, index_t T, index_t D) { return ColumnRun<W>::items(E * T, D); }
   HE_INLINE void operator()(index_t idx) const {
     const ColumnRun<W> run(idx, D);
     const index_t e = run.row / T, c = run.row - e * T;
-    fold_rows<W>(out + (e * C + c0 + c) * D + run.j0, V + c * D + run.j0, T * D, O + (e * B * T + c) * D + run.j0,
+    fold_rows<W>(out + (e * C + c0 + c) * D + run.j0, V + c * ldv + run.j0, T * ldv, O + (e * B * T + c) * D + run.j0,
                  T * D, B, inv_k, run.width);
   }
 };
@@ -54,19 +55,20 @@ struct ProbeDiagAccumulateOp {
 template <class scalar_t, class acc_t, int W>
 struct ProbeUpstreamOp {
   index_t B, c0, T, D, C;
+  index_t ldv, ldo;      // row strides of V and Ō (padded with align_rows)
   acc_t inv_k;
-  const scalar_t* V;     // (B·T, D) the chunk's probes
+  const scalar_t* V;     // (B·T, ldv) the chunk's probes
   const scalar_t* grad;  // D̄ (E, C, D)
-  scalar_t* Obar;        // (E, B·T, D)
+  scalar_t* Obar;        // (E, B·T, ldo)
   HE_INLINE static index_t items(index_t E, index_t B, index_t T, index_t D) {
     return ColumnRun<W>::items(E * B * T, D);
   }
   HE_INLINE void operator()(index_t idx) const {
     const ColumnRun<W> run(idx, D);
     const index_t e = run.row / (B * T), vrow = run.row - e * B * T, c = vrow % T;
-    const scalar_t* v = V + vrow * D + run.j0;
+    const scalar_t* v = V + vrow * ldv + run.j0;
     const scalar_t* g = grad + (e * C + c0 + c) * D + run.j0;
-    scalar_t* o = Obar + run.row * D + run.j0;
+    scalar_t* o = Obar + run.row * ldo + run.j0;
     for (index_t jj = 0; jj < run.width; ++jj) o[jj] = scalar_t(inv_k * acc_t(v[jj]) * acc_t(g[jj]));
   }
 };

@@ -53,6 +53,7 @@ template <class scalar_t, int W>
 struct RademacherFillOp {
   const uint64_t* keys;  // (B,) from ProbeKeysOp
   index_t c0, T, D;
+  index_t ldv;  // V's row stride (padded with align_rows: the GEMMs read V in place)
   scalar_t* V;
   index_t class_major_B = 0;  // B for the class-major layout; 0: probe-major
   HE_INLINE static index_t items(index_t B, index_t T, index_t D) { return ColumnRun<W>::items(B * T, D); }
@@ -60,7 +61,7 @@ struct RademacherFillOp {
     const ColumnRun<W> run(idx, D);
     const index_t B = class_major_B;
     const index_t b = B ? run.row % B : run.row / T, c = B ? run.row / B : run.row - b * T;
-    rademacher_signs(keys[b], uint64_t((c0 + c) * D + run.j0), run.width, V + run.row * D + run.j0);
+    rademacher_signs(keys[b], uint64_t((c0 + c) * D + run.j0), run.width, V + run.row * ldv + run.j0);
   }
 };
 
