@@ -37,10 +37,16 @@ def test_no_labels_is_plain_mean_loss():
     assert_close(call(hessalign_ext, p), call(reference, p, labels=p.labels))
 
 
-def test_backward_shared_vectors():
-    p = make_problem(SHAPE["unequal"], requires_grad=True)
-    v = p.vectors[1].detach().clone().requires_grad_(True)
-    check_backward(lambda: call(hessalign_ext, p, v), lambda: call(reference, p, v), p, (*p.head(), v))
+@pytest.mark.parametrize("align", ["0", "1"], ids=["plain", "padded_width"])
+@pytest.mark.parametrize("tile", [None, 2], ids=["one_tile", "class_tiles"])
+@pytest.mark.parametrize("shape", ["unequal", "equal", "empty_domain", "no_rows"])
+def test_backward_shared_vectors(shape, tile, align, monkeypatch):
+    """The gradient of shared vectors, Σ_e dS_eᵀ Z̃_e, is one GEMM over all rows per class tile."""
+    monkeypatch.setenv("HESSALIGN_ALIGN_ROWS", align)
+    p = make_problem(SHAPE[shape], requires_grad=True)
+    v = p.vectors[-1].detach().clone().requires_grad_(True)
+    check_backward(lambda: call(hessalign_ext, p, v, class_tile=tile), lambda: call(reference, p, v), p,
+                   (*p.head(), v))
 
 
 def test_labels_not_differentiable_and_inputs_unchanged():

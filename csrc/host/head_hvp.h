@@ -54,12 +54,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> head_hvp_backward(
   prepare(h, k, ce);
   const at::Tensor V = vectors.contiguous(), G = grad.contiguous();
   HeadGrads g(h);
-  // Each class tile writes its own rows of dV: per-domain vectors take it in their dtype, shared
-  // ones sum it over the domains, in the accumulation dtype.
+  // Each class tile writes its own rows of dV: per domain dS_eᵀ Z̃_e in the features' dtype, or
+  // for shared vectors their sum over the domains, dSᵀ Z̃: one GEMM over all rows into an
+  // accumulator (no per-domain block).
   const bool shared = vectors.dim() == 2;
-  at::Tensor dV = shared ? at::empty({h.E, h.C, h.D}, h.zt.options().dtype(h.acc_type))
+  at::Tensor dV = shared ? h.rows_buffer({h.C, h.D}, h.zt.options().dtype(h.acc_type), /*zero=*/true)
                          : at::empty({h.E, h.C, h.D}, h.zt.options());
-  if (h.N == 0) dV.zero_();  // no class tile runs
+  if (h.N == 0 && !shared) dV.zero_();  // no class tile runs
   HE_DISPATCH(K, h.zt.scalar_type(), [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const auto acc = h.zt.options().dtype(h.acc_type);
@@ -93,13 +94,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> head_hvp_backward(
       // U holds S, dS holds dU now
       seg_nn_add(h, U, Gt, g.dzt);
       seg_nn_add(h, dS, Vt, g.dzt);
-      if (shared) {
-        at::Tensor dVt = at::empty({h.E, T, h.D}, h.zt.options());
-        seg_tn(h, dS, h.zt, dVt);
-        dV.narrow(1, c0, T).copy_(dVt);
-      } else {
+      if (shared)
+        gemm_add(h.wide(dV).narrow(0, c0, T), dS.t(), h.wide(h.zt));
+      else
         seg_tn(h, dS, h.zt, dV.narrow(1, c0, T));
-      }
       at::Tensor dl = at::empty({h.N, T}, h.zt.options());
       k.rows(h.N, SoftmaxBackwardOp<scalar_t, acc_t>{{}, lt, DP.const_data_ptr<acc_t>(), rho.const_data_ptr<acc_t>(),
                                                      dl.mutable_data_ptr<scalar_t>()});
@@ -107,7 +105,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> head_hvp_backward(
     }
   });
   auto [gz, gw, gb] = g.finish(h);
-  at::Tensor gv = shared ? dV.sum(0).to(features.scalar_type()) : dV;
+  at::Tensor gv = shared ? dV.to(features.scalar_type()).contiguous() : dV;
   return {gz, gw, gb, gv};
 }
 
