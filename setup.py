@@ -69,22 +69,31 @@ def unity_sources(groups):
     return out
 
 
-def extension():
+def compile_args(with_cuda):
+    """g++'s (and with_cuda nvcc's) flags for the extension's sources; also what
+    scripts/check_torch_headers.sh compiles with."""
     debug = flag("DEBUG")
     opt = ["-O0", "-g"] if debug else ["-O3"]
     host_opt = opt if debug else opt + ["-g0"]  # Python's CFLAGS carry -g: it doubled g++'s time
+    args = {"cxx": host_opt + cpu_isa_flags() + ["-fopenmp"]}
+    if with_cuda:
+        args["nvcc"] = opt + ["--expt-relaxed-constexpr", "-lineinfo"]
+    return args
+
+
+def extension():
+    debug = flag("DEBUG")
     groups = [("ops_cpu.cpp", sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp")))]
     with_cuda = not flag("FORCE_ONLY_CPU") and (flag("FORCE_CUDA") or cpp_extension.CUDA_HOME is not None)
     if with_cuda and cpp_extension.torch.version.cuda is None:
         print("hessalign_ext: nvcc found but this torch has no CUDA support; building the CPU kernels only")
         with_cuda = False
     isa = cpu_isa_flags()
-    args = {"cxx": host_opt + isa + ["-fopenmp"]}
+    args = compile_args(with_cuda)
     kwargs = {}
     if with_cuda:
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
         groups.insert(0, ("ops_cuda.cu", sorted(glob.glob("csrc/cuda/*.cu"))))  # first: the longest job
-        args["nvcc"] = opt + ["--expt-relaxed-constexpr", "-lineinfo"]
         kwargs["include_dirs"] = cuda_include_dirs()
         cls = cpp_extension.CUDAExtension
     else:
@@ -96,14 +105,15 @@ def extension():
     return cls("hessalign_ext._C", sources, extra_compile_args=args, extra_link_args=["-fopenmp"], **kwargs)
 
 
-setup(
-    name="hessalign_ext",
-    version="0.1.0",
-    description="Closed-form softmax cross-entropy head curvature ops for Hessian alignment",
-    packages=find_packages(include=["hessalign_ext", "hessalign_ext.*"]),
-    ext_modules=[extension()],
-    cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
-    install_requires=["torch>=2.11", "numpy"],
-    entry_points={"console_scripts": ["hessalign = hessalign_ext.cli:main"]},
-    python_requires=">=3.10",
-)
+if __name__ == "__main__":  # pip's build runs it so; scripts/check_torch_headers.sh reads compile_args
+    setup(
+        name="hessalign_ext",
+        version="0.1.0",
+        description="Closed-form softmax cross-entropy head curvature ops for Hessian alignment",
+        packages=find_packages(include=["hessalign_ext", "hessalign_ext.*"]),
+        ext_modules=[extension()],
+        cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
+        install_requires=["torch>=2.11", "numpy"],
+        entry_points={"console_scripts": ["hessalign = hessalign_ext.cli:main"]},
+        python_requires=">=3.10",
+    )

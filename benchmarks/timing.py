@@ -72,12 +72,11 @@ def measure(clock: Clock, fns: dict, rounds: int, burst_s: float, warm=None, pea
                 continue
             burst = max(1, min(50, int(burst_s / max(t, 1e-6))))
             for _ in range(burst):
-                if peaks is not None and clock.cuda and name not in peaks:
-                    with track_peak() as peak:
-                        samples[name].append(clock.once(fn))
-                    peaks[name] = peak[0]
-                else:
+                first_on_cuda = peaks is not None and clock.cuda and name not in peaks
+                with track_peak() if first_on_cuda else contextlib.nullcontext() as peak:
                     samples[name].append(clock.once(fn))
+                if first_on_cuda:
+                    peaks[name] = peak[0]
             # a first call's estimate (compilation, the check's call) can only overstate
             est[name] = min(est[name], min(samples[name]))
     return samples

@@ -29,20 +29,34 @@ if [ ! -d "$DIR/torch/include" ]; then
 fi
 INC=$DIR/torch/include
 PYINC=$($PY -c "import sysconfig; print(sysconfig.get_paths()['include'])")
-# torch's extension flags (setup.py's, with the C++ standard the old release's build takes)
+# torch's extension flags, with the C++ standard the old release's build takes
 FLAGS=(-std=c++17 -DTORCH_API_INCLUDE_EXTENSION_H -DTORCH_EXTENSION_NAME=_C -I "$INC" -I "$INC/torch/csrc/api/include"
        -I "$PYINC")
+# setup.py's own (compile_args, cuda_include_dirs) and torch's nvcc flags, less optimization and
+# debug levels: a line each for g++, nvcc and the CUDA libraries' headers
+[ -z "${CUDA_HOME:-}" ] && [ -x /usr/local/cuda/bin/nvcc ] && export CUDA_HOME=/usr/local/cuda
+mapfile -t BUILD < <($PY - <<'PY'
+import runpy
+from torch.utils import cpp_extension
+s = runpy.run_path("setup.py")
+args = s["compile_args"](True)
+keep = lambda flags: " ".join(dict.fromkeys(f for f in flags if not f.startswith(("-O", "-g"))))
+print(keep(args["cxx"]))
+print(keep(args["nvcc"] + cpp_extension.COMMON_NVCC_FLAGS))
+print(" ".join("-I" + d for d in s["cuda_include_dirs"]()))
+PY
+)
+read -r -a CXX_FLAGS <<< "${BUILD[0]}"
+read -r -a NVCC_FLAGS <<< "${BUILD[1]}"
+read -r -a CUDA_INC <<< "${BUILD[2]:-}"
 unit=$(mktemp -d)
 for f in csrc/*.cpp csrc/cpu/*.cpp; do echo "#include \"$PWD/$f\""; done > "$unit/all.cpp"
-# setup.py's CPU kernels' flags (AVX2 + FMA build)
-g++ -fsyntax-only -fopenmp -march=x86-64-v3 -DCPU_CAPABILITY=AVX2 -DCPU_CAPABILITY_AVX2 "${FLAGS[@]}" "$unit/all.cpp"
-echo "check_torch_headers: the C++ sources compile against torch $VERSION's headers"
+g++ -fsyntax-only "${CXX_FLAGS[@]}" "${FLAGS[@]}" "$unit/all.cpp"
+echo "check_torch_headers: the C++ sources compile against torch $VERSION's headers (${CXX_FLAGS[*]})"
 if [ "$CUDA" = 1 ]; then
   for f in csrc/cuda/*.cu; do echo "#include \"$PWD/$f\""; done > "$unit/all.cu"
-  NVINC=$($PY -c "import nvidia, os; print(os.path.join(list(nvidia.__path__)[0], 'cu13', 'include'))" 2>/dev/null || true)
-  "${CUDA_HOME:-/usr/local/cuda}/bin/nvcc" -O0 -gencode=arch=compute_90a,code=sm_90a --expt-relaxed-constexpr \
-    -D__CUDA_NO_HALF_OPERATORS__ -D__CUDA_NO_HALF_CONVERSIONS__ -D__CUDA_NO_BFLOAT16_CONVERSIONS__ \
-    -D__CUDA_NO_HALF2_OPERATORS__ ${NVINC:+-I "$NVINC"} "${FLAGS[@]}" -c "$unit/all.cu" -o "$unit/all.o"
+  "${CUDA_HOME:-/usr/local/cuda}/bin/nvcc" -O0 -gencode=arch=compute_90a,code=sm_90a "${NVCC_FLAGS[@]}" \
+    "${CUDA_INC[@]}" "${FLAGS[@]}" -c "$unit/all.cu" -o "$unit/all.o"
   echo "check_torch_headers: the CUDA sources compile against torch $VERSION's headers (sm_90a)"
 fi
 rm -rf "$unit"
