@@ -119,7 +119,7 @@ def test_class_tiles_match_cpu(op, tile):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("op", OPS)
 def test_aligned_rows_match_plain_cuda(op, dtype, d, monkeypatch):
-    """The padded-width GEMMs (head_problem.h, HESSALIGN_ALIGN_ROWS=1) against the plain
+    """The padded-width GEMMs (host/padded_width.h, HESSALIGN_ALIGN_ROWS=1) against the plain
     layout on the GPU, forward and backward, every loss option, 1000 classes in tiles of 64."""
     shape = dataclasses.replace(SHAPE["c1000"], id=f"c1000_d{d}", d=d)
     p = to(make_problem(shape, torch.float32, "cpu"), "cuda", dtype)
@@ -139,7 +139,7 @@ def test_aligned_rows_match_plain_cuda(op, dtype, d, monkeypatch):
 
 @pytest.mark.parametrize("op", ["head_grad", "head_hvp"])
 def test_bf16_heads_past_the_rule_take_the_padded_width_by_default(op, monkeypatch):
-    """head_problem.h's rule: a bf16 head with 512 rows a domain and 1024 × 1024 × 1025 ≥ 2^30
+    """padded_width.h's rule: a bf16 head with 512 rows a domain and 1024 × 1024 × 1025 ≥ 2^30
     multiply-adds takes the padded width unless HESSALIGN_ALIGN_ROWS says otherwise: the default
     gives the forced-on path's results bit for bit, forward and backward; and they agree with the
     plain layout to bf16 rounding."""

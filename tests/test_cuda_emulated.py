@@ -244,7 +244,7 @@ def test_emulated_reduced_precision_kernels(op, shape, dtype):
     _check_reduced_op(op, _args(op, sizes, C, d, bias, torch.float64, OPTIONS["options_tiled"]), dtype)
 
 
-# HESSALIGN_ALIGN_ROWS=1 (host/head_problem.h): every D-wide GEMM operand padded to 16 bytes. In
+# HESSALIGN_ALIGN_ROWS=1 (host/padded_width.h): every D-wide GEMM operand padded to 16 bytes. In
 # bfloat16 the float32 gradient accumulators must take their bfloat16 operands' padded width: at
 # D = 4 (wide_1000) float32 rows need no padding and bfloat16 rows pad to 8, at D = 130
 # (unequal_37x129) they pad to 132 and 136. An H100 run found every op's backward failing there.

@@ -104,7 +104,7 @@ def test_peak_memory_is_a_fraction_of_plain_torch(op):
     assert 8 * ours <= plain, f"{op}: tiled path peak {ours / 2**20:.1f} MiB vs plain {plain / 2**20:.1f} MiB"
 
 
-# Padded GEMM width (head_problem.h, align_rows_for; HESSALIGN_ALIGN_ROWS=1): every D-wide GEMM
+# Padded GEMM width (padded_width.h, align_rows_for; HESSALIGN_ALIGN_ROWS=1): every D-wide GEMM
 # operand in a buffer whose extra columns are zero, the GEMMs over the whole padded width. Here on
 # heads with odd D (d + 1 with a bias, or an odd d without), equal and unequal domains, one tile
 # and many, and ("staged") one tile of all 150 classes under a budget that copies the caller's

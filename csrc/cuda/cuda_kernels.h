@@ -46,7 +46,7 @@ struct CudaKernelsT {
   static bool fuse_domain_stats(index_t max_rows, index_t C) {
     return max_rows <= 512 && max_rows * C <= (index_t(1) << 16);
   }
-  // The memory rule's default budget (host/head_problem.h); CudaKernels takes its GPU's share.
+  // The memory rule's default budget (host/class_tile.h); CudaKernels takes its GPU's share.
   static int64_t default_tile_bytes(const at::Tensor&) { return int64_t(256) << 20; }
   cudaStream_t stream;
 

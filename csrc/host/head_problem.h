@@ -1,7 +1,8 @@
 // Device-generic host side of every op: validates and prepares the head (augmented features
 // Z̃ = [Z | 1], so parameter blocks carry the bias as column D; logits Z Wᵀ + b, whose
-// gradient to W̃ = [W | b] is dlᵀ Z̃), the per-row loss coefficients, the class tiling, the
-// row log-sum-exps (the per-domain GEMMs are in head_gemms.h).
+// gradient to W̃ = [W | b] is dlᵀ Z̃), the per-row loss coefficients and the row log-sum-exps
+// (the loss options: loss_options.h; the class tile: class_tile.h; the offsets:
+// domain_offsets.h; the padded GEMM width: padded_width.h; the per-domain GEMMs: head_gemms.h).
 // The elementwise and reduction work goes to the backend K (cpu/cpu_kernels.h or
 // cuda/cuda_kernels.h), which runs the row functors of math/.
 #pragma once
@@ -11,16 +12,17 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <cstdlib>
 #include <optional>
-#include <string>
 #include <vector>
 
 #include "../checks.h"
 #include "../math/cross_entropy.h"
 #include "../math/domains.h"
 #include "../math/tile.h"
+#include "class_tile.h"
+#include "domain_offsets.h"
 #include "gemm.h"
+#include "loss_options.h"
 #include "padded_width.h"
 
 namespace hessalign {
@@ -34,15 +36,6 @@ namespace hessalign {
       return AT_DISPATCH_FLOATING_TYPES(TYPE, "hessalign_ext", __VA_ARGS__);                                       \
   }()
 
-// torch.nn.functional.cross_entropy's options, applied to each domain's rows.
-struct CeOptions {
-  std::optional<at::Tensor> labels;
-  int64_t ignore_index = -100;
-  std::optional<at::Tensor> class_weight;
-  double label_smoothing = 0.0;
-  std::string reduction = "mean";
-};
-
 // The parameter lists every op entry point shares with its schema (schemas.h).
 #define HE_HEAD_PARAMS const at::Tensor &features, const at::Tensor &weight, const std::optional<at::Tensor> &bias
 #define HE_CE_PARAMS                                                                                  \
@@ -53,78 +46,6 @@ struct CeOptions {
   [[maybe_unused]] auto he_guard = K::guard(features); \
   const K k = K::current();                            \
   const CeOptions ce = make_ce(labels, ignore_index, class_weight, label_smoothing, reduction)
-
-inline CeOptions make_ce(const std::optional<at::Tensor>& labels, int64_t ignore_index,
-                         const std::optional<at::Tensor>& class_weight, double label_smoothing,
-                         c10::string_view reduction) {
-  return {labels, ignore_index, class_weight, label_smoothing, std::string(reduction)};
-}
-
-// The loss options as kernels read them (math/cross_entropy.h): labels (int64) and class
-// weights (acc_t, contiguous) may be undefined. With class weights, their sum is read back.
-template <class acc_t>
-CeParams<acc_t> ce_params(const at::Tensor& labels, const at::Tensor& class_weight, const CeOptions& ce, int64_t C) {
-  return {labels.defined() ? labels.const_data_ptr<int64_t>() : nullptr,
-          class_weight.defined() ? class_weight.const_data_ptr<acc_t>() : nullptr,
-          class_weight.defined() ? class_weight.sum().item<acc_t>() : acc_t(C),
-          acc_t(ce.label_smoothing), ce.ignore_index, C, ce.reduction == "sum"};
-}
-
-// Bytes of N×T working buffers an op may hold per class tile: the memory rule that picks
-// between one tile of all C classes (logits materialized once) and streaming over tiles.
-// The memory rule: the op's working buffers stay under a budget of bytes. HESSALIGN_TILE_BYTES
-// overrides the backend's default (K::default_tile_bytes: 256 MiB on the CPU, 1/16 of the GPU's
-// memory on CUDA, where a second pass over the logits costs more than the memory saved); the
-// class_tile argument overrides both.
-inline int64_t tile_budget_bytes(int64_t backend_default) {
-  const char* env = std::getenv("HESSALIGN_TILE_BYTES");
-  return env ? std::max<int64_t>(1, std::atoll(env)) : backend_default;
-}
-
-// Largest class tile whose `buffers` N×T buffers of `elem` bytes fit the budget; all C when
-// they fit, else a multiple of 64 (at least 64).
-inline int64_t choose_class_tile(int64_t N, int64_t C, int64_t elem, int64_t buffers, int64_t requested,
-                                 int64_t budget) {
-  if (requested > 0) return std::min(requested, C);
-  const int64_t per_class = std::max<int64_t>(1, N) * elem * buffers;
-  const int64_t fit = budget / per_class;
-  if (fit >= C) return C;
-  return std::min(C, std::max<int64_t>(64, fit / 64 * 64));
-}
-
-// Host int64 values on the device of `like`. On CUDA they go through pinned memory, so the
-// copy is asynchronous: a copy from pageable memory would block the host on every call.
-inline at::Tensor host_to_device(const std::vector<int64_t>& vals, const at::Tensor& like) {
-  const bool cuda = like.is_cuda();
-  at::Tensor host = at::empty({int64_t(vals.size())}, at::TensorOptions().dtype(at::kLong).pinned_memory(cuda));
-  std::copy(vals.begin(), vals.end(), host.mutable_data_ptr<int64_t>());
-  return cuda ? host.to(like.device(), at::kLong, /*non_blocking=*/true) : host;
-}
-
-// The offsets as kernels read them (math/domains.h): inline for up to kInlineDomains domains,
-// else copied once to the device of `like` into `storage`.
-inline DomainOffsets domain_offsets(const std::vector<int64_t>& off, const at::Tensor& like, at::Tensor& storage) {
-  DomainOffsets d;
-  d.E = int64_t(off.size()) - 1;
-  if (d.E <= kInlineDomains) {
-    d.array = nullptr;
-    std::copy(off.begin(), off.end(), d.inline_off);
-  } else {
-    storage = host_to_device(off, like);
-    d.array = storage.const_data_ptr<int64_t>();
-  }
-  return d;
-}
-
-// n when E > 1 domains all hold n > 0 rows (offsets off): the per-domain products are then one
-// batched GEMM (one launch instead of E); 0 otherwise.
-inline int64_t equal_domain_rows(const std::vector<int64_t>& off) {
-  const int64_t E = int64_t(off.size()) - 1, N = off.back();
-  if (E < 2 || N == 0 || N % E != 0) return 0;
-  for (int64_t e = 0; e < E; ++e)
-    if (off[e + 1] - off[e] != N / E) return 0;
-  return N / E;
-}
 
 struct Head {
   const char* op;
@@ -254,33 +175,6 @@ struct Head {
     return x.to(acc_type).index_select(0, host_to_device(domain, x));
   }
 };
-
-// The loss options' checks; the labels' value check is started last and returned, for the
-// caller to finish before any kernel reads labels (checks.h's LabelCheck).
-[[nodiscard]] inline LabelCheck check_ce(const char* op, const at::Tensor& features, int64_t C, const CeOptions& ce,
-                                         bool labels_required) {
-  TORCH_CHECK_VALUE(!labels_required || ce.labels, op, ": labels are required");
-  if (ce.class_weight) {
-    TORCH_CHECK_VALUE(ce.labels, op, ": class_weight needs labels (it weights each row by its label's class)");
-    const auto& w = *ce.class_weight;
-    TORCH_CHECK_VALUE(w.dim() == 1 && w.size(0) == C, op, ": class_weight must be 1-D of length C = ", C,
-                      "; got shape ", shape_str(w));
-    TORCH_CHECK_VALUE(at::isFloatingType(w.scalar_type()), op, ": class_weight must be floating point; got ",
-                      w.scalar_type());
-    TORCH_CHECK_VALUE(w.device() == features.device(), op, ": class_weight must be on the device of features (",
-                      features.device(), "); got ", w.device());
-  }
-  TORCH_CHECK_VALUE(ce.label_smoothing >= 0.0 && ce.label_smoothing <= 1.0, op,
-                    ": label_smoothing must be in [0, 1]; got ", ce.label_smoothing);
-  TORCH_CHECK_VALUE(ce.reduction == "mean" || ce.reduction == "sum", op,
-                    ": reduction must be 'mean' or 'sum'; got '", ce.reduction, "'");
-  return ce.labels ? LabelCheck(op, *ce.labels, features, C, ce.ignore_index) : LabelCheck();
-}
-
-inline void check_class_tile(const char* op, int64_t class_tile) {
-  TORCH_CHECK_VALUE(class_tile >= 0, op, ": class_tile must be >= 0 (0 picks it by the memory rule); got ",
-                    class_tile);
-}
 
 // Validates everything and builds the head. `buffers` is the op's count of N×T working
 // buffers (for the tile rule); `augment` = false skips the ones column of Z̃ for an op that

@@ -1,6 +1,6 @@
 // Shared by hutchinson_diag and hutchinson_trace: the probe chunking and the chunk's probes.
 // Probes are processed B at a time (B·T columns of U per row, B chosen by the memory rule of
-// head_problem.h), with the class tiles inside each chunk; only the chunk's (B, T, D) block
+// class_tile.h), with the class tiles inside each chunk; only the chunk's (B, T, D) block
 // of probe values is ever stored.
 #pragma once
 #include "../math/rademacher.h"

@@ -178,7 +178,7 @@ void check_few_classes_nt() {
 
 }  // namespace
 
-// The padded GEMM width's rule (host/head_problem.h): by default only for 16-bit features on CUDA
+// The padded GEMM width's rule (host/padded_width.h): by default only for 16-bit features on CUDA
 // at a head with at least 128 rows a domain and 2^30 multiply-adds per GEMM, and never where D is
 // aligned; HESSALIGN_ALIGN_ROWS=1 and =0 decide alone.
 void check_align_rows_rule() {
