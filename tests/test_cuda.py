@@ -322,3 +322,20 @@ def test_bad_labels_raise_before_a_kernel_reads_them(op, tile):
         run(gpu, bad)
     torch.cuda.synchronize()  # a fault by a kernel that read the bad label would surface here
     scaled_close(run(gpu, gpu.labels), run(cpu, cpu.labels), TOL[torch.float64])
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_one_host_wait_per_call_with_labels_and_class_weights(op):
+    """With labels and class weights a call waits on the GPU once: the labels' check (an event
+    synchronize). The class weights' sum is read by the kernels, not copied back (it was a
+    second wait: a stream synchronize behind .item())."""
+    from torch.profiler import ProfilerActivity, profile
+
+    gpu = to(make_problem(SHAPE["domainbed"], torch.float32, "cpu"), "cuda")
+    opts = LOSS_CASES["class_weight"](gpu)
+    call(op, gpu, **opts)  # first call: the libraries' one-off set-up
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        call(op, gpu, **opts)
+    waits = [e.name for e in prof.events() if "Synchronize" in e.name or e.name == "cudaMemcpy"]
+    assert waits == ["cudaEventSynchronize"], waits

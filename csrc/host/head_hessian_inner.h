@@ -9,16 +9,11 @@
 
 namespace hessalign {
 
-// One-hot (N, E) domain indicator in dtype `opts`, and each row's domain.
-inline std::pair<at::Tensor, at::Tensor> domain_indicator(const Head& h, const at::TensorOptions& opts) {
-  std::vector<int64_t> counts(h.E);
-  for (int64_t e = 0; e < h.E; ++e) counts[e] = h.rows(e);
-  const auto dev = h.zt.device();
-  at::Tensor domain = at::arange(h.E, at::TensorOptions().dtype(at::kLong).device(dev))
-                          .repeat_interleave(at::tensor(counts).to(dev), 0, h.N);
+// One-hot (N, E) domain indicator in dtype `opts`.
+inline at::Tensor domain_indicator(const Head& h, const at::TensorOptions& opts) {
   at::Tensor ind = at::zeros({h.N, h.E}, opts);
-  if (h.N > 0) ind.scatter_(1, domain.unsqueeze(1), 1.0);
-  return {ind, domain};
+  if (h.N > 0) ind.scatter_(1, h.row_domains(ind).unsqueeze(1), 1.0);
+  return ind;
 }
 
 // S = P Pᵀ and R = P (P⊙P)ᵀ summed over the class tiles (acc dtype, N×N).
@@ -56,7 +51,7 @@ at::Tensor head_hessian_inner_forward(HE_HEAD_PARAMS, const at::Tensor& offsets,
                                              Kz.const_data_ptr<acc_t>(), h.c.const_data_ptr<acc_t>(),
                                              G.mutable_data_ptr<acc_t>()});
   });
-  const at::Tensor ind = domain_indicator(h, acc).first;
+  const at::Tensor ind = domain_indicator(h, acc);
   return gemm(ind.t(), gemm(G, ind)).to(features.scalar_type());
 }
 
@@ -71,7 +66,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> head_hessian_inner_backward(
   HeadGrads g(h);
   if (h.N == 0) return g.finish(h);
   const auto acc = h.zt.options().dtype(h.acc_type);
-  const at::Tensor domain = domain_indicator(h, acc).second;
+  const at::Tensor domain = h.row_domains(h.zt);
   const at::Tensor Ubar = grad.to(h.acc_type).contiguous();
   HE_DISPATCH(K, h.zt.scalar_type(), [&] {
     using acc_t = at::opmath_type<scalar_t>;

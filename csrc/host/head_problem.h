@@ -70,6 +70,7 @@ struct Head {
   at::ScalarType acc_type;
   // per-row loss coefficients (math/cross_entropy.h), acc dtype
   at::Tensor c, a, b, labels, class_weight;
+  at::Tensor class_weight_sum;  // () acc dtype: Σ_c w_c, with class weights
   LabelCheck label_check;   // the labels' values, finished by ce_params before a kernel reads them
   at::Tensor lse;           // (N,) acc dtype
   at::Tensor domain_loss;   // (E,) acc dtype: each domain's loss, when prepare computed it
@@ -105,7 +106,7 @@ struct Head {
   template <class acc_t>
   CeParams<acc_t> ce_params(const CeOptions& ce) {
     label_check.finish();
-    return hessalign::ce_params<acc_t>(labels, class_weight, ce, C);
+    return hessalign::ce_params<acc_t>(labels, class_weight, class_weight_sum, ce, C);
   }
 
   template <class acc_t>
@@ -167,13 +168,16 @@ struct Head {
     return t.as_strided(sizes, t.strides(), t.storage_offset());
   }
 
-  // Per-row value of a per-domain tensor (E,): x[e(i)], one gather by each row's domain index
-  // (an asynchronous copy, no read-back).
-  at::Tensor per_row(const at::Tensor& x) const {
+  // Each row's domain index (N,) int64 on the device of `like`: written on the host and copied
+  // asynchronously (a pageable copy, or computing it on the device, would wait on the GPU).
+  at::Tensor row_domains(const at::Tensor& like) const {
     std::vector<int64_t> domain(N);
     for (int64_t e = 0; e < E; ++e) std::fill(domain.begin() + off[e], domain.begin() + off[e + 1], e);
-    return x.to(acc_type).index_select(0, host_to_device(domain, x));
+    return host_to_device(domain, like);
   }
+
+  // Per-row value of a per-domain tensor (E,): x[e(i)], one gather by each row's domain index.
+  at::Tensor per_row(const at::Tensor& x) const { return x.to(acc_type).index_select(0, row_domains(x)); }
 };
 
 // Validates everything and builds the head. `buffers` is the op's count of N×T working
@@ -210,7 +214,10 @@ Head make_head(const char* op, const at::Tensor& features, const at::Tensor& wei
   h.buffers = buffers;
   h.requested_tile = class_tile;
   if (ce.labels) h.labels = ce.labels->contiguous();
-  if (ce.class_weight) h.class_weight = ce.class_weight->to(h.acc_type).contiguous();
+  if (ce.class_weight) {
+    h.class_weight = ce.class_weight->to(h.acc_type).contiguous();
+    h.class_weight_sum = h.class_weight.sum();
+  }
   return h;
 }
 

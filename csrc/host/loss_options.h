@@ -27,12 +27,14 @@ inline CeOptions make_ce(const std::optional<at::Tensor>& labels, int64_t ignore
 }
 
 // The loss options as kernels read them (math/cross_entropy.h): labels (int64) and class
-// weights (acc_t, contiguous) may be undefined. With class weights, their sum is read back.
+// weights (acc_t, contiguous) may be undefined; with class weights, weight_sum is their sum (a
+// one-element tensor the caller keeps: the kernels read it, so it is never read back).
 template <class acc_t>
-CeParams<acc_t> ce_params(const at::Tensor& labels, const at::Tensor& class_weight, const CeOptions& ce, int64_t C) {
+CeParams<acc_t> ce_params(const at::Tensor& labels, const at::Tensor& class_weight, const at::Tensor& weight_sum,
+                          const CeOptions& ce, int64_t C) {
   return {labels.defined() ? labels.const_data_ptr<int64_t>() : nullptr,
           class_weight.defined() ? class_weight.const_data_ptr<acc_t>() : nullptr,
-          class_weight.defined() ? class_weight.sum().item<acc_t>() : acc_t(C),
+          class_weight.defined() ? weight_sum.const_data_ptr<acc_t>() : nullptr,
           acc_t(ce.label_smoothing), ce.ignore_index, C, ce.reduction == "sum"};
 }
 

@@ -17,7 +17,7 @@ template <class acc_t>
 struct CeParams {
   const int64_t* labels;      // N, or nullptr: the plain (unweighted, unsmoothed) loss
   const acc_t* class_weight;  // C, or nullptr: all ones
-  acc_t weight_sum;           // Σ_c w_c (C without class weights)
+  const acc_t* weight_sum;    // Σ_c w_c (one element, on the device of class_weight), or nullptr: C
   acc_t smoothing;            // ε
   int64_t ignore_index;
   index_t num_classes;
@@ -44,7 +44,7 @@ HE_INLINE void ce_row_coeffs(const CeParams<acc_t>& p, index_t i, acc_t denom, a
   const acc_t wy = p.class_weight ? p.class_weight[y] : acc_t(1);
   a[i] = (acc_t(1) - p.smoothing) * wy / denom;
   b[i] = p.smoothing / (acc_t(p.num_classes) * denom);
-  c[i] = a[i] + b[i] * p.weight_sum;
+  c[i] = a[i] + b[i] * (p.weight_sum ? *p.weight_sum : acc_t(p.num_classes));
 }
 
 // The per-row coefficients as a kernel reads them.
