@@ -244,6 +244,25 @@ def test_emulated_reduced_precision_kernels(op, shape, dtype):
     _check_reduced_op(op, _args(op, sizes, C, d, bias, torch.float64, OPTIONS["options_tiled"]), dtype)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16], ids=["f64", "bf16"])
+@pytest.mark.parametrize("shape", ["unequal_37x129", "no_bias_33x31"])
+def test_emulated_hvp_with_shared_vectors(shape, dtype):
+    """head_hvp with one (C, D) block for every domain, forward and backward (whose gradient for it
+    is one GEMM over all rows into a float32 accumulator), against the CPU."""
+    sizes, C, d, bias = SHAPES[shape]
+    args = list(_args("head_hvp", sizes, C, d, bias, torch.float64, OPTIONS["options_tiled"]))
+    args[3] = args[3][0]
+    if dtype == torch.bfloat16:
+        return _check_reduced_op("head_hvp", tuple(args), dtype)
+    expected = torch.ops.hessalign_ext.head_hvp(*args)
+    assert_matches(torch.ops.hessalign_emu.head_hvp(*args), expected, dtype)
+    grad = torch.randn(expected.shape, generator=torch.Generator().manual_seed(7), dtype=dtype)
+    emu_back = torch.ops.hessalign_emu._head_hvp_backward(grad, *args)
+    cpu_back = torch.ops.hessalign_ext._head_hvp_backward(grad, *args)
+    for name, e, c in zip(["features", "weight", "bias", "vectors"], emu_back, cpu_back):
+        assert_matches(e, c, dtype, msg=lambda m: f"head_hvp backward, {name}: {m}")
+
+
 # HESSALIGN_ALIGN_ROWS=1 (host/padded_width.h): every D-wide GEMM operand padded to 16 bytes. In
 # bfloat16 the float32 gradient accumulators must take their bfloat16 operands' padded width: at
 # D = 4 (wide_1000) float32 rows need no padding and bfloat16 rows pad to 8, at D = 130
