@@ -159,7 +159,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> hutchinson_diag_backward(
       using Upstream = ProbeUpstreamOp<scalar_t, acc_t, K::kStreamWidth>;
       k.elements(Upstream::items(h.E, B, T, h.D),
                  Upstream{B, c0, T, h.D, h.C, V.stride(0), Obar.stride(1), acc_t(1) / acc_t(num_probes),
-                          V.const_data_ptr<scalar_t>(), G.const_data_ptr<scalar_t>(), Obar.mutable_data_ptr<scalar_t>()});
+                          V.const_data_ptr<scalar_t>(), G.const_data_ptr<scalar_t>(),
+                          Obar.mutable_data_ptr<scalar_t>()});
       return {V, Obar, probe_products(h, V), seg_nt(h, h.zt, Obar)};
     };
     for (int64_t k0 = 0; k0 < num_probes; k0 += chunk) {
