@@ -2,11 +2,58 @@
 // Only the Python build has this file; the CMake/libtorch build links the same library without it.
 #include <Python.h>
 
+#include <cmath>
+
+#include "host/gemm.h"
+
+namespace {
+
+// _C.cpu_gemm_choices(): auto mode's CPU GEMM choices (host/gemm.h's GemmChoice), as dicts
+// {"kind": "gemm" or "segment" (the per-domain products of segment_tn_faster), "threads", "key",
+// "ways", "seconds" (None: not timed), "chosen", "calls"}.
+PyObject* cpu_gemm_choices(PyObject*, PyObject*) {
+  const auto choices = hessalign::cpu_gemm_choices();
+  PyObject* list = PyList_New(0);
+  for (const auto& c : choices) {
+    PyObject* key = PyTuple_New(Py_ssize_t(c.key.size()));
+    for (size_t i = 0; i < c.key.size(); ++i) PyTuple_SET_ITEM(key, i, PyLong_FromLongLong(c.key[i]));
+    PyObject* ways = PyTuple_New(Py_ssize_t(c.ways.size()));
+    PyObject* seconds = PyTuple_New(Py_ssize_t(c.ways.size()));
+    for (size_t i = 0; i < c.ways.size(); ++i) {
+      PyTuple_SET_ITEM(ways, i, PyUnicode_FromString(c.ways[i]));
+      PyTuple_SET_ITEM(seconds, i, std::isnan(c.seconds[i]) ? Py_NewRef(Py_None) : PyFloat_FromDouble(c.seconds[i]));
+    }
+    // key[0] is the kind (gemm 0, segment 1), key[1] the thread count (cpu/gemm_tuner.cpp)
+    PyObject* d = Py_BuildValue("{s:s,s:L,s:N,s:N,s:N,s:s,s:L}", "kind", c.key[0] == 0 ? "gemm" : "segment",
+                                "threads", static_cast<long long>(c.key[1]), "key", key, "ways", ways, "seconds",
+                                seconds, "chosen", c.ways[c.chosen], "calls", static_cast<long long>(c.calls));
+    if (!d || PyList_Append(list, d) < 0) {
+      Py_XDECREF(d);
+      Py_DECREF(list);
+      return nullptr;
+    }
+    Py_DECREF(d);
+  }
+  return list;
+}
+
+PyObject* clear_cpu_gemm_choices(PyObject*, PyObject*) {
+  hessalign::clear_cpu_gemm_choices();
+  Py_RETURN_NONE;
+}
+
+PyMethodDef methods[] = {
+    {"cpu_gemm_choices", cpu_gemm_choices, METH_NOARGS, "Auto mode's measured CPU GEMM choices so far."},
+    {"clear_cpu_gemm_choices", clear_cpu_gemm_choices, METH_NOARGS, "Forget them: measure each product again."},
+    {nullptr, nullptr, 0, nullptr}};
+
+}  // namespace
+
 // _C.cpu_isa: the instruction set the CPU kernels were built for (setup.py's cpu_isa_flags):
-// "avx2" (AVX2 + FMA), or "baseline" for a portable build, where the few-rows GEMM kernel of
-// cpu/segment_tn_cpu.cpp is not taken.
+// "avx2" (AVX2 + FMA), or "baseline" for a portable build, where the few-rows and few-classes
+// kernels are not taken.
 extern "C" PyObject* PyInit__C(void) {
-  static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, methods};
   PyObject* m = PyModule_Create(&module);
 #if defined(CPU_CAPABILITY_AVX2)
   const char* isa = "avx2";

@@ -1,7 +1,7 @@
-"""The CPU GEMM backends (csrc/host/gemm.h, csrc/cpu/onednn_gemm.cpp, csrc/cpu/segment_tn_cpu.cpp):
-every op, forward and backward, with its float32 GEMMs on oneDNN, on ATen and in auto mode
-(HESSALIGN_CPU_GEMM; auto takes the few-rows kernel for per-domain products on CPUs without
-oneDNN), against the float64 reference; and auto mode's choice between them."""
+"""The CPU GEMM ways (csrc/host/gemm.h, csrc/cpu/onednn_gemm.cpp, csrc/cpu/gemm_tuner.cpp and the
+few-rows and few-classes kernels): every op, forward and backward, with its float32 GEMMs on
+oneDNN, on ATen, on this project's kernels and in auto mode (HESSALIGN_CPU_GEMM), against the
+float64 reference; and auto mode's measured choice among them."""
 
 import pytest
 import torch
@@ -37,7 +37,11 @@ def onednn_runs() -> bool:
 
 
 needs_onednn = pytest.mark.skipif(not onednn_runs(), reason="oneDNN's float32 matmul does not run on this CPU")
-MODES = [pytest.param("onednn", marks=needs_onednn), "aten", "auto"]
+needs_own = pytest.mark.skipif(hessalign_ext._C.cpu_isa != "avx2",
+                               reason="a portable build does not take the few-rows and few-classes kernels")
+needs_a_choice = pytest.mark.skipif(not onednn_runs() and hessalign_ext._C.cpu_isa != "avx2",
+                                    reason="every product has one way here, ATen's")
+MODES = [pytest.param("onednn", marks=needs_onednn), "aten", pytest.param("own", marks=needs_own), "auto"]
 
 
 def set_mode(monkeypatch, mode):
@@ -114,54 +118,140 @@ def run_in(mode, monkeypatch, op, p):
     return call(hessalign_ext, op, p)
 
 
-@needs_onednn
-@pytest.mark.parametrize("op", ["head_grad", "head_hvp"])
-def test_auto_takes_onednn_for_large_gemms_only(op, monkeypatch):
-    """The two backends round differently (inner dimension 513), so bitwise equality shows
-    which one ran: auto runs oneDNN when every GEMM of the op is large, ATen when none is."""
-    large = make_problem(LARGE, torch.float32)
-    on_onednn, on_aten = run_in("onednn", monkeypatch, op, large), run_in("aten", monkeypatch, op, large)
-    assert not torch.equal(on_onednn, on_aten)
-    assert torch.equal(run_in(None, monkeypatch, op, large), on_onednn)
-    small = make_problem(SHAPE["domainbed"], torch.float32)
-    assert torch.equal(run_in(None, monkeypatch, op, small), run_in("aten", monkeypatch, op, small))
-
-
-def test_float64_stays_on_aten(monkeypatch):
-    """oneDNN takes float32 only: float64 is the same bits in every mode."""
-    p = make_problem(LARGE, torch.float64)
-    assert torch.equal(run_in("onednn", monkeypatch, "head_hvp", p), run_in("aten", monkeypatch, "head_hvp", p))
-
-
-def gemm_calls(mode, monkeypatch, op, p, names=("aten::mm", "aten::addmm", "aten::bmm")) -> int:
-    """The op's calls to ATen's GEMMs in a mode: plain, with a bias and batched, or those named."""
+def gemm_calls(mode, monkeypatch, op, p, names) -> int:
+    """The op's calls to the ATen ops named, in a mode."""
     set_mode(monkeypatch, mode)
     return aten_calls(lambda: call(hessalign_ext, op, p), *names)
 
 
-@pytest.mark.skipif(onednn_runs(), reason="where oneDNN runs, auto mode keeps float32 products on its rule")
-@pytest.mark.skipif(hessalign_ext._C.cpu_isa != "avx2", reason="a portable build does not take the few-rows kernel")
+def choices() -> dict:
+    return {c["key"]: c for c in hessalign_ext._C.cpu_gemm_choices()}
+
+
+@needs_a_choice
+@pytest.mark.parametrize("op", OPS)
+def test_auto_times_each_product_once_and_keeps_the_fastest(op, monkeypatch):
+    """At its first call each kind of float32 product is timed on every way that applies and
+    takes the fastest; later calls take the same way untimed, and give the same bits."""
+    set_mode(monkeypatch, "auto")
+    hessalign_ext._C.clear_cpu_gemm_choices()
+    p = make_problem(LARGE, torch.float32)
+    first = call(hessalign_ext, op, p)
+    measured = choices()
+    assert any(len(c["ways"]) > 1 for c in measured.values())
+    for c in measured.values():
+        assert c["threads"] == torch.get_num_threads() and c["calls"] >= 1
+        if len(c["ways"]) == 1:
+            assert c["seconds"] == (None,) and c["chosen"] == c["ways"][0]
+            continue
+        assert all(s > 0 for s in c["seconds"])
+        assert c["chosen"] == min(zip(c["seconds"], c["ways"]))[1]
+    assert torch.equal(call(hessalign_ext, op, p), first)
+    later = choices()
+    assert later.keys() == measured.keys()
+    for key, c in later.items():
+        assert (c["seconds"], c["chosen"]) == (measured[key]["seconds"], measured[key]["chosen"])
+    # a product inside a way not chosen (the GEMMs of a per-domain product on the few-rows
+    # kernel) is not called again
+    assert sum(c["calls"] - measured[key]["calls"] for key, c in later.items()) > 0
+
+
+ATEN_GEMMS = ("aten::mm", "aten::bmm", "aten::addmm", "aten::addmm_", "aten::baddbmm", "aten::baddbmm_")
+
+
+@needs_a_choice
+@pytest.mark.parametrize("op", ["domain_losses", "head_grad", "head_hvp", "head_hessian_diag", "hutchinson_trace"])
+def test_auto_runs_the_way_it_chose(op, monkeypatch):
+    """Once measured, an op's ATen GEMMs (the profiler's count) are exactly the calls of the
+    products that chose ATen: no product that chose oneDNN or a kernel of ours ran on ATen."""
+    set_mode(monkeypatch, "auto")
+    hessalign_ext._C.clear_cpu_gemm_choices()
+    p = make_problem(LARGE, torch.float32)
+    call(hessalign_ext, op, p)
+    before = choices()
+    ran_on_aten = aten_calls(lambda: call(hessalign_ext, op, p), *ATEN_GEMMS)
+    after = choices()
+    assert after.keys() == before.keys()
+    calls = {key: c["calls"] - before[key]["calls"] for key, c in after.items()}
+    assert sum(calls.values()) > 0
+    assert ran_on_aten == sum(n for key, n in calls.items() if after[key]["kind"] == "gemm"
+                              and after[key]["chosen"] == "aten")
+
+
+def test_each_thread_count_has_its_own_choices(monkeypatch):
+    set_mode(monkeypatch, "auto")
+    hessalign_ext._C.clear_cpu_gemm_choices()
+    p = make_problem(LARGE, torch.float32)
+    threads = torch.get_num_threads()
+    try:
+        for t in (1, 2):
+            torch.set_num_threads(t)
+            call(hessalign_ext, "head_grad", p)
+    finally:
+        torch.set_num_threads(threads)
+    assert {c["threads"] for c in choices().values()} == {1, 2}
+
+
+@needs_onednn
+def test_products_too_large_to_time_take_onednn(monkeypatch):
+    """A product of more than 2^30 multiply-adds is not timed (runs of it take seconds): it takes
+    oneDNN where that applies, the faster at large sizes on the CPUs measured."""
+    set_mode(monkeypatch, "auto")
+    hessalign_ext._C.clear_cpu_gemm_choices()
+    p = make_problem(Shape("huge_logits", (512, 512), C=1025, d=1024), torch.float32)  # 2^30 + 2^20
+    call(hessalign_ext, "domain_losses", p)
+    untimed = [c for c in choices().values() if len(c["ways"]) > 1 and c["seconds"][0] is None]
+    assert untimed and all(c["chosen"] == "onednn" and "onednn" in c["ways"] for c in untimed)
+
+
+def test_float32_only(monkeypatch):
+    """Auto mode chooses among ways for float32 products only: float64 ones are ATen's, unlisted,
+    and the same bits in every mode."""
+    set_mode(monkeypatch, "auto")
+    hessalign_ext._C.clear_cpu_gemm_choices()
+    p = make_problem(LARGE, torch.float64)
+    on_auto = call(hessalign_ext, "head_hvp", p)
+    assert choices() == {}
+    assert torch.equal(run_in("aten", monkeypatch, "head_hvp", p), on_auto)
+    if onednn_runs():
+        assert torch.equal(run_in("onednn", monkeypatch, "head_hvp", p), on_auto)
+
+
+def ways_listed(op, shape, dtype, monkeypatch) -> set:
+    """The ways auto mode lists for the op's products at a head (kind, way)."""
+    set_mode(monkeypatch, "auto")
+    hessalign_ext._C.clear_cpu_gemm_choices()
+    call(hessalign_ext, op, make_problem(shape, dtype))
+    return {(c["kind"], w) for c in choices().values() for w in c["ways"]}
+
+
+@needs_own
 @pytest.mark.parametrize("op", ["head_grad", "head_hvp", "head_hessian_diag"])
-def test_auto_takes_the_few_rows_kernel_up_to_64_rows(op, monkeypatch):
-    """Auto mode computes X_eᵀ Y_e with the few-rows kernel for float32 domains of up to 64 rows:
-    one batched ATen GEMM fewer than in aten mode (the kernel and BLAS round alike here, so the
-    bits cannot tell); past 64 rows, and in float64, the same GEMMs as aten mode."""
-    for shape, dtype, fewer in ((LARGE, torch.float32, 1), (Shape("rows_65", (65, 65), C=40, d=40), torch.float32, 0),
-                                (LARGE, torch.float64, 0)):
-        p = make_problem(shape, dtype)
-        bmm = ("aten::bmm",)  # the per-domain products of equal domains
-        assert gemm_calls("aten", monkeypatch, op, p, bmm) - gemm_calls(None, monkeypatch, op, p, bmm) == fewer, \
-            (shape.id, dtype)
+def test_the_few_rows_kernel_is_a_way_up_to_64_rows(op, monkeypatch):
+    """Auto mode times the few-rows kernel against GEMMs for X_eᵀ Y_e over float32 domains of up to
+    64 rows; past 64 rows it is not a way."""
+    assert ("segment", "few_rows") in ways_listed(op, LARGE, torch.float32, monkeypatch)
+    assert ("segment", "few_rows") not in ways_listed(op, Shape("rows_65", (65, 65), C=40, d=40), torch.float32,
+                                                      monkeypatch)
 
 
-@pytest.mark.skipif(onednn_runs(), reason="where oneDNN runs, auto mode keeps float32 products on its rule")
-@pytest.mark.skipif(hessalign_ext._C.cpu_isa != "avx2", reason="a portable build does not take the few-classes kernel")
+@needs_own
 @pytest.mark.parametrize("op", ["domain_losses", "head_grad", "head_hvp", "head_hessian_diag"])
-def test_auto_takes_the_few_classes_kernel_up_to_32_classes(op, monkeypatch):
-    """Auto mode computes the logits Z Wᵀ (and the HVP's Z̃ Vᵀ) with the few-classes kernel for
-    float32 heads of up to 32 classes: fewer ATen GEMMs than aten mode; at 33 classes, and in
-    float64, the same GEMMs (domains of 65 rows, past the few-rows kernel)."""
-    for C, dtype, fewer in ((32, torch.float32, True), (33, torch.float32, False), (32, torch.float64, False)):
-        p = make_problem(Shape(f"rows_65_C{C}", (65, 65), C=C, d=40), dtype)
-        auto, aten = gemm_calls(None, monkeypatch, op, p), gemm_calls("aten", monkeypatch, op, p)
-        assert (auto < aten) if fewer else (auto == aten), (C, dtype, auto, aten)
+def test_the_few_classes_kernel_is_a_way_up_to_32_classes(op, monkeypatch):
+    """Auto mode times the few-classes kernel against the other ways for the logits Z Wᵀ (and the
+    HVP's Z̃ Vᵀ) of float32 heads of up to 32 classes; at 33 classes it is not a way."""
+    for C, listed in ((32, True), (33, False)):
+        shape = Shape(f"rows_65_C{C}", (65, 65), C=C, d=40)
+        assert (("gemm", "few_classes") in ways_listed(op, shape, torch.float32, monkeypatch)) == listed, C
+
+
+@needs_own
+@pytest.mark.parametrize("op", ["head_grad", "head_hvp", "head_hessian_diag"])
+def test_own_mode_takes_our_kernels_where_they_apply(op, monkeypatch):
+    """HESSALIGN_CPU_GEMM=own: the per-domain products of domains of up to 64 rows and the
+    products of up to 32 classes run on this project's kernels, untimed: fewer ATen GEMMs than in
+    aten mode, and nothing listed."""
+    p = make_problem(Shape("rows_32_C32", (32, 32, 32), C=32, d=40), torch.float32)
+    hessalign_ext._C.clear_cpu_gemm_choices()
+    own = gemm_calls("own", monkeypatch, op, p, ATEN_GEMMS)
+    assert own < gemm_calls("aten", monkeypatch, op, p, ATEN_GEMMS) and choices() == {}

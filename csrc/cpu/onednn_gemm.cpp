@@ -4,17 +4,17 @@
 // product: a libtorch without it, or whose mkldnn_matmul refuses float32 or this CPU (it wants
 // AVX-512 BW/VL/DQ or AVX-NE-CONVERT), leaves every GEMM on ATen.
 //
-// Why: on the AMD EPYC (Zen 5) this was measured on, 2026-11-26, one thread, torch 2.14.1, MKL's
-// sgemm runs its 256-bit kernel (`sgemm_kernel_0_zen`) and OpenBLAS picks its Haswell kernels,
-// at 105-113 GFLOP/s; 512-bit FMAs peak at 265 GFLOP/s there; oneDNN reached 230-244 GFLOP/s on
-// 2048³ and on the head's logits GEMM (160 x 2049 x 345), 150-165 GFLOP/s on its batched
-// per-domain GEMMs. oneDNN costs ~10 us more a call (its primitive cache): from about 2^20
-// multiply-adds it is faster; below, ATen's BLAS.
+// Why: on the AMD EPYC (Zen 5) this was first measured on, 2026-11-26, one thread, torch 2.14.1,
+// MKL's sgemm runs its 256-bit kernel (`sgemm_kernel_0_zen`) and OpenBLAS picks its Haswell
+// kernels, at 105-113 GFLOP/s; 512-bit FMAs peak at 265 GFLOP/s there; oneDNN reached 230-244
+// GFLOP/s on 2048³ and on the head's logits GEMM (160 x 2049 x 345), 150-165 GFLOP/s on its
+// batched per-domain GEMMs. It is not faster everywhere (cpu/gemm_tuner.cpp): auto mode times it
+// against the other ways.
 //
 // HESSALIGN_CPU_GEMM: "aten" keeps every GEMM on ATen; "onednn" sends every float32 CPU GEMM to
-// oneDNN (an error where it cannot run them; the tests use it to cover the small GEMMs too);
-// unset or anything else, oneDNN for float32 GEMMs of at least kMinMacs multiply-adds whose
-// operands it reads in place (else mkldnn_matmul would copy them).
+// oneDNN (an error where it cannot run them); "own" every float32 one that this project's kernels
+// compute to them; unset or anything else, auto mode (host/gemm.h). The tests use the forced
+// modes to cover every GEMM on each way.
 #include <dlfcn.h>
 
 #include <cstdlib>
@@ -27,8 +27,6 @@ namespace {
 
 // at::native::mkldnn_matmul(mat1, mat2, result, beta, alpha): result = beta·result + alpha·mat1 @ mat2
 using MatmulFn = void (*)(const at::Tensor&, const at::Tensor&, const at::Tensor&, float, float);
-
-constexpr int64_t kMinMacs = int64_t(1) << 20;
 
 MatmulFn find_matmul() {
   void* lib = dlopen("libtorch_cpu.so", RTLD_LAZY | RTLD_NOLOAD);  // the copy torch loaded
@@ -73,6 +71,7 @@ CpuGemm cpu_gemm_mode() {
   if (!env) return CpuGemm::kAuto;
   if (std::strcmp(env, "aten") == 0) return CpuGemm::kAten;
   if (std::strcmp(env, "onednn") == 0) return CpuGemm::kOneDnn;
+  if (std::strcmp(env, "own") == 0) return CpuGemm::kOwn;
   return CpuGemm::kAuto;
 }
 
@@ -82,30 +81,20 @@ bool own_cpu_kernels_apply(const at::Tensor& t) {
 #if defined(CPU_CAPABILITY_AVX2)
   constexpr bool built_for_avx2 = true;
 #else
-  constexpr bool built_for_avx2 = false;  // Vectorized is its generic form here, never measured
+  constexpr bool built_for_avx2 = false;
 #endif
-  return built_for_avx2 && t.is_cpu() && cpu_gemm_mode() == CpuGemm::kAuto && !onednn_usable();
+  if (!built_for_avx2 || !t.is_cpu()) return false;
+  const CpuGemm mode = cpu_gemm_mode();
+  return mode == CpuGemm::kAuto || mode == CpuGemm::kOwn;
 }
 
-bool onednn_gemm_applies(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b) {
-  if (!a.is_cpu() || a.scalar_type() != at::kFloat || b.scalar_type() != at::kFloat ||
-      (out.defined() && out.scalar_type() != at::kFloat) || a.numel() == 0 || b.numel() == 0)
-    return false;
-  switch (cpu_gemm_mode()) {
-    case CpuGemm::kAten:
-      return false;
-    case CpuGemm::kOneDnn:
-      TORCH_CHECK(usable_matmul(), "HESSALIGN_CPU_GEMM=onednn: oneDNN's float32 matmul cannot run here (libtorch "
-                  "lacks at::native::mkldnn_matmul, or it refuses float32 or this CPU); unset it or set it to aten");
-      return true;
-    case CpuGemm::kAuto:
-      break;
-  }
-  return a.numel() * b.size(-1) >= kMinMacs && in_place(a) && in_place(b) &&
-         (!out.defined() || out.stride(-1) == 1) && usable_matmul();
+bool onednn_layout(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b) {
+  return in_place(a) && in_place(b) && out.stride(-1) == 1;
 }
 
 void onednn_gemm(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b, bool accumulate) {
+  TORCH_CHECK(usable_matmul(), "HESSALIGN_CPU_GEMM=onednn: oneDNN's float32 matmul cannot run here (libtorch lacks "
+              "at::native::mkldnn_matmul, or it refuses float32 or this CPU); unset it or set it to aten");
   usable_matmul()(a, b, out, accumulate ? 1.f : 0.f, 1.f);
 }
 

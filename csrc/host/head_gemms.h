@@ -27,12 +27,11 @@ void for_stage_chunks(const Head& h, const at::Tensor& t, bool staged, F&& f) {
   for (int64_t r0 = 0; r0 < M; r0 += step) f(r0, std::min(step, M - r0));
 }
 
-// out[e] = X_eᵀ Y_e for every domain (rows of e); Y is a D-wide GEMM operand (Head::wide), out
-// (E, M, D) or a view with contiguous rows. An empty domain gives zeros. With align_rows the
-// GEMMs write padded buffers over their whole width, a chunk of out's rows at a time, each then
-// copied into out.
-inline void seg_tn(const Head& h, const at::Tensor& X, const at::Tensor& Y_in, const at::Tensor& out) {
-  if (!h.align_rows && segment_tn_applies(X, Y_in, out, h.max_rows)) return segment_tn(X, Y_in, h.off, out);
+// out[e] = X_eᵀ Y_e for every domain (rows of e) on GEMMs (host/gemm.h); Y is a D-wide GEMM
+// operand (Head::wide), out (E, M, D) or a view with contiguous rows. An empty domain gives zeros.
+// With align_rows the GEMMs write padded buffers over their whole width, a chunk of out's rows at
+// a time, each then copied into out.
+inline void seg_tn_gemms(const Head& h, const at::Tensor& X, const at::Tensor& Y_in, const at::Tensor& out) {
   const at::Tensor Y = h.wide(Y_in);
   for_stage_chunks(h, out, h.align_rows, [&](int64_t r0, int64_t m) {
     const at::Tensor Xc = part(X, 1, r0, m), oc = part(out, -2, r0, m);
@@ -49,6 +48,15 @@ inline void seg_tn(const Head& h, const at::Tensor& X, const at::Tensor& Y_in, c
     }
     if (h.align_rows) oc.copy_(tmp);
   });
+}
+
+// out[e] = X_eᵀ Y_e as seg_tn_gemms, or on the CPU's few-rows kernel where it applies and was
+// measured faster for this product.
+inline void seg_tn(const Head& h, const at::Tensor& X, const at::Tensor& Y, const at::Tensor& out) {
+  if (!h.align_rows && segment_tn_applies(X, Y, out, h.max_rows) &&
+      segment_tn_faster(X, Y, h.off, out, [&](const at::Tensor& o) { seg_tn_gemms(h, X, Y, o); }))
+    return segment_tn(X, Y, h.off, out);
+  seg_tn_gemms(h, X, Y, out);
 }
 
 // out[e] = Σ_i X_e[i] (the column sums of each domain's rows of X); out (E, M) or a view.

@@ -32,11 +32,11 @@ namespace hessalign {
 // Products of per-domain (k, D) blocks with the rows of their domain: one batched GEMM when
 // the domains hold equal rows, one GEMM per domain otherwise. Unlike head_gemms.h's seg_*, whose
 // operands carry the ones column of z̃_i (Head::augment: an N×D copy of the features), a block's
-// bias column here multiplies an implicit 1 (baddbmm, a column sum), and the GEMMs are ATen's:
-// gemm.h would send CPU float32 GEMMs to oneDNN on AVX-512 machines, where the near-aligned
-// domains test (test_hgp_exact_when_domains_align) has not been run. The exception is apply's
-// products with few rows per block, on the few-classes kernel where it runs (AVX2 CPUs without
-// oneDNN), which that test covers (float32, C = 7 and 10).
+// bias column here multiplies an implicit 1 (baddbmm, a column sum), and the GEMMs are ATen's,
+// never oneDNN's: the near-aligned domains test (test_hgp_exact_when_domains_align) has not been
+// run with oneDNN. The exception is apply's products with few rows per block, on the few-classes
+// kernel where auto mode measured it faster (host/gemm.h), which that test covers (float32,
+// C = 7 and 10).
 struct DomainRows {
   at::Tensor X;  // (N, d), contiguous
   std::vector<int64_t> off;
@@ -54,30 +54,26 @@ struct DomainRows {
   at::Tensor rows(const at::Tensor& t, int64_t e) const { return t.narrow(0, off[e], off[e + 1] - off[e]); }
 
   // (E, k, D) blocks -> (N, k) rows M_{e(i)} z̃_i. With few rows k per block, on the CPU's
-  // few-classes kernel (host/gemm.h), where BLAS is slow.
+  // few-classes kernel where it was measured faster (host/gemm.h): BLAS is slow there.
   at::Tensor apply(const at::Tensor& M) const {
     const int64_t k = M.size(1);
-    if (n) {
-      const at::Tensor Xe = X.view({E, n, d}), Mt = M.narrow(2, 0, d).transpose(1, 2);
-      if (few_classes_applies({}, Xe, Mt)) {
-        at::Tensor out = at::empty({E, n, k}, X.options());
-        const at::Tensor Mb = bias ? M.select(2, d) : at::Tensor();
-        few_classes_nt(out, Xe, Mt, bias ? &Mb : nullptr);
-        return out.view({N, k});
-      }
-      const at::Tensor out = bias ? at::baddbmm(M.select(2, d).unsqueeze(1), Xe, Mt) : at::bmm(Xe, Mt);
-      return out.view({N, k});
-    }
     at::Tensor out = at::empty({N, k}, X.options());
+    if (n) {
+      const at::Tensor Mb = bias ? M.select(2, d) : at::Tensor();
+      product(out.view({E, n, k}), X.view({E, n, d}), M.narrow(2, 0, d).transpose(1, 2), bias ? &Mb : nullptr);
+      return out;
+    }
     for (int64_t e = 0; e < E; ++e) {
-      at::Tensor oe = rows(out, e);
-      const at::Tensor Xe = rows(X, e), Me = M.select(0, e), Mte = Me.narrow(1, 0, d).t();
+      const at::Tensor Me = M.select(0, e);
       const at::Tensor Mbe = bias ? Me.select(1, d) : at::Tensor();
-      if (few_classes_applies(oe, Xe, Mte)) few_classes_nt(oe, Xe, Mte, bias ? &Mbe : nullptr);
-      else if (bias) at::addmm_out(oe, Mbe, Xe, Mte);
-      else at::mm_out(oe, Xe, Me.t());
+      product(rows(out, e), rows(X, e), Me.narrow(1, 0, d).t(), bias ? &Mbe : nullptr);
     }
     return out;
+  }
+
+  // out = a @ b + bias on ATen or the few-classes kernel, never oneDNN (see above)
+  static void product(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b, const at::Tensor* bias) {
+    run_gemm(gemm_way(out, a, b, bias, false, /*with_onednn=*/false), out, a, b, bias, false);
   }
 
   // (N, k) rows -> (E, k, D) blocks Σ_{i∈e} r_i z̃_iᵀ, the bias column written in place

@@ -176,6 +176,49 @@ void check_few_classes_nt() {
   std::printf("%-40s %s\n", what, bad ? "FAIL" : "ok");
 }
 
+// host/gemm.h's run_gemm on each way that applies here (ATen; oneDNN where it runs; the
+// few-classes kernel, which writes and takes no accumulation) against float64 products: 2-D and
+// batched, plain, accumulating into random values, with a bias (C,) and, batched, one per
+// product; a is contiguous and b the transpose of a row-major block, a layout every way reads.
+void check_run_gemm() {
+  using hessalign::GemmWay;
+  at::manual_seed(13);
+  std::vector<std::pair<GemmWay, const char*>> ways = {{GemmWay::kAten, "aten"}};
+  if (hessalign::onednn_usable()) ways.push_back({GemmWay::kOneDnn, "onednn"});
+#if defined(CPU_CAPABILITY_AVX2)
+  ways.push_back({GemmWay::kFewClasses, "few_classes"});
+#endif
+  const int64_t P = 3, N = 5, K = 33, C = 7;
+  int bad = 0, cases = 0;
+  for (const auto& [way, name] : ways)
+    for (const bool batched : {false, true})
+      for (const int variant : {0, 1, 2, 3}) {  // plain, accumulate, bias (C,), bias per product
+        if ((variant == 1 && way == GemmWay::kFewClasses) || (variant == 3 && !batched)) continue;
+        const at::Tensor a3 = at::randn({P, N, K}), b3 = at::randn({P, C, K}).transpose(1, 2);
+        const at::Tensor start = at::randn({P, N, C});
+        const at::Tensor bias = variant == 3 ? at::randn({P, C}) : at::randn({C});
+        const at::Tensor a = batched ? a3 : a3[0], b = batched ? b3 : b3[0];
+        at::Tensor out = (batched ? start : start[0]).clone();
+        hessalign::run_gemm(way, out, a, b, variant >= 2 ? &bias : nullptr, variant == 1);
+        at::Tensor want = at::matmul(a.to(at::kDouble), b.to(at::kDouble));
+        if (variant == 1) want = want + (batched ? start : start[0]).to(at::kDouble);
+        if (variant == 2) want = want + bias.to(at::kDouble);
+        if (variant == 3) want = want + bias.unsqueeze(1).to(at::kDouble);
+        const double err = (out.to(at::kDouble) - want).abs().max().item<double>();
+        const double scale = want.abs().max().item<double>();
+        ++cases;
+        if (err > 1e-5 * std::max(1.0, scale)) {
+          std::printf("run_gemm %s batched=%d variant=%d: max abs error %.3e (scale %.3e) FAIL\n", name, int(batched),
+                      variant, err, scale);
+          ++bad;
+        }
+      }
+  failures += bad;
+  char what[64];
+  std::snprintf(what, sizeof what, "run_gemm (%zu ways, %d cases)", ways.size(), cases);
+  std::printf("%-40s %s\n", what, bad ? "FAIL" : "ok");
+}
+
 }  // namespace
 
 // The padded GEMM width's rule (host/padded_width.h): by default only for 16-bit features on CUDA
@@ -211,6 +254,7 @@ int main() {
   check_align_rows_rule();
   check_segment_tn();
   check_few_classes_nt();
+  check_run_gemm();
   const Problem p = make_problem();
   at::Tensor loss, diag, trace;
   naive(p, loss, diag, trace);

@@ -52,7 +52,7 @@ def load() -> None:
         name=f"hessalign_emu_{key}",
         # host/gemm.h's CPU GEMMs
         sources=[str(HERE / "emu_ops.cpp"),
-                 *(str(ROOT / "csrc" / "cpu" / f) for f in ("onednn_gemm.cpp", "segment_tn_cpu.cpp",
+                 *(str(ROOT / "csrc" / "cpu" / f) for f in ("onednn_gemm.cpp", "gemm_tuner.cpp", "segment_tn_cpu.cpp",
                                                             "few_classes_nt_cpu.cpp"))],
         extra_cflags=["-O1", *SAN_FLAGS, *OPS_DEFINES],
         extra_ldflags=[str(obj), "-fopenmp", *SAN_FLAGS],
