@@ -259,7 +259,7 @@ def test_exact_alignment_penalties_when_domains_align(penalty, head):
 
 @pytest.mark.parametrize("cpu_gemm, bound", [("aten", 1e-3), ("auto", 3e-3)])
 def test_exact_hutchinson_when_domains_align_at_a_larger_head(cpu_gemm, bound, monkeypatch):
-    """At 3×32 rows, d = 512, C = 65 the op's float32 GEMMs are large enough for oneDNN where
+    """At 3×32 rows, d = 512, C = 65 auto mode may run the op's float32 GEMMs on oneDNN where
     it runs (README, "CPU GEMMs"), which rounds the logits a little worse than MKL: on the
     project's machine the penalty's errors were 0.7-0.9e-3 with ATen's GEMMs and 1.3-2.2e-3
     with oneDNN's (value, features, weight, bias), whence the second bound."""
