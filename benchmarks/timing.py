@@ -189,7 +189,7 @@ def gemm_gflops(clock, shape: P.Shape, device, dtype, rounds: int, burst_s: floa
     """(GFLOP/s, which GEMM) of the fastest GEMM torch ships for (N, d) by (d, C), the layout of
     the caller's features and weight: the rate the floor is taken at (same run). torch.mm; on
     the CPU in float32 also oneDNN's matmul (torch.ops.mkldnn._linear_pointwise), which the ops
-    use where it is faster (csrc/cpu/onednn_gemm.cpp): on CPUs where MKL's sgemm runs 256-bit
+    take where it is faster (csrc/cpu/gemm_tuner.cpp): on CPUs where MKL's sgemm runs 256-bit
     kernels it is up to 2x torch.mm's rate. Not (N, D = d + 1): rows of d + 1 elements are
     misaligned, and on the H200 run of 2026-11-26 such a bf16 mm ran at 130 TFLOP/s, a fraction
     of the aligned rate, which made a floor taken at it flatter the op against its peers."""

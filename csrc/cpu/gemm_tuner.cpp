@@ -7,18 +7,19 @@
 // and the shape, not monotonically in size. Measured 2026-11-28 on a 2-core AMD EPYC Zen 4 (which
 // runs 512-bit operations as two 256-bit halves), two threads, torch 2.14.1: the logits GEMM
 // 96 x 512 by 512 x C took on oneDNN 46 us at C = 64 and 93 us at C = 65 (MKL 38 and 49 us),
-// and oneDNN was 1.2-1.6x faster than MKL again at C = 128 to 345; the few-classes and few-rows
-// kernels, which the Zen 5 rule this replaces never took on a CPU with oneDNN, made the ops
-// 1.2-1.9x faster at C = 2 and 7. A fixed rule measured on the Zen 5 (oneDNN from 2^20
-// multiply-adds) left ops 1.6x slower there than on MKL.
+// while at C = 345 oneDNN ran the ops' GEMMs 0.91-1.80x as fast as MKL (median 1.27x over 24
+// shapes: logits and per-domain products at 3 and 5 domains, d = 512 and 2048). The few-classes
+// and few-rows kernels, which the Zen 5 rule this replaces never took on a CPU with oneDNN, made
+// 15 of 16 (op, head) cells at C = 2 and 7 1.22-1.96x faster and one 0.96x. That rule (oneDNN
+// from 2^20 multiply-adds) left domain_losses at C = 65 1.6x slower there than on MKL.
 //
 // A product's result depends on the way it took (their summation orders differ), so it is the
-// same bits at every call of one process, not across processes; HESSALIGN_CPU_GEMM=aten or
-// onednn fixes the way.
+// same bits at every call of one process, not across processes; HESSALIGN_CPU_GEMM=aten, onednn
+// or own fixes the way.
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <chrono>
-#include <cmath>
 #include <limits>
 #include <map>
 #include <mutex>
@@ -32,7 +33,10 @@ namespace {
 // Products of more multiply-adds are not timed (a few runs of one take seconds on the CPU): they
 // take the caller's preferred way, the one that is fastest at large sizes.
 constexpr int64_t kMaxTimedMacs = int64_t(1) << 30;
-constexpr int kRounds = 3;  // timed runs of each way, interleaved, after one untimed run
+constexpr int kRounds = 3;  // timed rounds of each way, interleaved, after one untimed run
+// A round repeats a way for at least this long and takes the mean: one run of a small product
+// (a few microseconds) is within a preemption of the machine's noise.
+constexpr double kRoundSeconds = 100e-6;
 
 enum Kind : int64_t { kGemm, kSegment };
 
@@ -57,10 +61,18 @@ void describe(std::vector<int64_t>& key, const at::Tensor& t) {
   key.insert(key.end(), t.strides().begin(), t.strides().end());
 }
 
+// Seconds per run of a way over one round.
 double seconds_of(const Way& way, const at::Tensor& out) {
-  const auto t0 = std::chrono::steady_clock::now();
-  way.run(out);
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  using clock = std::chrono::steady_clock;
+  const auto t0 = clock::now();
+  int64_t runs = 0;
+  double elapsed = 0;
+  do {
+    way.run(out);
+    ++runs;
+    elapsed = std::chrono::duration<double>(clock::now() - t0).count();
+  } while (elapsed < kRoundSeconds);
+  return elapsed / double(runs);
 }
 
 // The index of the way this kind of product takes, timed at its first call where there is a
