@@ -159,6 +159,25 @@ def test_aligned_rows_give_the_plain_hutchinson_diag(path, shape, monkeypatch):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
+def random_head(N, C, d, g):
+    """Features, weight and bias of a random head, requiring grad."""
+    z = torch.randn(N, d, generator=g, requires_grad=True)
+    w = (torch.randn(C, d, generator=g) / d**0.5).requires_grad_(True)
+    b = torch.randn(C, generator=g, requires_grad=True)
+    return z, w, b
+
+
+def padded_width_extra_mib(monkeypatch, call) -> float:
+    """MiB more at call()'s allocator peak with the padded width (HESSALIGN_ALIGN_ROWS=1) than
+    without, each after a warm-up call, whose one-off growth is not counted."""
+    peaks = []
+    for flag in ("0", "1"):
+        monkeypatch.setenv("HESSALIGN_ALIGN_ROWS", flag)
+        call()
+        peaks.append(allocator_peak(call))
+    return (peaks[1] - peaks[0]) / 2**20
+
+
 @pytest.mark.parametrize("op", ["head_grad", "head_hessian_diag"])
 def test_padded_width_stages_the_upstream_block_within_the_budget(op, monkeypatch):
     """The backward's upstream gradient (2, 8192, 513) float32, 32 MiB padded, in one class tile:
@@ -167,9 +186,7 @@ def test_padded_width_stages_the_upstream_block_within_the_budget(op, monkeypatc
     it fits, the whole block more (a second copy, what the padded width held before staging)."""
     g = torch.Generator().manual_seed(0)
     N, C, d = 256, 8192, 512
-    z = torch.randn(N, d, generator=g, requires_grad=True)
-    w = (torch.randn(C, d, generator=g) / d**0.5).requires_grad_(True)
-    b = torch.randn(C, generator=g, requires_grad=True)
+    z, w, b = random_head(N, C, d, g)
     labels, offsets = torch.randint(0, C, (N,), generator=g), torch.tensor([0, N // 3, N])
     up = torch.randn(2, C, d + 1, generator=g)
 
@@ -181,13 +198,8 @@ def test_padded_width_stages_the_upstream_block_within_the_budget(op, monkeypatc
         torch.autograd.grad(out, (z, w, b), up)
 
     def extra(budget_mib):
-        peaks = []
-        for flag in ("0", "1"):
-            monkeypatch.setenv("HESSALIGN_ALIGN_ROWS", flag)
-            monkeypatch.setenv("HESSALIGN_TILE_BYTES", str(budget_mib << 20))
-            call()  # the allocator's one-off growth is not counted
-            peaks.append(allocator_peak(call))
-        return (peaks[1] - peaks[0]) / 2**20
+        monkeypatch.setenv("HESSALIGN_TILE_BYTES", str(budget_mib << 20))
+        return padded_width_extra_mib(monkeypatch, call)
 
     block_mib = 2 * C * 516 * 4 / 2**20
     assert extra(2) <= 3, "staged in chunks of at most the budget"
@@ -203,9 +215,7 @@ def test_padded_width_draws_the_probes_into_padded_rows(op, monkeypatch):
     forward and 8.1 MiB for the diagonal's forward and backward)."""
     g = torch.Generator().manual_seed(0)
     N, C, d = 256, 1024, 512
-    z = torch.randn(N, d, generator=g, requires_grad=True)
-    w = (torch.randn(C, d, generator=g) / d**0.5).requires_grad_(True)
-    b = torch.randn(C, generator=g, requires_grad=True)
+    z, w, b = random_head(N, C, d, g)
     offsets = torch.tensor([0, 100, 180, N])
     up = torch.randn(3, C, d + 1, generator=g) if op == "hutchinson_diag" else torch.randn(3, generator=g)
 
@@ -213,9 +223,5 @@ def test_padded_width_draws_the_probes_into_padded_rows(op, monkeypatch):
         out = getattr(hessalign_ext, op)(z, w, b, offsets, 64, 3, class_tile=C)
         torch.autograd.grad(out, (z, w, b), up)
 
-    peaks = []
-    for flag in ("0", "1"):
-        monkeypatch.setenv("HESSALIGN_ALIGN_ROWS", flag)
-        call()  # the allocator's one-off growth is not counted
-        peaks.append(allocator_peak(call))
-    assert peaks[1] - peaks[0] <= 0.5 * 2**20, f"padded width holds {(peaks[1] - peaks[0]) / 2**20:.2f} MiB more"
+    extra = padded_width_extra_mib(monkeypatch, call)
+    assert extra <= 0.5, f"padded width holds {extra:.2f} MiB more"

@@ -1,9 +1,9 @@
 // Every GEMM of the host drivers goes through these calls. On CUDA they are ATen's (cuBLAS). On
-// the CPU a float32 product has up to three ways to run: ATen's BLAS (MKL), oneDNN, the copy
-// inside libtorch, where its float32 matmul runs (cpu/onednn_gemm.cpp: CPUs with AVX-512), and
-// this project's kernels for two shapes BLAS handles poorly, products with few output columns
-// (cpu/few_classes_nt_cpu.cpp) and per-domain products of few rows (cpu/segment_tn_cpu.cpp),
-// in builds for AVX2 + FMA. Which is fastest depends on the CPU and the shape, so in auto mode
+// the CPU a float32 product has up to three ways to run: ATen's BLAS (MKL); oneDNN, the copy
+// inside libtorch, where its float32 matmul runs (cpu/onednn_gemm.cpp: CPUs with AVX-512); and,
+// in builds for AVX2 + FMA, one of this project's kernels for two shapes BLAS handles poorly,
+// products with few output columns (cpu/few_classes_nt_cpu.cpp) and per-domain products of few
+// rows (cpu/segment_tn_cpu.cpp). Which is fastest depends on the CPU and the shape, so in auto mode
 // each product takes the way measured fastest for its shape on this CPU (cpu/gemm_tuner.cpp).
 // Operands are 2-D, or 3-D for a batch of GEMMs.
 #pragma once
@@ -90,9 +90,9 @@ void segment_tn(const at::Tensor& X, const at::Tensor& Y, const std::vector<int6
 bool segment_tn_faster(const at::Tensor& X, const at::Tensor& Y, const std::vector<int64_t>& off,
                        const at::Tensor& out, const std::function<void(const at::Tensor&)>& gemms);
 
-// Auto mode's measurements so far (Python: hessalign_ext.cpu_gemm_choices): per kind of product,
-// its description, the ways timed and their best times (NaN: taken untimed, too large to time),
-// the way taken and how many products have taken it.
+// Auto mode's choices so far (Python: hessalign_ext._C.cpu_gemm_choices): per kind of product,
+// its description, its ways and their best times (NaN: untimed, one way or too large to time),
+// the way taken and how often it was looked up (the timed runs of an enclosing product count).
 struct GemmChoice {
   std::vector<int64_t> key;
   std::vector<const char*> ways;

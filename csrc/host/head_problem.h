@@ -69,8 +69,8 @@ struct Head {
   bool align_rows;  // D-wide GEMM operands are zero-padded to an aligned width (align_rows_for)
   at::ScalarType acc_type;
   // per-row loss coefficients (math/cross_entropy.h), acc dtype
-  at::Tensor c, a, b, labels, class_weight;
-  at::Tensor class_weight_sum;  // () acc dtype: Σ_c w_c, with class weights
+  at::Tensor c, a, b, labels;
+  ClassWeights class_weights;
   LabelCheck label_check;   // the labels' values, finished by ce_params before a kernel reads them
   at::Tensor lse;           // (N,) acc dtype
   at::Tensor domain_loss;   // (E,) acc dtype: each domain's loss, when prepare computed it
@@ -106,7 +106,7 @@ struct Head {
   template <class acc_t>
   CeParams<acc_t> ce_params(const CeOptions& ce) {
     label_check.finish();
-    return hessalign::ce_params<acc_t>(labels, class_weight, class_weight_sum, ce, C);
+    return hessalign::ce_params<acc_t>(labels, class_weights, ce, C);
   }
 
   template <class acc_t>
@@ -114,7 +114,7 @@ struct Head {
     TORCH_INTERNAL_ASSERT(!label_check.pending(), op, ": labels read before their check finished");
     return {c.const_data_ptr<acc_t>(), a.const_data_ptr<acc_t>(), b.const_data_ptr<acc_t>(),
             labels.defined() ? labels.const_data_ptr<int64_t>() : nullptr,
-            class_weight.defined() ? class_weight.const_data_ptr<acc_t>() : nullptr};
+            class_weights.weight.defined() ? class_weights.weight.const_data_ptr<acc_t>() : nullptr};
   }
 
   // The padded width of a D-wide buffer of any dtype: the features' 16-byte rows, so that a
@@ -214,10 +214,7 @@ Head make_head(const char* op, const at::Tensor& features, const at::Tensor& wei
   h.buffers = buffers;
   h.requested_tile = class_tile;
   if (ce.labels) h.labels = ce.labels->contiguous();
-  if (ce.class_weight) {
-    h.class_weight = ce.class_weight->to(h.acc_type).contiguous();
-    h.class_weight_sum = h.class_weight.sum();
-  }
+  h.class_weights = ClassWeights(ce, h.acc_type);
   return h;
 }
 

@@ -26,15 +26,24 @@ inline CeOptions make_ce(const std::optional<at::Tensor>& labels, int64_t ignore
   return {labels, ignore_index, class_weight, label_smoothing, std::string(reduction)};
 }
 
-// The loss options as kernels read them (math/cross_entropy.h): labels (int64) and class
-// weights (acc_t, contiguous) may be undefined; with class weights, weight_sum is their sum (a
-// one-element tensor the caller keeps: the kernels read it, so it is never read back).
+// The class weights in the accumulation dtype, contiguous, and their sum Σ_c w_c (a one-element
+// tensor the kernels read, so it is never read back); both undefined without class weights.
+struct ClassWeights {
+  at::Tensor weight, sum;
+  ClassWeights() = default;
+  ClassWeights(const CeOptions& ce, at::ScalarType dtype) {
+    if (!ce.class_weight) return;
+    weight = ce.class_weight->to(dtype).contiguous();
+    sum = weight.sum();
+  }
+};
+
+// The loss options as kernels read them (math/cross_entropy.h); labels (int64) may be undefined.
 template <class acc_t>
-CeParams<acc_t> ce_params(const at::Tensor& labels, const at::Tensor& class_weight, const at::Tensor& weight_sum,
-                          const CeOptions& ce, int64_t C) {
+CeParams<acc_t> ce_params(const at::Tensor& labels, const ClassWeights& w, const CeOptions& ce, int64_t C) {
   return {labels.defined() ? labels.const_data_ptr<int64_t>() : nullptr,
-          class_weight.defined() ? class_weight.const_data_ptr<acc_t>() : nullptr,
-          class_weight.defined() ? weight_sum.const_data_ptr<acc_t>() : nullptr,
+          w.weight.defined() ? w.weight.const_data_ptr<acc_t>() : nullptr,
+          w.weight.defined() ? w.sum.const_data_ptr<acc_t>() : nullptr,
           acc_t(ce.label_smoothing), ce.ignore_index, C, ce.reduction == "sum"};
 }
 

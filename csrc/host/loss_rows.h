@@ -21,10 +21,9 @@ std::tuple<at::Tensor, at::Tensor> loss_rows_of(const K& k, const CeOptions& ce,
   at::Tensor t = at::empty({N, C}, opts);
   if (N == 0) return {c, t};
   const at::Tensor y = labels.contiguous();
-  const at::Tensor w = ce.class_weight ? ce.class_weight->to(dtype).contiguous() : at::Tensor();
-  const at::Tensor w_sum = w.defined() ? w.sum() : at::Tensor();
+  const ClassWeights w(ce, dtype);
   AT_DISPATCH_FLOATING_TYPES(dtype, "hessalign_ext", [&] {
-    const CeParams<scalar_t> p = ce_params<scalar_t>(y, w, w_sum, ce, C);
+    const CeParams<scalar_t> p = ce_params<scalar_t>(y, w, ce, C);
     k.ce_coeffs(p, domains, c.mutable_data_ptr<scalar_t>(), a.mutable_data_ptr<scalar_t>(),
                 b.mutable_data_ptr<scalar_t>());
     const CeRows<scalar_t> rows{c.const_data_ptr<scalar_t>(), a.const_data_ptr<scalar_t>(),
