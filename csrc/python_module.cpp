@@ -9,7 +9,8 @@
 namespace {
 
 // _C.cpu_gemm_choices(): auto mode's CPU GEMM choices (host/gemm.h's GemmChoice), as dicts
-// {"kind": "gemm" or "segment" (the per-domain products of segment_tn_faster), "threads", "key",
+// {"kind": "gemm" or "segment" (the per-domain products of segment_tn_faster), "threads", "timed"
+// (timing was on), "key",
 // "ways", "seconds" (None: not timed), "chosen", "calls"}.
 PyObject* cpu_gemm_choices(PyObject*, PyObject*) {
   const auto choices = hessalign::cpu_gemm_choices();
@@ -23,10 +24,12 @@ PyObject* cpu_gemm_choices(PyObject*, PyObject*) {
       PyTuple_SET_ITEM(ways, i, PyUnicode_FromString(c.ways[i]));
       PyTuple_SET_ITEM(seconds, i, std::isnan(c.seconds[i]) ? Py_NewRef(Py_None) : PyFloat_FromDouble(c.seconds[i]));
     }
-    // key[0] is the kind (gemm 0, segment 1), key[1] the thread count (cpu/gemm_tuner.cpp)
-    PyObject* d = Py_BuildValue("{s:s,s:L,s:N,s:N,s:N,s:s,s:L}", "kind", c.key[0] == 0 ? "gemm" : "segment",
-                                "threads", static_cast<long long>(c.key[1]), "key", key, "ways", ways, "seconds",
-                                seconds, "chosen", c.ways[c.chosen], "calls", static_cast<long long>(c.calls));
+    // key[0] is the kind (gemm 0, segment 1), key[1] the thread count, key[2] whether timing was on
+    // (cpu/gemm_tuner.cpp)
+    PyObject* d = Py_BuildValue("{s:s,s:L,s:O,s:N,s:N,s:N,s:s,s:L}", "kind", c.key[0] == 0 ? "gemm" : "segment",
+                                "threads", static_cast<long long>(c.key[1]), "timed", c.key[2] ? Py_True : Py_False,
+                                "key", key, "ways", ways, "seconds", seconds, "chosen", c.ways[c.chosen], "calls",
+                                static_cast<long long>(c.calls));
     if (!d || PyList_Append(list, d) < 0) {
       Py_XDECREF(d);
       Py_DECREF(list);
@@ -42,9 +45,18 @@ PyObject* clear_cpu_gemm_choices(PyObject*, PyObject*) {
   Py_RETURN_NONE;
 }
 
+PyObject* set_cpu_gemm_timing(PyObject*, PyObject* on) {
+  const int flag = PyObject_IsTrue(on);
+  if (flag < 0) return nullptr;
+  hessalign::set_cpu_gemm_timing(flag != 0);
+  Py_RETURN_NONE;
+}
+
 PyMethodDef methods[] = {
     {"cpu_gemm_choices", cpu_gemm_choices, METH_NOARGS, "Auto mode's measured CPU GEMM choices so far."},
     {"clear_cpu_gemm_choices", clear_cpu_gemm_choices, METH_NOARGS, "Forget them: measure each product again."},
+    {"set_cpu_gemm_timing", set_cpu_gemm_timing, METH_O,
+     "Time each new product's ways (True, the default) or take its untimed way (False: the same in every process)."},
     {nullptr, nullptr, 0, nullptr}};
 
 }  // namespace

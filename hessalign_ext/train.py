@@ -40,7 +40,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Subset, TensorDataset
 
-from . import checkpoints, diagnostics
+from . import _C, checkpoints, diagnostics
 from . import hparams as hparams_registry
 from . import runfiles
 from .algorithms import get_algorithm_class
@@ -268,6 +268,9 @@ def train(args: RunArgs) -> Path:
     torch.manual_seed(args.seed)
     torch.backends.cudnn.deterministic = True
     torch.backends.cudnn.benchmark = False
+    # the CPU GEMMs' ways, like cuDNN's algorithms, must not depend on timing: a resumed run must
+    # match the uninterrupted one (for the process, as the cuDNN flags)
+    _C.set_cpu_gemm_timing(False)
     run_start = time.time()
 
     dataset = _make_dataset(args, hparams)

@@ -45,6 +45,12 @@ needs_a_choice = pytest.mark.skipif(not onednn_runs() and hessalign_ext._C.cpu_i
 MODES = [pytest.param("onednn", marks=needs_onednn), "aten", pytest.param("own", marks=needs_own), "auto"]
 
 
+@pytest.fixture(autouse=True)
+def timing_on():
+    """Auto mode times the ways here (an in-process training run turns timing off)."""
+    hessalign_ext._C.set_cpu_gemm_timing(True)
+
+
 def set_mode(monkeypatch, mode):
     if mode in (None, "auto"):
         monkeypatch.delenv("HESSALIGN_CPU_GEMM", raising=False)
@@ -203,6 +209,30 @@ def test_products_too_large_to_time_take_onednn(monkeypatch):
     call(hessalign_ext, "domain_losses", p)
     untimed = [c for c in choices().values() if len(c["ways"]) > 1 and c["seconds"][0] is None]
     assert untimed and all(c["chosen"] == "onednn" and "onednn" in c["ways"] for c in untimed)
+
+
+@needs_a_choice
+def test_untimed_choices_with_timing_off(monkeypatch):
+    """With timing off (the trainer's setting) every product takes its untimed way, recorded
+    apart from timed choices: oneDNN where it applies, else the few-classes kernel, else ATen; for
+    per-domain products, the GEMMs where oneDNN runs, else the few-rows kernel."""
+    set_mode(monkeypatch, "auto")
+    hessalign_ext._C.clear_cpu_gemm_choices()
+    p = make_problem(LARGE, torch.float32)
+    hessalign_ext._C.set_cpu_gemm_timing(False)
+    untimed = call(hessalign_ext, "head_hvp", p)
+    listed = choices().values()
+    assert listed and all(not c["timed"] and c["seconds"] == (None,) * len(c["ways"]) for c in listed)
+    for c in listed:
+        if c["kind"] == "segment":
+            assert c["chosen"] == ("gemms" if onednn_runs() else "few_rows")
+        else:
+            assert c["chosen"] == next(w for w in ("onednn", "few_classes", "aten") if w in c["ways"])
+    hessalign_ext._C.set_cpu_gemm_timing(True)
+    call(hessalign_ext, "head_hvp", p)
+    assert any(c["timed"] for c in choices().values())
+    hessalign_ext._C.set_cpu_gemm_timing(False)
+    assert torch.equal(call(hessalign_ext, "head_hvp", p), untimed)
 
 
 def test_float32_only(monkeypatch):

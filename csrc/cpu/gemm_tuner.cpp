@@ -14,11 +14,14 @@
 // from 2^20 multiply-adds) left domain_losses at C = 65 1.6x slower there than on MKL.
 //
 // A product's result depends on the way it took (their summation orders differ), so it is the
-// same bits at every call of one process, not across processes; HESSALIGN_CPU_GEMM=aten, onednn
-// or own fixes the way.
+// same bits at every call of one process, not across processes. Where runs must match across
+// processes (the trainer's resume, like its cudnn.benchmark = False), set_cpu_gemm_timing(false)
+// makes every choice the untimed one, which depends on the CPU, the build and the product only;
+// HESSALIGN_CPU_GEMM=aten, onednn or own fixes the way too.
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <limits>
 #include <map>
@@ -39,6 +42,8 @@ constexpr int kRounds = 3;  // timed rounds of each way, interleaved, after one 
 constexpr double kRoundSeconds = 100e-6;
 
 enum Kind : int64_t { kGemm, kSegment };
+
+std::atomic<bool> timing{true};  // set_cpu_gemm_timing
 
 struct Way {
   const char* name;
@@ -76,11 +81,13 @@ double seconds_of(const Way& way, const at::Tensor& out) {
 }
 
 // The index of the way this kind of product takes, timed at its first call where there is a
-// choice (a product with one way is recorded too: cpu_gemm_choices lists every product of auto
-// mode). The first run of each way is untimed: it builds oneDNN's primitive and makes the choices
-// of any product inside the way.
-int64_t fastest(std::vector<int64_t> key, const at::Tensor& out, const std::vector<Way>& ways, int64_t macs,
-                int64_t preferred) {
+// choice and timing is on (a product with one way is recorded too: cpu_gemm_choices lists every
+// product of auto mode). make_ways() lists the ways, built only then: a known product's call costs a lookup. The
+// first run of each way is untimed: it builds oneDNN's primitive and makes the choices of any
+// product inside the way.
+template <class MakeWays>
+int64_t fastest(std::vector<int64_t> key, const at::Tensor& out, int64_t macs, int64_t preferred,
+                const MakeWays& make_ways) {
   Table& t = table();
   {
     std::lock_guard<std::mutex> lock(t.mu);
@@ -89,10 +96,11 @@ int64_t fastest(std::vector<int64_t> key, const at::Tensor& out, const std::vect
       return it->second.chosen;
     }
   }
+  const std::vector<Way> ways = make_ways();
   const int64_t n = int64_t(ways.size());
   GemmChoice c{key, {}, std::vector<double>(n, std::numeric_limits<double>::quiet_NaN()), preferred, 0};
   for (const Way& w : ways) c.ways.push_back(w.name);
-  if (n > 1 && macs <= kMaxTimedMacs) {
+  if (n > 1 && macs <= kMaxTimedMacs && key[2]) {
     // zeros, not garbage: NaN or subnormal operands of an accumulation could slow a way down
     const at::Tensor scratch = at::empty_strided(out.sizes(), out.strides(), out.options()).zero_();
     for (const Way& w : ways) w.run(scratch);
@@ -147,41 +155,47 @@ GemmWay gemm_way(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b
     case CpuGemm::kAuto:
       break;
   }
-  // untimed (large): oneDNN where it runs, the faster at large sizes on the CPUs measured, else
+  // untimed (large, or timing off): oneDNN where it runs, the faster at large sizes on the CPUs measured, else
   // the few-classes kernel, else ATen: the last way listed
   std::vector<GemmWay> ways = {GemmWay::kAten};
   if (!accumulate && few_classes_applies(out, a, b)) ways.push_back(GemmWay::kFewClasses);
   if (with_onednn && onednn_usable() && onednn_layout(out, a, b)) ways.push_back(GemmWay::kOneDnn);
 
   using namespace gemm_tuner;
-  std::vector<int64_t> key = {kGemm, at::get_num_threads(), accumulate, bias ? bias->dim() : -1, with_onednn};
+  std::vector<int64_t> key = {kGemm, at::get_num_threads(), timing, accumulate, bias ? bias->dim() : -1, with_onednn};
   describe(key, out);
   describe(key, a);
   describe(key, b);
-  std::vector<Way> named;
-  for (GemmWay w : ways) {
-    const char* name = w == GemmWay::kAten ? "aten" : w == GemmWay::kOneDnn ? "onednn" : "few_classes";
-    named.push_back({name, [&, w](const at::Tensor& o) { run_gemm(w, o, a, b, bias, accumulate); }});
-  }
+  const auto named = [&] {
+    std::vector<Way> all;
+    for (GemmWay w : ways) {
+      const char* name = w == GemmWay::kAten ? "aten" : w == GemmWay::kOneDnn ? "onednn" : "few_classes";
+      all.push_back({name, [&, w](const at::Tensor& o) { run_gemm(w, o, a, b, bias, accumulate); }});
+    }
+    return all;
+  };
   const int64_t macs = a.numel() * b.size(-1);
-  return ways[fastest(std::move(key), out, named, macs, int64_t(ways.size()) - 1)];
+  return ways[fastest(std::move(key), out, macs, int64_t(ways.size()) - 1, named)];
 }
 
 bool segment_tn_faster(const at::Tensor& X, const at::Tensor& Y, const std::vector<int64_t>& off,
                        const at::Tensor& out, const std::function<void(const at::Tensor&)>& gemms) {
   if (cpu_gemm_mode() == CpuGemm::kOwn) return true;
   using namespace gemm_tuner;
-  std::vector<int64_t> key = {kSegment, at::get_num_threads()};
+  std::vector<int64_t> key = {kSegment, at::get_num_threads(), timing};
   describe(key, X);
   describe(key, Y);
   describe(key, out);
   key.insert(key.end(), off.begin(), off.end());
-  const std::vector<Way> ways = {{"gemms", gemms},
-                                 {"few_rows", [&](const at::Tensor& o) { segment_tn(X, Y, off, o); }}};
-  // untimed, large: the GEMMs where oneDNN runs, else the kernel (faster than MKL on AVX2 CPUs)
+  const auto ways = [&] {
+    return std::vector<Way>{{"gemms", gemms}, {"few_rows", [&](const at::Tensor& o) { segment_tn(X, Y, off, o); }}};
+  };
+  // untimed (large, or timing off): the GEMMs where oneDNN runs, else the kernel (faster than MKL on AVX2 CPUs)
   const int64_t macs = X.numel() * Y.size(1);
-  return fastest(std::move(key), out, ways, macs, onednn_usable() ? 0 : 1) == 1;
+  return fastest(std::move(key), out, macs, onednn_usable() ? 0 : 1, ways) == 1;
 }
+
+void set_cpu_gemm_timing(bool on) { gemm_tuner::timing = on; }
 
 std::vector<GemmChoice> cpu_gemm_choices() {
   auto& t = gemm_tuner::table();

@@ -102,5 +102,8 @@ struct GemmChoice {
 std::vector<GemmChoice> cpu_gemm_choices();
 // Forgets them: each product is measured again at its next call.
 void clear_cpu_gemm_choices();
+// Timing on (the default) or off: off, each product takes its untimed way (cpu/gemm_tuner.cpp), the
+// same in every process on this CPU and build. The choice is recorded apart from timed ones.
+void set_cpu_gemm_timing(bool on);
 
 }  // namespace hessalign
