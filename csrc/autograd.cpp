@@ -16,6 +16,8 @@
 #include <torch/csrc/autograd/saved_variable.h>
 #include <torch/library.h>
 
+#include "checks.h"
+
 #include <algorithm>
 #include <memory>
 #include <mutex>
@@ -116,6 +118,7 @@ class OpBackward : public Node {
       : backward_op_(backward_op), name_(std::move(name)), output_mask_(output_mask) {}
 
   SavedValues saved;
+  const c10::TensorImpl* checked_labels = nullptr;  // the labels the forward checked, if it took any
 
   std::string name() const override { return name_; }
 
@@ -130,7 +133,10 @@ class OpBackward : public Node {
       for (size_t k = 0; k < out.size(); ++k) wanted.push_back(should_compute_output(k));
       stack.emplace_back(std::move(wanted));
     }
-    backward_op_.callBoxed(stack);  // through the dispatcher: its Autograd kernel guards double backward
+    {
+      const ForwardCheckedLabels labels_checked(checked_labels);
+      backward_op_.callBoxed(stack);  // through the dispatcher: its Autograd kernel guards double backward
+    }
     for (size_t k = 0; k < out.size(); ++k)  // the stack now holds the gradients, one per edge
       if (should_compute_output(k)) out[k] = stack[k].toTensor();
     return out;
@@ -163,6 +169,8 @@ class OpAutograd : public c10::OperatorKernel {
         for (const c10::IValue& a : args) node->saved.add(a, false);
       else
         for (size_t i : spec_.saved_args) node->saved.add(args[i], false);
+      if (const std::optional<size_t> labels = saved_labels_arg(op); labels && args[*labels].isTensor())
+        node->checked_labels = args[*labels].toTensor().unsafeGetTensorImpl();
     }
     run_below_autograd(op, ks, stack);
     if (!node) return;
@@ -173,6 +181,17 @@ class OpAutograd : public c10::OperatorKernel {
   }
 
  private:
+  // The position of the op's labels argument where the node saves it for the backward op.
+  std::optional<size_t> saved_labels_arg(const c10::OperatorHandle& op) {
+    std::call_once(labels_found_, [&] {
+      const std::optional<int> i = op.schema().argumentIndexWithName("labels");
+      const auto& saved = spec_.saved_args;
+      if (i && (saved.empty() || std::find(saved.begin(), saved.end(), size_t(*i)) != saved.end()))
+        labels_arg_ = size_t(*i);
+    });
+    return labels_arg_;
+  }
+
   // Looked up at the first recorded call: this kernel may register before the library's schemas.
   const c10::OperatorHandle& backward_op() {
     std::call_once(backward_found_, [&] {
@@ -183,7 +202,8 @@ class OpAutograd : public c10::OperatorKernel {
 
   std::string backward_name_, node_name_;
   AutogradSpec spec_;
-  std::once_flag backward_found_;
+  std::once_flag backward_found_, labels_found_;
+  std::optional<size_t> labels_arg_;
   std::optional<c10::OperatorHandle> backward_;
 };
 

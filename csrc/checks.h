@@ -78,6 +78,30 @@ inline std::vector<int64_t> check_offsets(const char* op, const at::Tensor& offs
   return off;
 }
 
+// The labels whose values the forward of the autograd node now calling its backward op has
+// checked (autograd.cpp sets it around that call). The node saved them as a SavedVariable, so an
+// in-place change since raises before the call, and its backward op takes the forward's C and
+// ignore_index: checking them again would add, on a GPU, a round trip to every backward op.
+// A backward op called any other way (directly, or from a compiled graph) checks them.
+class ForwardCheckedLabels {
+ public:
+  explicit ForwardCheckedLabels(const c10::TensorImpl* labels) : previous_(current()) { current() = labels; }
+  ~ForwardCheckedLabels() { current() = previous_; }
+  ForwardCheckedLabels(const ForwardCheckedLabels&) = delete;
+  ForwardCheckedLabels& operator=(const ForwardCheckedLabels&) = delete;
+
+  static bool covers(const at::Tensor& labels) {
+    return current() != nullptr && labels.unsafeGetTensorImpl() == current();
+  }
+
+ private:
+  static const c10::TensorImpl*& current() {
+    thread_local const c10::TensorImpl* labels = nullptr;
+    return labels;
+  }
+  const c10::TensorImpl* previous_;
+};
+
 // labels: int64 (N,) on the device of features, each in [0, C) or equal to ignore_index.
 // The value check is one reduction to (min, max) and its read-back. On a GPU the read-back
 // waits on an event recorded after an asynchronous copy, so the work queued between the start
@@ -96,7 +120,7 @@ class LabelCheck {
     TORCH_CHECK_VALUE(labels.scalar_type() == at::kLong, op, ": labels must be int64; got ", labels.scalar_type());
     TORCH_CHECK_VALUE(labels.device() == features.device(), op, ": labels must be on the device of features (",
                       features.device(), "); got ", labels.device());
-    if (labels.numel() == 0) return;
+    if (labels.numel() == 0 || ForwardCheckedLabels::covers(labels)) return;
     // One reduction into one buffer (no stacking launch) and one read-back.
     at::Tensor range = at::empty({2}, labels.options());
     at::Tensor lo = range.select(0, 0), hi = range.select(0, 1);

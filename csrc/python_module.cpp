@@ -48,15 +48,15 @@ PyObject* clear_cpu_gemm_choices(PyObject*, PyObject*) {
 PyObject* set_cpu_gemm_timing(PyObject*, PyObject* on) {
   const int flag = PyObject_IsTrue(on);
   if (flag < 0) return nullptr;
-  hessalign::set_cpu_gemm_timing(flag != 0);
-  Py_RETURN_NONE;
+  return PyBool_FromLong(hessalign::set_cpu_gemm_timing(flag != 0));
 }
 
 PyMethodDef methods[] = {
     {"cpu_gemm_choices", cpu_gemm_choices, METH_NOARGS, "Auto mode's measured CPU GEMM choices so far."},
     {"clear_cpu_gemm_choices", clear_cpu_gemm_choices, METH_NOARGS, "Forget them: measure each product again."},
     {"set_cpu_gemm_timing", set_cpu_gemm_timing, METH_O,
-     "Time each new product's ways (True, the default) or take its untimed way (False: the same in every process)."},
+     "Time each new product's ways (True, the default) or take its untimed way (False: the same in every process); "
+     "returns the previous setting."},
     {nullptr, nullptr, 0, nullptr}};
 
 }  // namespace

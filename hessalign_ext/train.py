@@ -28,6 +28,7 @@ option) before any work: :func:`check_args`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
 import random
@@ -266,11 +267,27 @@ def train(args: RunArgs) -> Path:
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
-    torch.backends.cudnn.deterministic = True
-    torch.backends.cudnn.benchmark = False
-    # the CPU GEMMs' ways, like cuDNN's algorithms, must not depend on timing: a resumed run must
-    # match the uninterrupted one (for the process, as the cuDNN flags)
-    _C.set_cpu_gemm_timing(False)
+    with reproducible_kernels():
+        return _run(args, out, hparams, device)
+
+
+@contextlib.contextmanager
+def reproducible_kernels():
+    """cuDNN's deterministic algorithms and the CPU GEMMs' untimed ways (the same in every process)
+    while a run trains, as a resumed run must match the uninterrupted one; the settings before it
+    are restored after it."""
+    cudnn = torch.backends.cudnn
+    before = cudnn.deterministic, cudnn.benchmark
+    cudnn.deterministic, cudnn.benchmark = True, False
+    timing = _C.set_cpu_gemm_timing(False)
+    try:
+        yield
+    finally:
+        cudnn.deterministic, cudnn.benchmark = before
+        _C.set_cpu_gemm_timing(timing)
+
+
+def _run(args: RunArgs, out: Path, hparams: dict, device: torch.device) -> Path:
     run_start = time.time()
 
     dataset = _make_dataset(args, hparams)

@@ -189,6 +189,28 @@ class OpContract:
         with pytest.raises(RuntimeError, match="modified by an inplace operation"):
             out.sum().backward()
 
+    def test_backward_takes_the_forward_label_check(self):
+        """The labels' values are checked once, in the forward (one aten::aminmax; on a GPU, a read-back):
+        the node saved the labels, so the backward op it calls does not check them again. Called directly,
+        the backward op checks them."""
+        p = make_problem(SHAPE["unequal"], requires_grad=True)
+
+        def label_checks(fn):
+            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+                out = fn()
+            return out, sum(e.count for e in prof.key_averages() if e.key == "aten::aminmax")
+
+        out, forward_checks = label_checks(lambda: self.call(hessalign_ext, p, labels=p.labels))
+        _, backward_checks = label_checks(lambda: out.square().sum().backward())
+        assert (forward_checks, backward_checks) == (1, 0)
+
+        bad = p.labels.clone()
+        bad[1] = p.weight.shape[0]
+        args = self.schema_args(p, bad, (-100, None, 0.0, "mean", 0))
+        backward = getattr(torch.ops.hessalign_ext, f"_{self.op}_backward").default
+        with pytest.raises(ValueError, match=r"labels must be in \[0, C="):
+            backward(torch.ones_like(out), *[a.detach() if isinstance(a, torch.Tensor) else a for a in args])
+
 
 class ProbeContract(OpContract):
     """The Rademacher-probe ops (hutchinson_diag, hutchinson_trace): num_probes and seed follow

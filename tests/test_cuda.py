@@ -330,18 +330,35 @@ def test_one_host_wait_per_call_with_labels_and_class_weights(op):
     """With labels and class weights a call waits on the GPU once: the labels' check (an event
     synchronize). The class weights' sum is read by the kernels, not copied back (it was a
     second wait: a stream synchronize behind .item())."""
-    from torch.profiler import ProfilerActivity, profile
-
-    def waits(fn):  # the host's waits on the GPU in fn(), by name
-        torch.cuda.synchronize()
-        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-            fn()
-        return collections.Counter(e.name for e in prof.events()
-                                   if "Synchronize" in e.name or e.name == "cudaMemcpy")
-
     gpu = to(make_problem(SHAPE["domainbed"], torch.float32, "cpu"), "cuda")
     opts = LOSS_CASES["class_weight"](gpu)
     call(op, gpu, **opts)  # first call: the libraries' one-off set-up
-    extra = waits(lambda: call(op, gpu, **opts))
-    extra.subtract(waits(lambda: None))  # any the profiler makes itself
-    assert +extra == collections.Counter(["cudaEventSynchronize"]), extra
+    assert host_waits(lambda: call(op, gpu, **opts)) == collections.Counter(["cudaEventSynchronize"])
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_backward_does_not_wait_on_the_gpu(op):
+    """The backward op that the forward's node calls takes the forward's label check (the node saved
+    the labels; csrc/checks.h's ForwardCheckedLabels): a backward makes no read-back."""
+    gpu = to(make_problem(SHAPE["domainbed"], torch.float32, "cpu"), "cuda")
+    for t in (gpu.features, gpu.weight, gpu.bias):
+        t.requires_grad_(True)
+    opts = LOSS_CASES["class_weight"](gpu)
+    call(op, gpu, **opts).square().sum().backward()  # the libraries' one-off set-up
+    out = call(op, gpu, **opts).square().sum()
+    assert host_waits(out.backward) == collections.Counter()
+
+
+def host_waits(fn):
+    """The host's waits on the GPU in fn(), by name, less any the profiler makes itself."""
+    from torch.profiler import ProfilerActivity, profile
+
+    def waits(f):
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            f()
+        return collections.Counter(e.name for e in prof.events() if "Synchronize" in e.name or e.name == "cudaMemcpy")
+
+    extra = waits(fn)
+    extra.subtract(waits(lambda: None))
+    return +extra

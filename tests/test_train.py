@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
-from hessalign_ext import cli, report, sweep, train
+from hessalign_ext import _C, cli, report, sweep, train
 from hessalign_ext.algorithms import Hutchinson
 from single_thread import one_torch_thread  # noqa: F401  (autouse fixture)
 
@@ -44,6 +45,36 @@ def test_run_writes_domainbed_records_and_checkpoints(tmp_path):
         assert r["args"]["algorithm"] == "Hutchinson" and r["args"]["dataset"] == "ColoredDigits"
     assert rs[-1]["hessian_gap_env0_env1"] > 0
     assert (out / "checkpoint.pt").exists() and (out / "done").exists()
+
+
+def test_run_sets_reproducible_kernels_and_restores_them(tmp_path, monkeypatch):
+    """While a run trains, cuDNN is deterministic and the CPU GEMMs take their untimed ways (a resumed
+    run must match the uninterrupted one); the settings before the run come back after it, also
+    when it fails."""
+    cudnn = torch.backends.cudnn
+    seen, update = [], Hutchinson.update
+
+    def recording_update(self, minibatches):
+        seen.append((cudnn.deterministic, cudnn.benchmark, _C.set_cpu_gemm_timing(False)))
+        return update(self, minibatches)
+
+    def failing_update(self, minibatches):
+        raise RuntimeError("a step failed")
+
+    before = cudnn.deterministic, cudnn.benchmark
+    try:
+        cudnn.deterministic, cudnn.benchmark = False, True
+        _C.set_cpu_gemm_timing(True)
+        monkeypatch.setattr(Hutchinson, "update", recording_update)
+        train.train(run_args(tmp_path))
+        assert len(seen) == 6 and set(seen) == {(True, False, False)}
+        assert (cudnn.deterministic, cudnn.benchmark, _C.set_cpu_gemm_timing(True)) == (False, True, True)
+        monkeypatch.setattr(Hutchinson, "update", failing_update)
+        with pytest.raises(RuntimeError, match="a step failed"):
+            train.train(run_args(tmp_path, name="failed"))
+        assert (cudnn.deterministic, cudnn.benchmark, _C.set_cpu_gemm_timing(True)) == (False, True, True)
+    finally:
+        cudnn.deterministic, cudnn.benchmark = before
 
 
 def test_finished_run_is_not_redone(tmp_path, capsys):

@@ -23,6 +23,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <functional>
 #include <limits>
 #include <map>
 #include <mutex>
@@ -179,7 +180,7 @@ GemmWay gemm_way(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b
 }
 
 bool segment_tn_faster(const at::Tensor& X, const at::Tensor& Y, const std::vector<int64_t>& off,
-                       const at::Tensor& out, const std::function<void(const at::Tensor&)>& gemms) {
+                       const at::Tensor& out, c10::function_ref<void(const at::Tensor&)> gemms) {
   if (cpu_gemm_mode() == CpuGemm::kOwn) return true;
   using namespace gemm_tuner;
   std::vector<int64_t> key = {kSegment, at::get_num_threads(), timing};
@@ -195,7 +196,7 @@ bool segment_tn_faster(const at::Tensor& X, const at::Tensor& Y, const std::vect
   return fastest(std::move(key), out, macs, onednn_usable() ? 0 : 1, ways) == 1;
 }
 
-void set_cpu_gemm_timing(bool on) { gemm_tuner::timing = on; }
+bool set_cpu_gemm_timing(bool on) { return gemm_tuner::timing.exchange(on); }
 
 std::vector<GemmChoice> cpu_gemm_choices() {
   auto& t = gemm_tuner::table();

@@ -8,9 +8,9 @@
 // Operands are 2-D, or 3-D for a batch of GEMMs.
 #pragma once
 #include <ATen/ATen.h>
+#include <c10/util/FunctionRef.h>
 
 #include <cstdint>
-#include <functional>
 #include <vector>
 
 namespace hessalign {
@@ -88,7 +88,7 @@ void segment_tn(const at::Tensor& X, const at::Tensor& Y, const std::vector<int6
 // is given on the other ways), measured once per such product on this CPU (cpu/gemm_tuner.cpp);
 // where segment_tn_applies. Always in own mode.
 bool segment_tn_faster(const at::Tensor& X, const at::Tensor& Y, const std::vector<int64_t>& off,
-                       const at::Tensor& out, const std::function<void(const at::Tensor&)>& gemms);
+                       const at::Tensor& out, c10::function_ref<void(const at::Tensor&)> gemms);
 
 // Auto mode's choices so far (Python: hessalign_ext._C.cpu_gemm_choices): per kind of product,
 // its description, its ways and their best times (NaN: untimed, one way or too large to time),
@@ -104,6 +104,7 @@ std::vector<GemmChoice> cpu_gemm_choices();
 void clear_cpu_gemm_choices();
 // Timing on (the default) or off: off, each product takes its untimed way (cpu/gemm_tuner.cpp), the
 // same in every process on this CPU and build. The choice is recorded apart from timed ones.
-void set_cpu_gemm_timing(bool on);
+// Returns the previous setting.
+bool set_cpu_gemm_timing(bool on);
 
 }  // namespace hessalign
