@@ -61,7 +61,11 @@ struct RademacherFillOp {
     const ColumnRun<W> run(idx, D);
     const index_t B = class_major_B;
     const index_t b = B ? run.row % B : run.row / T, c = B ? run.row / B : run.row - b * T;
-    rademacher_signs(keys[b], uint64_t((c0 + c) * D + run.j0), run.width, V + run.row * ldv + run.j0);
+    const uint64_t j = uint64_t((c0 + c) * D + run.j0);
+    if constexpr (W == 1)  // a thread per element (CUDA): its bit of its word, without the window loop
+      V[run.row * ldv + run.j0] = (splitmix64(keys[b] ^ (j >> 6)) >> (j & 63)) & 1u ? scalar_t(-1) : scalar_t(1);
+    else
+      rademacher_signs(keys[b], j, run.width, V + run.row * ldv + run.j0);
   }
 };
 
