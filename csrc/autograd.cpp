@@ -2,7 +2,9 @@
 // op by the table at the end. It runs the op below autograd and, when a differentiable argument
 // requires grad, records a node whose backward calls the op's closed-form backward op
 // _<op>_backward on the output gradients and what the op saved; that op's own Autograd kernel
-// makes double backward raise, naming the op.
+// makes double backward raise, naming the op. The backward op takes the labels' value check of the
+// forward that recorded the node (checks.h's ForwardCheckedLabels): no second check, which on a GPU
+// is a round trip.
 //
 // Why C++ (torchvision's csrc/ops/autograd/ does the same): torch.library.register_autograd
 // runs a Python function at the Autograd key on every call, grad or no grad. Measured 2026-11-27
@@ -16,8 +18,6 @@
 #include <torch/csrc/autograd/saved_variable.h>
 #include <torch/library.h>
 
-#include "checks.h"
-
 #include <algorithm>
 #include <memory>
 #include <mutex>
@@ -26,6 +26,8 @@
 #include <type_traits>
 #include <utility>
 #include <vector>
+
+#include "checks.h"
 
 namespace hessalign {
 namespace {
