@@ -8,34 +8,48 @@
 
 namespace {
 
+// A new tuple of item(i) for i < n (new references), or NULL with the error set.
+template <class Item>
+PyObject* tuple_of(size_t n, Item item) {
+  PyObject* t = PyTuple_New(Py_ssize_t(n));
+  for (size_t i = 0; t && i < n; ++i) {
+    PyObject* x = item(i);
+    if (!x) Py_CLEAR(t);
+    else PyTuple_SET_ITEM(t, Py_ssize_t(i), x);
+  }
+  return t;
+}
+
+// One choice as a dict, or NULL with the error set.
+PyObject* choice_dict(const hessalign::GemmChoice& c) {
+  PyObject* key = tuple_of(c.key.size(), [&](size_t i) { return PyLong_FromLongLong(c.key[i]); });
+  PyObject* ways = tuple_of(c.ways.size(), [&](size_t i) { return PyUnicode_FromString(c.ways[i]); });
+  PyObject* seconds = tuple_of(c.ways.size(), [&](size_t i) {
+    return std::isnan(c.seconds[i]) ? Py_NewRef(Py_None) : PyFloat_FromDouble(c.seconds[i]);
+  });
+  if (!key || !ways || !seconds) {
+    Py_XDECREF(key);
+    Py_XDECREF(ways);
+    Py_XDECREF(seconds);
+    return nullptr;
+  }
+  // key[0] is the kind (gemm 0, segment 1), key[1] the thread count, key[2] whether timing was on
+  // (cpu/gemm_tuner.cpp). "N" hands Py_BuildValue the three tuples, which it releases if it fails.
+  return Py_BuildValue("{s:s,s:L,s:O,s:N,s:N,s:N,s:s,s:L}", "kind", c.key[0] == 0 ? "gemm" : "segment", "threads",
+                       static_cast<long long>(c.key[1]), "timed", c.key[2] ? Py_True : Py_False, "key", key, "ways",
+                       ways, "seconds", seconds, "chosen", c.ways[c.chosen], "calls", static_cast<long long>(c.calls));
+}
+
 // _C.cpu_gemm_choices(): auto mode's CPU GEMM choices (host/gemm.h's GemmChoice), as dicts
 // {"kind": "gemm" or "segment" (the per-domain products of segment_tn_faster), "threads", "timed"
-// (timing was on), "key",
-// "ways", "seconds" (None: not timed), "chosen", "calls"}.
+// (timing was on), "key", "ways", "seconds" (None: not timed), "chosen", "calls"}.
 PyObject* cpu_gemm_choices(PyObject*, PyObject*) {
   const auto choices = hessalign::cpu_gemm_choices();
   PyObject* list = PyList_New(0);
-  for (const auto& c : choices) {
-    PyObject* key = PyTuple_New(Py_ssize_t(c.key.size()));
-    for (size_t i = 0; i < c.key.size(); ++i) PyTuple_SET_ITEM(key, i, PyLong_FromLongLong(c.key[i]));
-    PyObject* ways = PyTuple_New(Py_ssize_t(c.ways.size()));
-    PyObject* seconds = PyTuple_New(Py_ssize_t(c.ways.size()));
-    for (size_t i = 0; i < c.ways.size(); ++i) {
-      PyTuple_SET_ITEM(ways, i, PyUnicode_FromString(c.ways[i]));
-      PyTuple_SET_ITEM(seconds, i, std::isnan(c.seconds[i]) ? Py_NewRef(Py_None) : PyFloat_FromDouble(c.seconds[i]));
-    }
-    // key[0] is the kind (gemm 0, segment 1), key[1] the thread count, key[2] whether timing was on
-    // (cpu/gemm_tuner.cpp)
-    PyObject* d = Py_BuildValue("{s:s,s:L,s:O,s:N,s:N,s:N,s:s,s:L}", "kind", c.key[0] == 0 ? "gemm" : "segment",
-                                "threads", static_cast<long long>(c.key[1]), "timed", c.key[2] ? Py_True : Py_False,
-                                "key", key, "ways", ways, "seconds", seconds, "chosen", c.ways[c.chosen], "calls",
-                                static_cast<long long>(c.calls));
-    if (!d || PyList_Append(list, d) < 0) {
-      Py_XDECREF(d);
-      Py_DECREF(list);
-      return nullptr;
-    }
-    Py_DECREF(d);
+  for (size_t i = 0; list && i < choices.size(); ++i) {
+    PyObject* d = choice_dict(choices[i]);
+    if (!d || PyList_Append(list, d) < 0) Py_CLEAR(list);
+    Py_XDECREF(d);
   }
   return list;
 }
