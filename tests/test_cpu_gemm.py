@@ -3,6 +3,8 @@ few-rows and few-classes kernels): every op, forward and backward, with its floa
 oneDNN, on ATen, on this project's kernels and in auto mode (HESSALIGN_CPU_GEMM), against the
 float64 reference; and auto mode's measured choice among them."""
 
+import re
+
 import pytest
 import torch
 
@@ -118,6 +120,22 @@ def test_padded_rows_on_each_backend(mode, monkeypatch):
     p = make_problem(LARGE, torch.float32)
     for op in ("head_grad", "head_hvp", "hutchinson_trace"):
         assert_close(call(hessalign_ext, op, p), call(reference, op, p), torch.float32)
+
+
+@pytest.mark.parametrize("variable,value,fragment", [
+    ("HESSALIGN_CPU_GEMM", "mkl", "HESSALIGN_CPU_GEMM must be auto, aten, onednn or own (or unset); got 'mkl'"),
+    ("HESSALIGN_ALIGN_ROWS", "yes", "HESSALIGN_ALIGN_ROWS must be 1 (on), 0 (off) or unset (the size rule); got 'yes'"),
+])
+def test_a_misspelt_setting_raises(variable, value, fragment, monkeypatch):
+    """An environment setting the ops do not know raises ValueError naming it, instead of being
+    taken as the default; "auto" (and the empty string) is the default."""
+    p = make_problem(LARGE, torch.float32)
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ValueError, match=re.escape(fragment)):
+        call(hessalign_ext, "head_grad", p)
+    monkeypatch.setenv("HESSALIGN_CPU_GEMM", "auto")
+    monkeypatch.setenv("HESSALIGN_ALIGN_ROWS", "")
+    assert_close(call(hessalign_ext, "head_grad", p), truth("head_grad", p), torch.float32)
 
 
 def run_in(mode, monkeypatch, op, p):

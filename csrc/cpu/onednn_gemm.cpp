@@ -66,13 +66,15 @@ bool in_place(const at::Tensor& t) {
 
 }  // namespace
 
+// Read at every GEMM, not once: the benchmarks' ours_blas provider sets it between calls of one process.
 CpuGemm cpu_gemm_mode() {
   const char* env = std::getenv("HESSALIGN_CPU_GEMM");
-  if (!env) return CpuGemm::kAuto;
+  if (!env || env[0] == '\0' || std::strcmp(env, "auto") == 0) return CpuGemm::kAuto;
   if (std::strcmp(env, "aten") == 0) return CpuGemm::kAten;
   if (std::strcmp(env, "onednn") == 0) return CpuGemm::kOneDnn;
-  if (std::strcmp(env, "own") == 0) return CpuGemm::kOwn;
-  return CpuGemm::kAuto;
+  TORCH_CHECK_VALUE(std::strcmp(env, "own") == 0,
+                    "HESSALIGN_CPU_GEMM must be auto, aten, onednn or own (or unset); got '", env, "'");
+  return CpuGemm::kOwn;
 }
 
 bool onednn_usable() { return usable_matmul() != nullptr; }

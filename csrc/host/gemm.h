@@ -17,7 +17,8 @@ namespace hessalign {
 
 // HESSALIGN_CPU_GEMM (cpu/onednn_gemm.cpp): "aten" keeps every CPU GEMM on ATen's BLAS, "onednn"
 // sends every float32 one to oneDNN, "own" every float32 one this project's kernels compute to
-// them (the rest to ATen); unset, each takes the way measured fastest for it.
+// them (the rest to ATen); unset (or "auto"), each takes the way measured fastest for it. Any
+// other value raises ValueError at the first GEMM.
 enum class CpuGemm { kAuto, kAten, kOneDnn, kOwn };
 CpuGemm cpu_gemm_mode();
 // Whether oneDNN's float32 matmul runs on this CPU (it wants AVX-512).
