@@ -268,6 +268,35 @@ def test_exact_hutchinson_when_domains_align_at_a_larger_head(cpu_gemm, bound, m
     assert max(errors) < bound, errors
 
 
+PENALTY_STEPS = {
+    "hgp_gram": lambda *a: penalties.hgp(*a, method="gram"),
+    "hgp_fused": lambda *a: penalties.hgp(*a, method="fused"),
+    "hgp_ops": lambda *a: penalties.hgp(*a, method="ops"),
+    "hutchinson_exact": lambda *a: penalties.hutchinson(*a, num_probes=None),
+    "hutchinson_probes": lambda *a: penalties.hutchinson(*a, num_probes=4),
+    "full": lambda *a: penalties.hessian_alignment_full(*a),
+    "fishr": lambda *a: penalties.gradient_variance(*a).square().sum(),
+}
+
+
+@pytest.mark.parametrize("step", PENALTY_STEPS)
+def test_penalty_backward_checks_no_labels(step):
+    """A penalty step's backward checks no labels again (each op's node takes its forward's check,
+    csrc/checks.h's ForwardCheckedLabels): every labels' value check (an aminmax, and on a GPU a
+    read-back) is in the forward."""
+    from torch.profiler import ProfilerActivity, profile
+
+    def label_checks(fn):
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            out = fn()
+        return out, sum(e.count for e in prof.key_averages() if e.key == "aten::aminmax")
+
+    args = problem()
+    value, forward = label_checks(lambda: PENALTY_STEPS[step](*args))
+    _, backward = label_checks(lambda: value.backward())
+    assert forward >= 1 and backward == 0, (forward, backward)
+
+
 def test_hgp_mean_targets_differ():
     """The reference's target H̄ḡ is not the mean of the H_e g_e (PAPER.md): the option matters."""
     z, W, b, y, off = problem()
