@@ -326,6 +326,25 @@ def test_bad_labels_raise_before_a_kernel_reads_them(op, tile):
 
 
 @pytest.mark.parametrize("op", OPS)
+def test_small_head_logits_are_one_launch(op, monkeypatch):
+    """A small head's logits are one launch of logits_kernel (csrc/cuda/logits_kernels.cuh), not a
+    cuBLAS GEMM (three kernels at DomainBed heads); the op's result equals the cuBLAS path's
+    (HESSALIGN_LOGITS_KERNEL=0) to float32 rounding."""
+    from torch.profiler import ProfilerActivity, profile
+
+    gpu = to(make_problem(SHAPE["domainbed"], torch.float32, "cpu"), "cuda")
+    own = call(op, gpu)
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        call(op, gpu)
+        torch.cuda.synchronize()
+    names = [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    assert sum("logits_kernel" in n for n in names) == 1, names
+    monkeypatch.setenv("HESSALIGN_LOGITS_KERNEL", "0")
+    scaled_close(own, call(op, gpu), TOL[torch.float32])
+
+
+@pytest.mark.parametrize("op", OPS)
 def test_one_host_wait_per_call_with_labels_and_class_weights(op):
     """With labels and class weights a call waits on the GPU once: the labels' check (an event
     synchronize). The class weights' sum is read by the kernels, not copied back (it was a

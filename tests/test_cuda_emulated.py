@@ -111,6 +111,33 @@ def test_emulated_kernels_match_cpu(op, shape, dtype, options):
         assert_matches(e, c, dtype, msg=lambda m: f"{op} backward, {name}: {m}")
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=["f64", "f32", "bf16"])
+@pytest.mark.parametrize("shape", ["one_domain_one_row", "unequal_37x129", "no_bias_33x31", "wide_1000"])
+def test_emulated_logits_kernel(shape, dtype, monkeypatch):
+    """A small head's logits by csrc/cuda/logits_kernels.cuh (16×16 tiles; these heads have rows,
+    classes and columns off the tile edges) give the losses of the GEMM path
+    (HESSALIGN_LOGITS_KERNEL=0), which the CPU ops give too; a value other than 0 or 1 raises."""
+    sizes, C, d, bias = SHAPES[shape]
+    args = _args("domain_losses", sizes, C, d, bias, torch.float64, OPTIONS["plain"])
+    args = tuple(a.to(dtype) if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args)
+    emu = torch.ops.hessalign_emu.domain_losses
+    own = emu(*args)
+    monkeypatch.setenv("HESSALIGN_LOGITS_KERNEL", "0")
+    gemm = emu(*args)
+    check_dtype = torch.float32 if dtype == torch.bfloat16 else dtype
+    expected = torch.ops.hessalign_ext.domain_losses(*(a.to(check_dtype) if isinstance(a, torch.Tensor)
+                                                        and a.is_floating_point() else a for a in args))
+    if dtype == torch.bfloat16:  # both paths round the logits to bfloat16, each after its own float sums
+        torch.testing.assert_close(own.float(), gemm.float(), rtol=REDUCED[dtype], atol=REDUCED[dtype])
+        torch.testing.assert_close(own.float(), expected, rtol=REDUCED[dtype], atol=REDUCED[dtype])
+    else:
+        assert_matches(own, gemm, dtype)
+        assert_matches(own, expected, dtype)
+    monkeypatch.setenv("HESSALIGN_LOGITS_KERNEL", "yes")
+    with pytest.raises(ValueError, match="HESSALIGN_LOGITS_KERNEL must be 0 \\(cuBLAS\\), 1 or unset"):
+        emu(*args)
+
+
 @pytest.mark.parametrize("op", ["hutchinson_diag", "hutchinson_trace"])
 def test_emulated_probes_are_the_cpu_probes(op):
     """Same seed: the CUDA kernels draw the CPU's probes (results agree to rounding, while

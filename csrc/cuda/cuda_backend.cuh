@@ -6,6 +6,7 @@
 
 #include "cuda_kernels.h"
 #include "domain_stats_kernels.cuh"
+#include "logits_kernels.cuh"
 #include "row_kernels.cuh"
 #include "segment_kernels.cuh"
 #include "softmax_kernels.cuh"

@@ -6,6 +6,9 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
+#include <cstdlib>
+#include <cstring>
+
 #include "../math/cross_entropy.h"
 #include "../math/domains.h"
 #include "../math/tile.h"
@@ -26,6 +29,9 @@ template <class acc_t>
 int launch_ce_coeffs(const CeParams<acc_t>& p, const DomainOffsets& off, acc_t* c, acc_t* a, acc_t* b,
                      cudaStream_t stream);
 template <class scalar_t, class acc_t>
+int launch_logits(const scalar_t* Z, const scalar_t* W, const scalar_t* bias, index_t N, index_t C, index_t d,
+                  scalar_t* L, cudaStream_t stream);
+template <class scalar_t, class acc_t>
 int launch_domain_stats(const CeParams<acc_t>& p, const DomainOffsets& off, const scalar_t* L, index_t C, acc_t* c,
                         acc_t* a, acc_t* b, acc_t* lse, acc_t* loss, cudaStream_t stream);
 
@@ -45,6 +51,19 @@ struct CudaKernelsT {
   static constexpr int64_t kDomainFoldBytes = INT64_MAX;  // hutchinson_diag: one batched GEMM, one launch
   static bool fuse_domain_stats(index_t max_rows, index_t C) {
     return max_rows <= 512 && max_rows * C <= (index_t(1) << 16);
+  }
+  // The logits of a head of at most 2^23 multiply-adds by logits_kernels.cuh's one launch instead of
+  // cuBLAS's (three kernels at DomainBed heads): every row reads the weight, so up to 2^23
+  // multiply-adds its warps read at most 32 MB of float32 weights from L2 in all. Not measured on a
+  // GPU yet; HESSALIGN_LOGITS_KERNEL=0 keeps cuBLAS, for the A/B.
+  static bool logits_kernel_fits(index_t N, index_t C, index_t d) {
+    const char* env = std::getenv("HESSALIGN_LOGITS_KERNEL");
+    if (env && env[0] != '\0') {
+      TORCH_CHECK_VALUE(std::strcmp(env, "0") == 0 || std::strcmp(env, "1") == 0,
+                        "HESSALIGN_LOGITS_KERNEL must be 0 (cuBLAS), 1 or unset (the size rule); got '", env, "'");
+      if (env[0] == '0') return false;
+    }
+    return N * C * d <= (index_t(1) << 23);
   }
   // The memory rule's default budget (host/class_tile.h); CudaKernels takes its GPU's share.
   static int64_t default_tile_bytes(const at::Tensor&) { return int64_t(256) << 20; }
@@ -74,6 +93,11 @@ struct CudaKernelsT {
   template <class acc_t>
   void ce_coeffs(const CeParams<acc_t>& p, const DomainOffsets& off, acc_t* c, acc_t* a, acc_t* b) const {
     check(launch_ce_coeffs(p, off, c, a, b, stream), "ce_coeffs_kernel");
+  }
+  template <class scalar_t, class acc_t>
+  void logits(const scalar_t* Z, const scalar_t* W, const scalar_t* bias, index_t N, index_t C, index_t d,
+              scalar_t* L) const {
+    if (N > 0) check(launch_logits<scalar_t, acc_t>(Z, W, bias, N, C, d, L, stream), "logits_kernel");
   }
   template <class scalar_t, class acc_t>
   void domain_stats(const CeParams<acc_t>& p, const DomainOffsets& off, const scalar_t* L, index_t C, acc_t* c,

@@ -218,6 +218,16 @@ Head make_head(const char* op, const at::Tensor& features, const at::Tensor& wei
   return h;
 }
 
+// The logits Z Wᵀ + b (N, C) by the backend's own kernel (CUDA, small heads), not a GEMM call.
+template <class scalar_t, class acc_t, class K>
+at::Tensor own_logits(const Head& h, const K& k) {
+  at::Tensor L = at::empty({h.N, h.C}, h.z.options());
+  k.template logits<scalar_t, acc_t>(h.z.const_data_ptr<scalar_t>(), h.w.const_data_ptr<scalar_t>(),
+                                     h.bias.defined() ? h.bias.const_data_ptr<scalar_t>() : nullptr, h.N, h.C, h.d,
+                                     L.mutable_data_ptr<scalar_t>());
+  return L;
+}
+
 // Chooses the class tile, counting the kept probabilities as one more N×T buffer, and fills
 // the per-row coefficients and the row log-sum-exps (pass 1 over the class tiles, the
 // last tile's kernel writing the log-sum-exps; with one tile its logits, and where the
@@ -242,7 +252,7 @@ void prepare(Head& h, const K& k, const CeOptions& ce, bool keep_probs = true, b
     // read-back (LabelCheck).
     if constexpr (K::kFusedDomainStats) {
       if (h.num_tiles() == 1 && K::fuse_domain_stats(h.max_rows, h.C)) {
-        h.logits_cache = h.logits(0, h.C);
+        h.logits_cache = K::logits_kernel_fits(h.N, h.C, h.d) ? own_logits<scalar_t, acc_t>(h, k) : h.logits(0, h.C);
         if (want_domain_loss) h.domain_loss = at::empty({h.E}, opts);
         k.domain_stats(h.ce_params<acc_t>(ce), h.domains, h.logits_cache.const_data_ptr<scalar_t>(), h.C,
                        h.c.mutable_data_ptr<acc_t>(), h.a.mutable_data_ptr<acc_t>(), h.b.mutable_data_ptr<acc_t>(),

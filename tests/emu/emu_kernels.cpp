@@ -8,6 +8,7 @@
 #include <c10/util/Half.h>
 
 #include "../../csrc/cuda/domain_stats_kernels.cuh"
+#include "../../csrc/cuda/logits_kernels.cuh"
 #include "../../csrc/cuda/row_kernels.cuh"
 #include "../../csrc/cuda/segment_kernels.cuh"
 #include "../../csrc/cuda/softmax_kernels.cuh"
@@ -54,6 +55,7 @@ namespace hessalign {
   HE_ROWS(LogitsHvpBackwardUOp<S, A>)                                                                         \
   HE_ROWS(LogitsHvpBackwardPOp<S, A>)                                                                         \
   template int launch_softmax_stats<S, A>(const S*, index_t, index_t, A*, A*, bool, A*, cudaStream_t);       \
+  template int launch_logits<S, A>(const S*, const S*, const S*, index_t, index_t, index_t, S*, cudaStream_t); \
   template int launch_domain_stats<S, A>(const CeParams<A>&, const DomainOffsets&, const S*, index_t, A*, A*, A*, A*, \
                                          A*, cudaStream_t);
 
