@@ -13,8 +13,10 @@ Providers (``PROVIDERS``, one module each; ``problems.py`` holds the cases, head
 ``truth.py`` the float64 truth and the check):
 
 - ``ours``: the fused op of ``hessalign_ext.ops`` (all domains in one call).
-- ``ours_blas``: the same on the CPU with ``HESSALIGN_CPU_GEMM=aten``, every GEMM on ATen's BLAS:
-  what the ops' own GEMM paths (the few-rows kernel, oneDNN) buy, in the same run.
+- ``ours_blas``: the same with every GEMM on the vendor BLAS, in the same run: on the CPU
+  ``HESSALIGN_CPU_GEMM=aten`` (what the ops' own GEMM ways, the few-rows and few-classes kernels
+  and oneDNN, buy), on CUDA ``HESSALIGN_LOGITS_KERNEL=0`` (what a small head's logits in one
+  launch of ``csrc/cuda/logits_kernels.cuh`` buy over cuBLAS).
 - ``autograd``: double backward through an explicit ``F.linear`` head and ``F.cross_entropy``,
   one domain at a time, as the paper's reference code does it: HVP as ``∇(g·v)``; Hutchinson
   one probe at a time (one double backward per probe and domain); the exact diagonal as ``C·D``

@@ -1,5 +1,5 @@
 """ours: the fused ops of hessalign_ext.ops, all domains in one call; ours_blas: the same with
-every CPU GEMM on ATen's BLAS."""
+every GEMM on the vendor BLAS (ATen's on the CPU, cuBLAS on CUDA)."""
 
 from __future__ import annotations
 
@@ -32,27 +32,31 @@ def build(problem: Problem, case: Case, probes=None):
     raise KeyError(case.op)
 
 
-CPU_GEMM = "HESSALIGN_CPU_GEMM"
+# The setting that puts every GEMM of the ops on the vendor BLAS, per device.
+BLAS_SETTING = {"cpu": ("HESSALIGN_CPU_GEMM", "aten"), "cuda": ("HESSALIGN_LOGITS_KERNEL", "0")}
 
 
 def build_blas(problem: Problem, case: Case, probes=None):
-    """``ours`` with HESSALIGN_CPU_GEMM=aten: what the ops' own CPU GEMM paths (the few-rows
-    kernel of csrc/cpu/segment_tn_cpu.cpp, oneDNN) buy over BLAS, in the same run. Setting and
-    restoring the variable adds ~3 us to each call (3% of the smallest DomainBed ops)."""
+    """``ours`` with every GEMM on the vendor BLAS, in the same run: on the CPU
+    HESSALIGN_CPU_GEMM=aten (what the ops' own CPU GEMM ways, the few-rows and few-classes kernels
+    and oneDNN, buy over MKL), on CUDA HESSALIGN_LOGITS_KERNEL=0 (what a small head's logits in
+    one launch of csrc/cuda/logits_kernels.cuh buy over cuBLAS's GEMM). Setting and restoring the
+    variable adds ~3 us to each call (3% of the smallest DomainBed ops on the CPU)."""
     run = build(problem, case, probes)
+    name, value = BLAS_SETTING[problem.device.type]
 
     def on_blas():
-        before = os.environ.get(CPU_GEMM)
-        os.environ[CPU_GEMM] = "aten"
+        before = os.environ.get(name)
+        os.environ[name] = value
         try:
             return run()
         finally:
             if before is None:
-                del os.environ[CPU_GEMM]
+                del os.environ[name]
             else:
-                os.environ[CPU_GEMM] = before
+                os.environ[name] = before
     return on_blas
 
 
 def blas_not_applicable(problem: Problem, case: Case):
-    return None if problem.device.type == "cpu" else "HESSALIGN_CPU_GEMM chooses CPU GEMMs only (the same as ours)"
+    return None if problem.device.type in BLAS_SETTING else f"no BLAS setting for {problem.device.type}"
