@@ -111,7 +111,8 @@ def test_emulated_kernels_match_cpu(op, shape, dtype, options):
         assert_matches(e, c, dtype, msg=lambda m: f"{op} backward, {name}: {m}")
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=["f64", "f32", "bf16"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16],
+                         ids=["f64", "f32", "bf16", "f16"])
 @pytest.mark.parametrize("shape", ["one_domain_one_row", "unequal_37x129", "no_bias_33x31", "wide_1000"])
 def test_emulated_logits_kernel(shape, dtype, monkeypatch):
     """A small head's logits by csrc/cuda/logits_kernels.cuh (16×16 tiles; these heads have rows,
@@ -124,10 +125,10 @@ def test_emulated_logits_kernel(shape, dtype, monkeypatch):
     own = emu(*args)
     monkeypatch.setenv("HESSALIGN_LOGITS_KERNEL", "0")
     gemm = emu(*args)
-    check_dtype = torch.float32 if dtype == torch.bfloat16 else dtype
+    check_dtype = torch.float32 if dtype in REDUCED else dtype
     expected = torch.ops.hessalign_ext.domain_losses(*(a.to(check_dtype) if isinstance(a, torch.Tensor)
                                                         and a.is_floating_point() else a for a in args))
-    if dtype == torch.bfloat16:  # both paths round the logits to bfloat16, each after its own float sums
+    if dtype in REDUCED:  # both paths round the logits to 16 bits, each after its own float sums
         torch.testing.assert_close(own.float(), gemm.float(), rtol=REDUCED[dtype], atol=REDUCED[dtype])
         torch.testing.assert_close(own.float(), expected, rtol=REDUCED[dtype], atol=REDUCED[dtype])
     else:
