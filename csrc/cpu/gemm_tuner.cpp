@@ -43,6 +43,9 @@ constexpr int kRounds = 3;  // timed rounds of each way, interleaved, after one 
 constexpr double kRoundSeconds = 100e-6;
 
 enum Kind : int64_t { kGemm, kSegment };
+// A key starts {kind, threads, timing}: timing is read once per call, into the key, which also keeps
+// untimed choices apart from timed ones.
+constexpr size_t kTimingInKey = 2;
 
 std::atomic<bool> timing{true};  // set_cpu_gemm_timing
 
@@ -101,7 +104,7 @@ int64_t fastest(std::vector<int64_t> key, const at::Tensor& out, int64_t macs, i
   const int64_t n = int64_t(ways.size());
   GemmChoice c{key, {}, std::vector<double>(n, std::numeric_limits<double>::quiet_NaN()), preferred, 0};
   for (const Way& w : ways) c.ways.push_back(w.name);
-  if (n > 1 && macs <= kMaxTimedMacs && key[2]) {
+  if (n > 1 && macs <= kMaxTimedMacs && key[kTimingInKey]) {
     // zeros, not garbage: NaN or subnormal operands of an accumulation could slow a way down
     const at::Tensor scratch = at::empty_strided(out.sizes(), out.strides(), out.options()).zero_();
     for (const Way& w : ways) w.run(scratch);

@@ -6,9 +6,7 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
-#include <cstdlib>
-#include <cstring>
-
+#include "../host/env_switch.h"
 #include "../math/cross_entropy.h"
 #include "../math/domains.h"
 #include "../math/tile.h"
@@ -57,13 +55,8 @@ struct CudaKernelsT {
   // multiply-adds its warps read at most 32 MB of float32 weights from L2 in all. Not measured on a
   // GPU yet; HESSALIGN_LOGITS_KERNEL=0 keeps cuBLAS, for the A/B.
   static bool logits_kernel_fits(index_t N, index_t C, index_t d) {
-    const char* env = std::getenv("HESSALIGN_LOGITS_KERNEL");
-    if (env && env[0] != '\0') {
-      TORCH_CHECK_VALUE(std::strcmp(env, "0") == 0 || std::strcmp(env, "1") == 0,
-                        "HESSALIGN_LOGITS_KERNEL must be 0 (cuBLAS), 1 or unset (the size rule); got '", env, "'");
-      if (env[0] == '0') return false;
-    }
-    return N * C * d <= (index_t(1) << 23);
+    const auto forced = env_switch("HESSALIGN_LOGITS_KERNEL", "0 (cuBLAS), 1 or unset (the size rule)");
+    return !(forced && !*forced) && N * C * d <= (index_t(1) << 23);  // 1 means the rule, as unset
   }
   // The memory rule's default budget (host/class_tile.h); CudaKernels takes its GPU's share.
   static int64_t default_tile_bytes(const at::Tensor&) { return int64_t(256) << 20; }

@@ -1,12 +1,10 @@
 // The padded GEMM width of a head's D-wide operands (Head::align_rows in head_problem.h): the
 // width and the rule that turns it on.
 #pragma once
-#include <c10/util/Exception.h>
-
 #include <algorithm>
 #include <cstdint>
-#include <cstdlib>
-#include <cstring>
+
+#include "env_switch.h"
 
 namespace hessalign {
 
@@ -39,12 +37,7 @@ constexpr int64_t kAlignRowsMinMacs = int64_t(1) << 30;
 
 inline bool align_rows_for(int64_t N, int64_t E, int64_t C, int64_t D, int64_t elem, bool cuda) {
   if (padded_width(D, elem) == D) return false;
-  const char* env = std::getenv("HESSALIGN_ALIGN_ROWS");
-  if (env && env[0] != '\0') {
-    TORCH_CHECK_VALUE(std::strcmp(env, "1") == 0 || std::strcmp(env, "0") == 0,
-                      "HESSALIGN_ALIGN_ROWS must be 1 (on), 0 (off) or unset (the size rule); got '", env, "'");
-    return env[0] == '1';
-  }
+  if (const auto forced = env_switch("HESSALIGN_ALIGN_ROWS", "1 (on), 0 (off) or unset (the size rule)")) return *forced;
   return cuda && elem == 2 && N >= kAlignRowsMinRowsPerDomain * E && N * C * D >= kAlignRowsMinMacs;
 }
 
