@@ -111,7 +111,11 @@ def run_job(job, args, clock, dtype, meta, log):
     in the same interleaved rounds, so the fusion ratio is not at the mercy of the machine's load.
     """
     case, shape, only, tags = job
+    if args.providers is not None:  # ours (a step's kernel) always: the ratios' denominator
+        keep = set(args.providers) | {"kernel" if case.is_step else "ours"}
+        only = [n for n in (only or keep) if n in keep]
     device = args.device
+    t_job, check_s = time.perf_counter(), 0.0
     truth_cache = {}
     mode = "step" if case.is_step else "forward"
     provs = P.providers_for(case)
@@ -135,16 +139,18 @@ def run_job(job, args, clock, dtype, meta, log):
                 rec.update(status="n/a", reason=reason)
                 records.append(rec)
                 continue
+            t_check = time.perf_counter()
             try:
-                status, err, tol, cshape, check_s = P.check(prov, problem, case, truth_cache)
-                rec["check"] = {"status": status, "rel_err": err, "tol": tol, "shape": cshape}
+                status, err, tol, cshape, call_s = P.check(prov, problem, case, truth_cache)
+                rec["check"] = {"status": status, "rel_err": err, "tol": tol, "shape": cshape,
+                                "wall_s": time.perf_counter() - t_check}
                 if status != "ok":
                     rec.update(status="mismatch",
                                reason=f"differs from the float64 reference: rel err {err:.2e} > {tol:.0e}")
                     records.append(rec)
                     continue
                 runnable[name + suffix] = (prov.build(problem, case), rec)
-                warm[name + suffix] = check_s
+                warm[name + suffix] = call_s
                 fl_of[name + suffix] = sh
             except Exception as exc:  # noqa: BLE001 - a provider that fails is recorded, not fatal
                 msg = str(exc).splitlines()[0][:200] if str(exc) else ""
@@ -152,13 +158,17 @@ def run_job(job, args, clock, dtype, meta, log):
                 records.append(rec)
                 if device == "cuda":
                     torch.cuda.empty_cache()
+            finally:
+                check_s += time.perf_counter() - t_check
     fns = {key: (lambda f=fn: f()) for key, (fn, rec) in runnable.items()}
+    t_timing = time.perf_counter()
     try:
         samples = measure(clock, fns, args.rounds, args.burst, warm, None if args.no_memory else peaks) if fns else {}
     except Exception as exc:  # noqa: BLE001
         samples = {}
         for key, (fn, rec) in runnable.items():
             rec.update(status="error", reason=f"timing: {type(exc).__name__}: {str(exc)[:200]}")
+    timing_s = time.perf_counter() - t_timing
     for key, (fn, rec) in runnable.items():
         if key not in samples:
             records.append(rec)
@@ -190,12 +200,17 @@ def run_job(job, args, clock, dtype, meta, log):
         for r in group:
             if ours and "p50_ms" in r:
                 r["ratio_vs_ours"] = r["p50_ms"] / ours["p50_ms"]
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    # where a run's seconds go (checks with the float64 truth, timed rounds, the rest: memory, floors)
+    job = {"wall_s": time.perf_counter() - t_job, "checks_s": check_s, "timing_s": timing_s}
+    for r in records:
+        r["job"] = job
     for sid in dict.fromkeys(r["shape"] for r in records):
         line = " ".join(f"{r['provider']}={r['p50_ms']:.3g}ms" if "p50_ms" in r else f"{r['provider']}={r['status']}"
                         for r in records if r["shape"] == sid)
         log(f"{case.label:26s} {sid:22s} {line}")
-    if device == "cuda":
-        torch.cuda.empty_cache()
+    log(f"{'':26s} job {job['wall_s']:.1f} s: checks {check_s:.1f} s, timing {timing_s:.1f} s")
     return records
 
 
@@ -211,6 +226,9 @@ def main(argv=None):
                     help="float32 | bfloat16 (comma list allowed); default float32, on CUDA float32,bfloat16 "
                          "(bf16 only at the large head with --quick)")
     ap.add_argument("--only", default=None, help="comma list of cases (op names) to run")
+    ap.add_argument("--providers", default=None,
+                    help="comma list of providers to check and time (ours, closed_form, autograd, ...; a step's "
+                         "kernel, kernel_gram, ...), e.g. the targets' only on a short GPU lease")
     ap.add_argument("--rounds", type=int, default=None, help="interleaved timing rounds (default 5; quick 3)")
     ap.add_argument("--burst", type=float, default=None, help="seconds of calls per provider per round")
     ap.add_argument("--no-memory", action="store_true")
@@ -252,6 +270,11 @@ def main(argv=None):
     dtypes = [DTYPES[x.strip()] for x in dtypes.split(",")]
     os.makedirs(args.out, exist_ok=True)
     only = None if args.only is None else set(args.only.split(","))
+    if args.providers is not None:
+        args.providers = args.providers.split(",")
+        unknown = set(args.providers) - set(P.PROVIDERS) - set(P.STEP_PROVIDERS)
+        if unknown:
+            ap.error(f"--providers: no provider {', '.join(sorted(unknown))}")
     only_tags = None if args.only_tags is None else set(args.only_tags.split(","))
     only_shapes = None if args.only_shapes is None else set(args.only_shapes.split(","))
     try:

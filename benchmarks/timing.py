@@ -40,6 +40,9 @@ class Clock:
         return time.perf_counter() - t0
 
 
+FAR_RATIO, FAR_MIN_S = 20.0, 0.05
+
+
 def measure(clock: Clock, fns: dict, rounds: int, burst_s: float, warm=None, peaks=None):
     """Interleaved timing of several callables: per-call samples for each (seconds).
 
@@ -65,10 +68,11 @@ def measure(clock: Clock, fns: dict, rounds: int, burst_s: float, warm=None, pea
         # each round starts one provider later: a provider's time depends on what ran before it
         # (at 1 ms HGP steps on the CPU, the same code measured 1.41 ms first in every round and
         # 1.19 ms fourth), and rotating gives every provider every place
+        far = _far(samples) if r else set()
         for name in names[r % len(names):] + names[:r % len(names)]:
             fn, t = fns[name], est[name]
             my_rounds = rounds if t < 1.0 else (3 if t < 10.0 else 1)
-            if r >= my_rounds:
+            if r >= my_rounds or name in far:
                 continue
             burst = max(1, min(50, int(burst_s / max(t, 1e-6))))
             for _ in range(burst):
@@ -80,6 +84,17 @@ def measure(clock: Clock, fns: dict, rounds: int, burst_s: float, warm=None, pea
             # a first call's estimate (compilation, the check's call) can only overstate
             est[name] = min(est[name], min(samples[name]))
     return samples
+
+
+def _far(samples) -> set:
+    """Providers timed in one round only: FAR_RATIO times slower than the fastest (by their first
+    round's fastest call, not a first call's compilation) and over FAR_MIN_S a call. Their ratios
+    lie far from every target's line (at most 5x; 100x between jobs, against ratios of 300x and
+    more), and their repeats were most of a GPU run's timed seconds (the autograd references
+    with 300 probes take 0.8 s a call at 3x32, d = 512 on the H100)."""
+    best = {name: min(xs) for name, xs in samples.items() if xs}
+    line = max(FAR_MIN_S, FAR_RATIO * min(best.values(), default=0.0))
+    return {name for name, t in best.items() if t >= line}
 
 
 def quantiles(xs):

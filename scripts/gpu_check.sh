@@ -23,7 +23,8 @@
 #   an earlier one did not reach. HEADS: a comma list of DomainBed head ids (E5xn32_d2048_C65, ...)
 #   for the hgp, ops and hutchinson phases (default all 16, in plan order, as far as time allows).
 #   OPS_S, HUTCHINSON_S: the seconds of the ops and Hutchinson-step phases (default 140 and 60),
-#   for a lease that skips other phases.
+#   for a lease that skips other phases. PROVIDERS: a comma list of the peers those two phases
+#   time besides ours (closed_form,autograd: the targets' only; default every peer).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 T0=$(date +%s)
@@ -39,6 +40,8 @@ PHASES=${PHASES:-tests,profile,bf16,align,hgp,ops,hutchinson,large}
 want() { [[ ",$PHASES," == *",$1,"* ]]; }
 HEADS_ARG=()
 [ -n "${HEADS:-}" ] && HEADS_ARG=(--only-shapes "$HEADS")
+PROV_ARG=()
+[ -n "${PROVIDERS:-}" ] && PROV_ARG=(--providers "$PROVIDERS")
 
 if compgen -G ".whl/*.whl" > /dev/null; then
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
@@ -56,7 +59,7 @@ export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
   echo "- nvcc: $($CUDA_HOME/bin/nvcc --version | tail -2 | head -1)"
   echo "- python: $($PY --version 2>&1); peers: $($PY -c 'import backpack, curvlinops; import importlib.metadata as m; print("backpack", m.version("backpack-for-pytorch"), "curvlinops", m.version("curvlinops-for-pytorch"))' 2>&1 | tail -1)"
   echo "- TORCH_CUDA_ARCH_LIST: $TORCH_CUDA_ARCH_LIST"
-  echo "- phases: $PHASES${HEADS:+; heads: $HEADS}"
+  echo "- phases: $PHASES${HEADS:+; heads: $HEADS}${PROVIDERS:+; providers: $PROVIDERS}"
 } > "$SUMMARY"
 
 start=$(date +%s)
@@ -115,9 +118,9 @@ want align && AB=plain_ HESSALIGN_ALIGN_ROWS=0 bench 45 --quick --dtype bfloat16
 # 3. the HGP step at the 16 DomainBed heads, every form (~55 s)
 want hgp && bench 75 --only-tags domainbed --only hgp_step --dtype float32 "${HEADS_ARG[@]}"
 # 4. every op at as many DomainBed heads as fit (~25 s a head)
-want ops && bench "${OPS_S:-140}" --only-tags domainbed --dtype float32 --only $OPS --rounds 3 --burst 0.04 "${HEADS_ARG[@]}"
+want ops && bench "${OPS_S:-140}" --only-tags domainbed --dtype float32 --only $OPS --rounds 3 --burst 0.04 "${HEADS_ARG[@]}" "${PROV_ARG[@]}"
 # 5. the Hutchinson steps (the autograd reference with 300 probes takes seconds per call), then the fp32 large head
-want hutchinson && bench "${HUTCHINSON_S:-60}" --only-tags domainbed --only hutchinson_step,hutchinson_exact_step --dtype float32 --rounds 3 "${HEADS_ARG[@]}"
+want hutchinson && bench "${HUTCHINSON_S:-60}" --only-tags domainbed --only hutchinson_step,hutchinson_exact_step --dtype float32 --rounds 3 "${HEADS_ARG[@]}" "${PROV_ARG[@]}"
 want large && bench 3600 --quick --only-tags large --dtype float32
 grep -A14 "^## Targets" "$RESULTS/benchmark.log" | head -60
 cat "$SUMMARY"

@@ -85,9 +85,59 @@ def test_measure_skips_warm_up_after_the_check_and_takes_cuda_peaks_in_a_timed_c
     monkeypatch.setattr(timing.torch.cuda, "reset_peak_memory_stats", lambda: allocated.__setitem__(slice(1, None), []))
     monkeypatch.setattr(timing.torch.cuda, "memory_allocated", lambda: allocated[0])
     monkeypatch.setattr(timing.torch.cuda, "max_memory_allocated", lambda: max(allocated))
-    fns = {"fast": make("fast", 0.001, 7), "slow": make("slow", 0.5, 1000)}
+    fns = {"fast": make("fast", 0.001, 7), "slow": make("slow", 0.015, 1000)}
     peaks = {}
-    samples = timing.measure(FakeClock(), fns, rounds=3, burst_s=0.01, warm={"fast": None, "slow": 0.6}, peaks=peaks)
+    samples = timing.measure(FakeClock(), fns, rounds=3, burst_s=0.01, warm={"fast": None, "slow": 0.02}, peaks=peaks)
     assert calls["slow"] == len(samples["slow"]) == 3  # one per round, no warm-up call
     assert calls["fast"] == len(samples["fast"]) + 3  # warmed up to the burst: three calls
     assert peaks == {"fast": 7, "slow": 1000}
+
+
+def test_measure_times_a_far_slower_provider_in_one_round():
+    """A provider 20x slower than the fastest and over 50 ms a call is timed once (its ratio is far
+    from every target's line); one 10x slower keeps every round, and so does one whose first call
+    (compilation, the check's) was slow but whose timed calls are fast."""
+    import timing
+
+    times = {"ours": [0.01], "near": [0.1], "far": [0.5], "compiles": [0.02]}
+    calls = dict.fromkeys(times, 0)
+
+    def make(name):
+        def fn():
+            calls[name] += 1
+            return times[name][0]
+        return fn
+
+    class FakeClock:
+        cuda = False
+
+        def sync(self):
+            pass
+
+        def once(self, fn):
+            return fn()
+
+    fns = {name: make(name) for name in times}
+    warm = {"ours": 0.01, "near": 0.1, "far": 0.5, "compiles": 5.0}
+    samples = timing.measure(FakeClock(), fns, rounds=5, burst_s=0.01, warm=warm)
+    assert {name: len(xs) for name, xs in samples.items()} == {"ours": 5, "near": 5, "far": 1, "compiles": 5}
+    assert calls == {"ours": 5, "near": 5, "far": 1, "compiles": 5}  # the check's call was the warm-up
+
+
+def test_run_with_chosen_providers(tmp_path):
+    """--providers keeps those and the ratios' denominator (ours; a step's kernel); each record
+    says where its job's seconds went."""
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--heads", "E2xn4_d8_C3", "--only",
+           "head_hvp,hgp_step", "--providers", "autograd", "--no-plots", "--no-memory", "--rounds", "1",
+           "--burst", "0.005", "--threads", "1", "--out", str(tmp_path)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    records = json.loads(next(tmp_path.glob("*.json")).read_text())["records"]
+    assert {(r["case"], r["provider"]) for r in records} == {
+        ("head_hvp", "ours"), ("head_hvp", "autograd"), ("hgp_step", "kernel"), ("hgp_step", "autograd")}
+    for r in records:
+        assert r["status"] == "ok" and r["check"]["wall_s"] > 0
+        assert r["job"]["wall_s"] >= r["job"]["checks_s"] + r["job"]["timing_s"] > 0
+    bad = subprocess.run(cmd[:-2] + ["--providers", "autograd,nope", "--out", str(tmp_path)],
+                         capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert bad.returncode == 2 and "--providers: no provider nope" in bad.stderr
