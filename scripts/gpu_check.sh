@@ -10,8 +10,9 @@
 #   5. benchmarks, each within its own number of seconds: the bf16 large-head HVP and the
 #      fusion across domains (with the padded GEMM width, its default there), the same HVP in
 #      the plain layout (HESSALIGN_ALIGN_ROWS=0), the HGP step at the 16 DomainBed heads, every
-#      op at as many DomainBed heads as fit, the Hutchinson steps, the fp32 large head (the
-#      scaling series: run.py --only-tags scaling-C,scaling-N,scaling-K,scaling-E on a longer lease).
+#      op at as many DomainBed heads as fit, the Hutchinson steps, the fusion across E = 1..32
+#      domains of 32 rows (the scaling-E series), the fp32 large head (the other scaling series:
+#      run.py --only-tags scaling-C,scaling-N,scaling-K on a longer lease).
 # Results go to $OUT (device tool) or benchmarks/results/gpu_<date>/ (at most 8 files, so the
 # device tool returns them all; plots are rebuilt from the JSON with run.py --report):
 #   gpu_check.md (device, versions, date, build time, test counts), cuda_tests.log, profile.md,
@@ -19,12 +20,12 @@
 #   build.log only when the build fails).
 # Usage: [DEADLINE_S=540] [PHASES=...] [HEADS=...] bash scripts/gpu_check.sh
 #   DEADLINE_S: seconds for the whole script. PHASES: a comma list of the steps after the build
-#   (tests,profile,bf16,align,hgp,ops,hutchinson,large; default all), so a short lease can run what
+#   (tests,profile,bf16,align,hgp,ops,hutchinson,fusion,large; default all), so a short lease can run what
 #   an earlier one did not reach. HEADS: a comma list of DomainBed head ids (E5xn32_d2048_C65, ...)
 #   for the hgp, ops and hutchinson phases (default all 16, in plan order, as far as time allows).
-#   OPS_S, HUTCHINSON_S: the seconds of the ops and Hutchinson-step phases (default 140 and 60),
-#   for a lease that skips other phases. PROVIDERS: a comma list of the peers those two phases
-#   time besides ours (closed_form,autograd: the targets' only; default every peer).
+#   OPS_S, HUTCHINSON_S, FUSION_S: the seconds of the ops, Hutchinson-step and fusion phases
+#   (default 140, 60 and 60), for a lease that skips other phases. PROVIDERS: a comma list of
+#   the peers the ops and Hutchinson-step phases time besides ours (closed_form,autograd: the targets' only; default every peer).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 T0=$(date +%s)
@@ -36,7 +37,7 @@ mkdir -p "$RESULTS"
 export PYTHONUNBUFFERED=1
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}  # the in-place build, for benchmarks/run.py
 SUMMARY="$RESULTS/gpu_check.md"
-PHASES=${PHASES:-tests,profile,bf16,align,hgp,ops,hutchinson,large}
+PHASES=${PHASES:-tests,profile,bf16,align,hgp,ops,hutchinson,fusion,large}
 want() { [[ ",$PHASES," == *",$1,"* ]]; }
 HEADS_ARG=()
 [ -n "${HEADS:-}" ] && HEADS_ARG=(--only-shapes "$HEADS")
@@ -121,6 +122,8 @@ want hgp && bench 75 --only-tags domainbed --only hgp_step --dtype float32 "${HE
 want ops && bench "${OPS_S:-140}" --only-tags domainbed --dtype float32 --only $OPS --rounds 3 --burst 0.04 "${HEADS_ARG[@]}" "${PROV_ARG[@]}"
 # 5. the Hutchinson steps (the autograd reference with 300 probes takes seconds per call), then the fp32 large head
 want hutchinson && bench "${HUTCHINSON_S:-60}" --only-tags domainbed --only hutchinson_step,hutchinson_exact_step --dtype float32 --rounds 3 "${HEADS_ARG[@]}" "${PROV_ARG[@]}"
+# 6. the fusion target at DomainBed rows: E domains of 32 rows against one domain of 32·E rows
+want fusion && bench "${FUSION_S:-60}" --only-tags scaling-E --dtype float32 --rounds 3
 want large && bench 3600 --quick --only-tags large --dtype float32
 grep -A14 "^## Targets" "$RESULTS/benchmark.log" | head -60
 cat "$SUMMARY"
