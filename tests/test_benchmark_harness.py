@@ -13,6 +13,19 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import providers  # noqa: E402
 
 
+class FakeClock:
+    """timing.Clock whose calls return their own duration in seconds."""
+
+    def __init__(self, cuda: bool):
+        self.cuda = cuda
+
+    def sync(self):
+        pass
+
+    def once(self, fn):
+        return fn()
+
+
 def test_shape_ids_round_trip():
     shape = providers.Shape(5, 32, 2048, 345)
     assert providers.Shape.from_id(shape.id) == shape
@@ -73,21 +86,12 @@ def test_measure_skips_warm_up_after_the_check_and_takes_cuda_peaks_in_a_timed_c
             return seconds
         return fn
 
-    class FakeClock:
-        cuda = True
-
-        def sync(self):
-            pass
-
-        def once(self, fn):
-            return fn()
-
     monkeypatch.setattr(timing.torch.cuda, "reset_peak_memory_stats", lambda: allocated.__setitem__(slice(1, None), []))
     monkeypatch.setattr(timing.torch.cuda, "memory_allocated", lambda: allocated[0])
     monkeypatch.setattr(timing.torch.cuda, "max_memory_allocated", lambda: max(allocated))
     fns = {"fast": make("fast", 0.001, 7), "slow": make("slow", 0.015, 1000)}
     peaks = {}
-    samples = timing.measure(FakeClock(), fns, rounds=3, burst_s=0.01, warm={"fast": None, "slow": 0.02}, peaks=peaks)
+    samples = timing.measure(FakeClock(cuda=True), fns, rounds=3, burst_s=0.01, warm={"fast": None, "slow": 0.02}, peaks=peaks)
     assert calls["slow"] == len(samples["slow"]) == 3  # one per round, no warm-up call
     assert calls["fast"] == len(samples["fast"]) + 3  # warmed up to the burst: three calls
     assert peaks == {"fast": 7, "slow": 1000}
@@ -108,18 +112,9 @@ def test_measure_times_a_far_slower_provider_in_one_round():
             return times[name][0]
         return fn
 
-    class FakeClock:
-        cuda = False
-
-        def sync(self):
-            pass
-
-        def once(self, fn):
-            return fn()
-
     fns = {name: make(name) for name in times}
     warm = {"ours": 0.01, "near": 0.1, "far": 0.5, "compiles": 5.0}
-    samples = timing.measure(FakeClock(), fns, rounds=5, burst_s=0.01, warm=warm)
+    samples = timing.measure(FakeClock(cuda=False), fns, rounds=5, burst_s=0.01, warm=warm)
     assert {name: len(xs) for name, xs in samples.items()} == {"ours": 5, "near": 5, "far": 1, "compiles": 5}
     assert calls == {"ours": 5, "near": 5, "far": 1, "compiles": 5}  # the check's call was the warm-up
 
