@@ -232,7 +232,8 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, default=None, help="interleaved timing rounds (default 5; quick 3)")
     ap.add_argument("--burst", type=float, default=None, help="seconds of calls per provider per round")
     ap.add_argument("--no-memory", action="store_true")
-    ap.add_argument("--memory-max-s", type=float, default=5.0, help="CPU: skip the memory pass (an extra call) for calls slower than this")
+    ap.add_argument("--memory-max-s", type=float, default=5.0,
+                    help="CPU: skip the memory pass (an extra call) for calls slower than this")
     ap.add_argument("--no-plots", action="store_true")
     ap.add_argument("--smoke", action="store_true",
                     help="tiny heads: tests the harness in seconds (numbers meaningless)")

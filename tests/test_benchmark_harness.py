@@ -91,7 +91,8 @@ def test_measure_skips_warm_up_after_the_check_and_takes_cuda_peaks_in_a_timed_c
     monkeypatch.setattr(timing.torch.cuda, "max_memory_allocated", lambda: max(allocated))
     fns = {"fast": make("fast", 0.001, 7), "slow": make("slow", 0.015, 1000)}
     peaks = {}
-    samples = timing.measure(FakeClock(cuda=True), fns, rounds=3, burst_s=0.01, warm={"fast": None, "slow": 0.02}, peaks=peaks)
+    samples = timing.measure(FakeClock(cuda=True), fns, rounds=3, burst_s=0.01, warm={"fast": None, "slow": 0.02},
+                             peaks=peaks)
     assert calls["slow"] == len(samples["slow"]) == 3  # one per round, no warm-up call
     assert calls["fast"] == len(samples["fast"]) + 3  # warmed up to the burst: three calls
     assert peaks == {"fast": 7, "slow": 1000}
