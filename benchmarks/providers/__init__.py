@@ -27,6 +27,9 @@ Providers (``PROVIDERS``, one module each; ``problems.py`` holds the cases, head
   of that HVP over the probes (chunked), the exact diagonal as ``vmap`` over one-hot vectors.
 - ``closed_form``: the formulas of DESIGN.md §1 as plain torch expressions, with a Python loop
   over domains (and probe chunks): what one writes without the extension.
+- ``closed_form_batched`` (``batched.py``): the same formulas with all domains in the same torch
+  calls (one logits GEMM, batched per-domain products): the strongest plain-PyTorch peer, what
+  the ops' fusion buys beyond batching.
 - ``backpack``: BackPACK's ``DiagHessian`` (exact diagonal; the trace as its sum).
 - ``curvlinops``: ``HessianLinearOperator`` (HVP) and its ``hutchinson_diag``/``hutchinson_trace``
   estimators (called on chunks of probes and averaged: it vmaps all probes at once).
@@ -47,7 +50,7 @@ from __future__ import annotations
 import warnings
 from typing import Dict, Optional
 
-from . import autograd, backpack, closed_form, curvlinops, ours, steps, torch_func
+from . import autograd, backpack, batched, closed_form, curvlinops, ours, steps, torch_func
 from .problems import (  # noqa: F401  (the names benchmarks/run.py, plan.py and the pytest suites use)
     AUTOGRAD_EXACT_MAX, OPS, PENALTY_STEPS, PROBE_CASES, Case, Problem, Provider, Shape, make_problem,
     not_applicable_past,
@@ -63,6 +66,7 @@ PROVIDERS: Dict[str, Provider] = {
     "ours": Provider("ours", ours.build),
     "ours_blas": Provider("ours_blas", ours.build_blas, ours.blas_not_applicable),
     "closed_form": Provider("closed_form", closed_form.build, uses_probes=True),
+    "closed_form_batched": Provider("closed_form_batched", batched.build, uses_probes=True),
     "autograd": Provider("autograd", autograd.build, not_applicable_past(AUTOGRAD_EXACT_MAX, "autograd"),
                          uses_probes=True),
     "torch_func": Provider("torch_func", torch_func.build, not_applicable_past(AUTOGRAD_EXACT_MAX, "torch.func"),
@@ -78,7 +82,8 @@ STEP_PROVIDERS: Dict[str, Provider] = {
     "kernel_ops": _step_provider("kernel_ops", "kernel", "ops"),
     "autograd": _step_provider("autograd", "autograd"),
 }
-OP_PROVIDER_ORDER = ["ours", "ours_blas", "closed_form", "autograd", "torch_func", "backpack", "curvlinops"]
+OP_PROVIDER_ORDER = ["ours", "ours_blas", "closed_form", "closed_form_batched", "autograd", "torch_func", "backpack",
+                     "curvlinops"]
 STEP_PROVIDER_ORDER = ["kernel", "autograd", "kernel_gram", "kernel_fused", "kernel_ops"]
 HGP_ONLY_PROVIDERS = ("kernel_gram", "kernel_fused", "kernel_ops")
 
