@@ -97,8 +97,8 @@ def gemm_count(case: P.Case):
 
 
 def flops(case: P.Case, s: P.Shape):
-    if case.op == "head_hessian_inner":  # logits; Gram Z̃Z̃ᵀ; P Pᵀ, P (P⊙P)ᵀ, (P⊙P) Pᵀ over all N² pairs
-        return 2 * (s.N * s.D * s.C + s.N * s.N * s.D + 3 * s.N * s.N * s.C)
+    if case.op == "head_hessian_inner":  # logits; Gram Z̃Z̃ᵀ; P Pᵀ and P (P⊙P)ᵀ over all N² pairs
+        return 2 * (s.N * s.D * s.C + s.N * s.N * s.D + 2 * s.N * s.N * s.C)  # (P⊙P) Pᵀ: the latter's transpose
     g = gemm_count(case)
     return None if g is None else 2 * g * s.N * s.D * s.C
 

@@ -137,3 +137,17 @@ def test_run_with_chosen_providers(tmp_path):
     bad = subprocess.run(cmd[:-2] + ["--providers", "autograd,nope", "--out", str(tmp_path)],
                          capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert bad.returncode == 2 and "--providers: no provider nope" in bad.stderr
+
+
+@pytest.mark.parametrize("case", [providers.Case(op) for op in providers.OPS if not op.startswith("hutchinson")] +
+                         [providers.Case(op, K) for op in ("hutchinson_diag", "hutchinson_trace") for K in (1, 7)],
+                         ids=lambda c: c.label)
+def test_batched_closed_form_matches_the_reference(case, monkeypatch):
+    """closed_form_batched (every domain in the same torch calls) against the float64 reference,
+    with the op's probes (two at a time: the chunks' sum), to float64 rounding."""
+    import torch
+
+    monkeypatch.setattr(providers.problems, "PROBE_CHUNK_ELEMS", 2 * 4 * 7)
+    problem = providers.make_problem(providers.Shape(3, 5, 6, 4), "cpu", torch.float64)
+    status, err, tol, _, _ = providers.check(providers.PROVIDERS["closed_form_batched"], problem, case)
+    assert status == "ok" and err <= 1e-12, (err, tol)
