@@ -37,7 +37,7 @@ CASES = [P.Case(op) for op in ("domain_losses", "head_grad", "head_hvp", "head_h
                                "head_hessian_inner")]
 CASES += [P.Case("hutchinson_diag", 10), P.Case("hutchinson_trace", 10)]
 STEPS = [P.Case("hgp_step"), P.Case("hutchinson_exact_step")]  # autograd's exact step: C·D HVPs, skipped
-OP_PEERS = ("ours", "closed_form", "autograd")
+OP_PEERS = ("ours", "closed_form", "closed_form_batched", "autograd")
 STEP_PEERS = ("kernel", "kernel_gram", "kernel_fused", "kernel_ops", "autograd")
 
 
