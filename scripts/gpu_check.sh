@@ -20,12 +20,13 @@
 #   build.log only when the build fails).
 # Usage: [DEADLINE_S=540] [PHASES=...] [HEADS=...] bash scripts/gpu_check.sh
 #   DEADLINE_S: seconds for the whole script. PHASES: a comma list of the steps after the build
-#   (tests,profile,bf16,align,hgp,ops,hutchinson,fusion,large; default all), so a short lease can run what
-#   an earlier one did not reach. HEADS: a comma list of DomainBed head ids (E5xn32_d2048_C65, ...)
+#   (tests,profile,bf16,align,hgp,ops,hutchinson,fusion,large; default all), so a short lease can
+#   run what an earlier one did not reach. HEADS: a comma list of DomainBed head ids (E5xn32_d2048_C65, ...)
 #   for the hgp, ops and hutchinson phases (default all 16, in plan order, as far as time allows).
 #   OPS_S, HUTCHINSON_S, FUSION_S: the seconds of the ops, Hutchinson-step and fusion phases
 #   (default 140, 60 and 60), for a lease that skips other phases. PROVIDERS: a comma list of
-#   the peers the ops and Hutchinson-step phases time besides ours (closed_form,autograd: the targets' only; default every peer).
+#   the peers the ops and Hutchinson-step phases time besides ours (closed_form,autograd: the
+#   targets' only; default every peer).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 T0=$(date +%s)

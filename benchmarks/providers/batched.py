@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .problems import Case, Problem, ProbeSource, augment
+from .problems import Case, Problem, ProbeSource, augment, formula_build
 
 
 def _rows(p: Problem):
@@ -77,15 +77,9 @@ def _hutchinson(p: Problem, src: ProbeSource, diag: bool):
     return acc / src.K
 
 
+SIMPLE = {"domain_losses": _losses, "head_grad": _grad, "head_hvp": _hvp, "head_hessian_diag": _diag,
+          "head_hessian_trace": _trace, "head_hessian_inner": _inner}
+
+
 def build(problem: Problem, case: Case, probes=None):
-    p = problem
-    simple = {"domain_losses": _losses, "head_grad": _grad, "head_hvp": _hvp, "head_hessian_diag": _diag,
-              "head_hessian_trace": _trace, "head_hessian_inner": _inner}
-    if case.op in simple:
-        fn = simple[case.op]
-        return lambda: fn(p)
-    if case.op in ("hutchinson_diag", "hutchinson_trace"):
-        src = ProbeSource(p, case.K, probes)
-        diag = case.op == "hutchinson_diag"
-        return lambda: _hutchinson(p, src, diag)
-    raise KeyError(case.op)
+    return formula_build(problem, case, probes, SIMPLE, _hutchinson)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .problems import Case, Problem, ProbeSource, augment
+from .problems import Case, Problem, ProbeSource, augment, formula_build
 
 
 def _cf_domain(p: Problem):
@@ -15,6 +15,11 @@ def _cf_domain(p: Problem):
     for s, t in p.spans:
         P = F.linear(p.features[s:t], p.weight, p.bias).softmax(dim=1)
         yield Zt[s:t], P, t - s
+
+
+def _cf_losses(p: Problem):
+    return torch.stack([F.cross_entropy(F.linear(p.features[s:t], p.weight, p.bias), p.labels[s:t])
+                        for s, t in p.spans])
 
 
 def _cf_grad(p: Problem):
@@ -75,18 +80,9 @@ def _cf_hutchinson(p: Problem, src: ProbeSource, diag: bool):
     return torch.stack([a / src.K for a in acc]) if diag else torch.stack(acc) / src.K
 
 
+SIMPLE = {"domain_losses": _cf_losses, "head_grad": _cf_grad, "head_hvp": _cf_hvp, "head_hessian_diag": _cf_diag,
+          "head_hessian_trace": _cf_trace, "head_hessian_inner": _cf_inner}
+
+
 def build(problem: Problem, case: Case, probes=None):
-    p = problem
-    if case.op == "domain_losses":
-        return lambda: torch.stack([F.cross_entropy(F.linear(p.features[s:t], p.weight, p.bias), p.labels[s:t])
-                                    for s, t in p.spans])
-    simple = {"head_grad": _cf_grad, "head_hvp": _cf_hvp, "head_hessian_diag": _cf_diag,
-              "head_hessian_trace": _cf_trace, "head_hessian_inner": _cf_inner}
-    if case.op in simple:
-        fn = simple[case.op]
-        return lambda: fn(p)
-    if case.op in ("hutchinson_diag", "hutchinson_trace"):
-        src = ProbeSource(p, case.K, probes)
-        diag = case.op == "hutchinson_diag"
-        return lambda: _cf_hutchinson(p, src, diag)
-    raise KeyError(case.op)
+    return formula_build(problem, case, probes, SIMPLE, _cf_hutchinson)

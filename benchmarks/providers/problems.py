@@ -165,6 +165,19 @@ def op_probes(problem: Problem, K: int, seed: Optional[int] = None) -> torch.Ten
     return pr.to(problem.device, problem.dtype)
 
 
+def formula_build(problem: Problem, case: Case, probes, simple: dict, hutchinson: Callable):
+    """``build`` of a provider written as torch formulas: ``simple`` maps an op to ``f(problem)``;
+    the Hutchinson ops call ``hutchinson(problem, probe source, diag)``."""
+    if case.op in simple:
+        fn = simple[case.op]
+        return lambda: fn(problem)
+    if case.op in ("hutchinson_diag", "hutchinson_trace"):
+        src = ProbeSource(problem, case.K, probes)
+        diag = case.op == "hutchinson_diag"
+        return lambda: hutchinson(problem, src, diag)
+    raise KeyError(case.op)
+
+
 def one_hot_diagonal(p: Problem, hvps) -> torch.Tensor:
     """diag(H) (C, D) of one domain from its batched HVPs ``hvps(V (B, C, D)) -> (B, C, D)``, with
     the C·D one-hot vectors ONE_HOT_CHUNK at a time (autograd and torch.func: what they offer)."""

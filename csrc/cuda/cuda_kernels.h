@@ -56,7 +56,7 @@ struct CudaKernelsT {
   // GPU yet; HESSALIGN_LOGITS_KERNEL=0 keeps cuBLAS, for the A/B.
   static bool logits_kernel_fits(index_t N, index_t C, index_t d) {
     const auto forced = env_switch("HESSALIGN_LOGITS_KERNEL", "0 (cuBLAS), 1 or unset (the size rule)");
-    return !(forced && !*forced) && N * C * d <= (index_t(1) << 23);  // 1 means the rule, as unset
+    return forced.value_or(true) && N * C * d <= (index_t(1) << 23);  // 1 means the rule, as unset
   }
   // The memory rule's default budget (host/class_tile.h); CudaKernels takes its GPU's share.
   static int64_t default_tile_bytes(const at::Tensor&) { return int64_t(256) << 20; }
