@@ -12,8 +12,6 @@ it linear (its weight and bias are the parameters the curvature ops differentiat
 
 from __future__ import annotations
 
-import copy
-
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -152,18 +150,13 @@ def Classifier(in_features, out_features, is_nonlinear=False):
 
 
 class WholeFish(nn.Module):
-    """Featurizer + classifier in one module, cloneable with given weights (for Fish)."""
+    """Featurizer + classifier in one module, which Fish deep-copies for its inner loop."""
 
-    def __init__(self, input_shape, num_classes, hparams, weights=None):
+    def __init__(self, input_shape, num_classes, hparams):
         super().__init__()
         featurizer = Featurizer(input_shape, hparams)
         classifier = Classifier(featurizer.n_outputs, num_classes, hparams.get("nonlinear_classifier", False))
         self.net = nn.Sequential(featurizer, classifier)
-        if weights is not None:
-            self.load_state_dict(copy.deepcopy(weights))
-
-    def reset_weights(self, weights):
-        self.load_state_dict(copy.deepcopy(weights))
 
     def forward(self, x):
         return self.net(x)

@@ -152,6 +152,32 @@ def test_emulated_probes_are_the_cpu_probes(op):
     assert (emu(*other) - cpu(*args)).abs().max() > 1e-3
 
 
+@pytest.mark.parametrize("class_tile", [0, 5], ids=["one_tile", "tiles_of_5"])
+def test_emulated_inner_confident_rows_match_cpu(class_tile):
+    """head_hessian_inner where most rows put nearly all their mass on one class (the dominant-relative
+    form of math/head_hessian_inner.h: ProbTileOp's dominant class and p̄, InnerGatherOp, the pair
+    terms, InnerTileOp, InnerGhatOp's sums across tiles, InnerLogitsGradOp), float32, with every fifth row
+    spread over the classes; the entries agree to float32's relative precision (rtol, no atol)."""
+    sizes, C, d, bias = [7, 1, 20, 0, 21], 37, 12, True
+    args = list(_args("head_hessian_inner", sizes, C, d, bias, torch.float32, OPTIONS["plain"]))
+    g = torch.Generator().manual_seed(9)
+    N = sum(sizes)
+    confident = torch.randint(0, C, (N,), generator=g)
+    logits = torch.rand(N, C, generator=g) + 14.0 * torch.nn.functional.one_hot(confident, C)
+    logits[::5] = torch.rand(N, C, generator=g)[::5]  # some rows without a dominant class
+    z = torch.randn(N, d, generator=g, dtype=torch.float64)
+    w = torch.linalg.lstsq(torch.cat([z, torch.ones(N, 1, dtype=torch.float64)], 1), logits.double()).solution.T
+    args[0], args[1], args[2] = z.float(), w[:, :d].float().contiguous(), w[:, d].float().contiguous()
+    args[-1] = class_tile
+    cpu, emu = torch.ops.hessalign_ext.head_hessian_inner, torch.ops.hessalign_emu.head_hessian_inner
+    expected = cpu(*args)
+    torch.testing.assert_close(emu(*args), expected, rtol=1e-4, atol=0)
+    grad = torch.randn(expected.shape, generator=g)
+    for name, e, c in zip(["features", "weight", "bias"], torch.ops.hessalign_emu._head_hessian_inner_backward(grad, *args),
+                          torch.ops.hessalign_ext._head_hessian_inner_backward(grad, *args)):
+        assert_matches(e, c, torch.float32, msg=lambda m: f"backward, {name}: {m}")
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("shape", ["unequal_37x129", "no_bias_33x31", "many_domains_70", "long_domain_300"])
 def test_emulated_class_fold_matches_cpu(shape, dtype):

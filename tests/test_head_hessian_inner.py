@@ -1,5 +1,8 @@
 """head_hessian_inner: ⟨H_a, H_b⟩_F of every pair of domains, vs explicitly formed Hessians."""
 
+import copy
+import itertools
+
 import pytest
 import torch
 
@@ -69,3 +72,83 @@ class TestContract(OpContract):
     @pytest.mark.parametrize("shape", REF_SHAPES, ids=[s.id for s in REF_SHAPES])
     def test_forward(self, shape, dtype, device):
         super().test_forward(shape, dtype, device)
+
+
+def _mp_inner(z, w, b, offsets, upstream):
+    """Σ_ab U_ab ⟨H_a, H_b⟩_F of the plain mean loss at 60 significant digits (mpmath), from the
+    row Hessians A_i ⊗ z̃_i z̃_iᵀ / n_e built entry by entry: no cancellation left at this precision."""
+    mpmath = pytest.importorskip("mpmath")
+    N, C = len(z), len(w)
+    zt = [list(row) + ([mpmath.mpf(1)] if b is not None else []) for row in z]
+    wt = [list(row) + ([b[c]] if b is not None else []) for c, row in enumerate(w)]
+    A = []
+    for i in range(N):
+        logits = [mpmath.fsum(x * y for x, y in zip(zt[i], wt[c])) for c in range(C)]
+        top = max(logits)
+        ex = [mpmath.exp(v - top) for v in logits]
+        p = [e / mpmath.fsum(ex) for e in ex]
+        A.append([[(p[a] if a == c else 0) - p[a] * p[c] for c in range(C)] for a in range(C)])
+    domain = [e for e in range(len(offsets) - 1) for _ in range(offsets[e], offsets[e + 1])]
+    n = [offsets[e + 1] - offsets[e] for e in range(len(offsets) - 1)]
+    total = mpmath.mpf(0)
+    for i in range(N):
+        for j in range(N):
+            t = mpmath.fsum(A[i][a][c] * A[j][a][c] for a in range(C) for c in range(C))
+            k = mpmath.fsum(x * y for x, y in zip(zt[i], zt[j]))
+            total += upstream[domain[i]][domain[j]] * t * k * k / (n[domain[i]] * n[domain[j]])
+    return total
+
+
+@pytest.mark.parametrize("dtype, margin", [(torch.float32, 14.0), (torch.float64, 30.0)], ids=["f32", "f64"])
+@pytest.mark.parametrize("class_tile", [None, 2], ids=["one_tile", "tiles_of_2"])
+def test_confident_rows_keep_their_precision(dtype, margin, class_tile):
+    """Rows that put nearly all their mass on one class (p̄ ≈ e^-margin: 8e-7 in float32, 1e-13 in
+    float64) have Hessians of size p̄, and pairs of them an inner product of size p̄². Written as
+    S - R - Rᵀ + S², T cancelled terms of size 1 to get there, and float32 returned a wrong sign; the
+    dominant-relative form keeps every entry and every gradient to the dtype's relative precision.
+    Reference: the same quantities at 60 digits (mpmath), the gradients by central differences."""
+    mpmath = pytest.importorskip("mpmath")
+    mpmath.mp.dps = 60
+    g = torch.Generator().manual_seed(5)
+    offsets = [0, 3, 5]
+    N, d, C = 5, 6, 5
+    z = torch.randn(N, d, generator=g, dtype=torch.float64)
+    b = torch.randn(C, generator=g, dtype=torch.float64)
+    # each row's confident class (pairs that share it, and pairs that do not) `margin` nats above the
+    # others, which spread over a nat: d ≥ N, so a weight gives exactly these logits
+    confident = torch.nn.functional.one_hot(torch.tensor([0, 0, 3, 0, 3]), C).double()
+    logits = margin * confident + torch.rand(N, C, generator=g, dtype=torch.float64)
+    w = torch.linalg.lstsq(z, logits - b).solution.T.contiguous()
+    upstream = torch.randn(2, 2, generator=g, dtype=torch.float64)
+    mp = lambda t: [mp(row) for row in t] if t.dim() == 2 else [mpmath.mpf(v) for v in t.tolist()]
+    args = [mp(z), mp(w), mp(b)]
+    U = mp(upstream)
+    off = torch.tensor(offsets)
+
+    G = [[_mp_inner(*args, offsets, [[1 if (x, y) == (a, c) else 0 for y in range(2)] for x in range(2)])
+          for c in range(2)] for a in range(2)]
+    expected = torch.tensor([[float(v) for v in row] for row in G], dtype=torch.float64)
+    assert expected.min() > 0 and expected.max() < 1e-6  # the regime: tiny Hessians
+    inputs = [t.to(dtype).requires_grad_() for t in (z, w, b)]
+    got = hessalign_ext.head_hessian_inner(*inputs, off, class_tile=class_tile)
+    rtol = 2e-4 if dtype == torch.float32 else 1e-9
+    torch.testing.assert_close(got.double(), expected, rtol=rtol, atol=0)
+
+    (got * upstream.to(dtype)).sum().backward()
+    h = mpmath.mpf(10) ** -20
+
+    def shifted(arg, idx, delta):
+        out = copy.deepcopy(args)
+        row = out[arg]
+        for i in idx[:-1]:
+            row = row[i]
+        row[idx[-1]] += delta
+        return out
+
+    for name, arg, t in zip(["features", "weight", "bias"], range(3), inputs):
+        ref = torch.zeros(t.shape, dtype=torch.float64)
+        for idx in itertools.product(*(range(s) for s in t.shape)):
+            ref[idx] = float((_mp_inner(*shifted(arg, idx, h), offsets, U)
+                              - _mp_inner(*shifted(arg, idx, -h), offsets, U)) / (2 * h))
+        torch.testing.assert_close(t.grad.double(), ref, rtol=rtol * 10, atol=rtol * 10 * ref.abs().max().item(),
+                                   msg=lambda m: f"{name}: {m}")

@@ -1,8 +1,9 @@
 // head_hessian_inner: the E×E matrix ⟨H_a, H_b⟩_F (math/head_hessian_inner.h). Forward: one
-// pass over the class tiles accumulates S = P Pᵀ and R = P (P⊙P)ᵀ by GEMMs, then the pair
-// kernel forms G and domain indicator GEMMs sum it into E×E. Backward: the pair kernel forms
-// GZ, X, A; per tile, GEMMs give AP, XQ, XP and a row kernel dP and ρ; with several tiles ρ
-// needs every tile first, so the tiles are visited twice.
+// pass over the class tiles accumulates S' = P'P'ᵀ and R' = P'(P'⊙P')ᵀ by GEMMs and gathers Y, then
+// the pair kernel forms G and domain indicator GEMMs sum it into E×E. Backward: the pair kernel
+// forms GZ, X, W, V; per tile, a row kernel writes r, diag(A) and the dominant one-hots, GEMMs give
+// X Dg, X Rf, W Ek, V Rf, and a row kernel ĝ with its sums r·ĝ and ĝ[k]; with several tiles those
+// sums need every tile first, so the tiles are visited twice.
 #pragma once
 #include "../math/head_hessian_inner.h"
 #include "head_gemms.h"
@@ -16,21 +17,36 @@ inline at::Tensor domain_indicator(const Head& h, const at::TensorOptions& opts)
   return ind;
 }
 
-// S = P Pᵀ and R = P (P⊙P)ᵀ summed over the class tiles (acc dtype, N×N).
+// The class-tile pass both directions start with: S' = P'P'ᵀ, R' = P'(P'⊙P')ᵀ and the gathered Y
+// (acc dtype, N×N), each row's dominant class (-1 for none) and p̄ (math/head_hessian_inner.h).
+struct InnerState {
+  at::Tensor S, R, Y, dominant, pbar;
+};
+
+template <class acc_t>
+InnerGrams<acc_t> inner_grams(const InnerState& st) {
+  return {st.S.size(0), st.S.const_data_ptr<acc_t>(), st.R.const_data_ptr<acc_t>(), st.Y.const_data_ptr<acc_t>(),
+          st.dominant.const_data_ptr<int64_t>(), st.pbar.const_data_ptr<acc_t>()};
+}
+
 template <class scalar_t, class acc_t, class K>
-std::pair<at::Tensor, at::Tensor> inner_prob_grams(const Head& h, const K& k) {
+InnerState inner_prob_grams(const Head& h, const K& k) {
   const auto acc = h.zt.options().dtype(h.acc_type);
-  at::Tensor S = at::zeros({h.N, h.N}, acc), R = at::zeros({h.N, h.N}, acc);
+  InnerState st{at::zeros({h.N, h.N}, acc), at::zeros({h.N, h.N}, acc), at::zeros({h.N, h.N}, acc),
+                at::full({h.N}, -1, h.zt.options().dtype(at::kLong)), at::zeros({h.N}, acc)};
   for (int64_t c0 = 0; c0 < h.C && h.N > 0; c0 += h.tile) {
     const int64_t T = std::min(h.tile, h.C - c0);
     const at::Tensor L = h.logits(c0, T);
     at::Tensor P = at::empty({h.N, T}, acc), Q = at::empty({h.N, T}, acc);
     k.rows(h.N, ProbTileOp<scalar_t, acc_t>{{}, h.view<scalar_t, acc_t>(L, c0, T), P.mutable_data_ptr<acc_t>(),
-                                            Q.mutable_data_ptr<acc_t>()});
-    gemm_add(S, P, P.t());
-    gemm_add(R, P, Q.t());
+                                            Q.mutable_data_ptr<acc_t>(), st.dominant.mutable_data_ptr<int64_t>(),
+                                            st.pbar.mutable_data_ptr<acc_t>()});
+    gemm_add(st.S, P, P.t());
+    gemm_add(st.R, P, Q.t());
+    k.elements(h.N * h.N, InnerGatherOp<acc_t>{h.N, T, c0, st.dominant.const_data_ptr<int64_t>(),
+                                               P.const_data_ptr<acc_t>(), st.Y.mutable_data_ptr<acc_t>()});
   }
-  return {S, R};
+  return st;
 }
 
 template <class K>
@@ -43,13 +59,11 @@ at::Tensor head_hessian_inner_forward(HE_HEAD_PARAMS, const at::Tensor& offsets,
   at::Tensor G = at::empty({h.N, h.N}, acc);
   HE_DISPATCH(K, h.zt.scalar_type(), [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    at::Tensor S, R;
-    std::tie(S, R) = inner_prob_grams<scalar_t, acc_t>(h, k);
+    const InnerState st = inner_prob_grams<scalar_t, acc_t>(h, k);
     const at::Tensor zt = h.zt.to(h.acc_type);
     const at::Tensor Kz = gemm(zt, zt.t());
-    k.elements(h.N * h.N, InnerPairOp<acc_t>{h.N, S.const_data_ptr<acc_t>(), R.const_data_ptr<acc_t>(),
-                                             Kz.const_data_ptr<acc_t>(), h.c.const_data_ptr<acc_t>(),
-                                             G.mutable_data_ptr<acc_t>()});
+    k.elements(h.N * h.N, InnerPairOp<acc_t>{inner_grams<acc_t>(st), Kz.const_data_ptr<acc_t>(),
+                                             h.c.const_data_ptr<acc_t>(), G.mutable_data_ptr<acc_t>()});
   });
   const at::Tensor ind = domain_indicator(h, acc);
   return gemm(ind.t(), gemm(G, ind)).to(features.scalar_type());
@@ -70,42 +84,51 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> head_hessian_inner_backward(
   const at::Tensor Ubar = grad.to(h.acc_type).contiguous();
   HE_DISPATCH(K, h.zt.scalar_type(), [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    at::Tensor S, R;
-    std::tie(S, R) = inner_prob_grams<scalar_t, acc_t>(h, k);
+    const InnerState st = inner_prob_grams<scalar_t, acc_t>(h, k);
     const at::Tensor zt = h.zt.to(h.acc_type);
     const at::Tensor Kz = gemm(zt, zt.t());
-    at::Tensor GZ = at::empty({h.N, h.N}, acc), X = at::empty({h.N, h.N}, acc), A = at::empty({h.N, h.N}, acc);
-    k.elements(h.N * h.N, InnerPairBackwardOp<acc_t>{h.N, h.E, domain.const_data_ptr<int64_t>(),
-                                                     Ubar.const_data_ptr<acc_t>(), S.const_data_ptr<acc_t>(),
-                                                     R.const_data_ptr<acc_t>(), Kz.const_data_ptr<acc_t>(),
+    at::Tensor GZ = at::empty({h.N, h.N}, acc), X = at::empty({h.N, h.N}, acc), W = at::empty({h.N, h.N}, acc),
+               V = at::empty({h.N, h.N}, acc);
+    k.elements(h.N * h.N, InnerPairBackwardOp<acc_t>{inner_grams<acc_t>(st), h.E, domain.const_data_ptr<int64_t>(),
+                                                     Ubar.const_data_ptr<acc_t>(), Kz.const_data_ptr<acc_t>(),
                                                      h.c.const_data_ptr<acc_t>(), GZ.mutable_data_ptr<acc_t>(),
-                                                     X.mutable_data_ptr<acc_t>(), A.mutable_data_ptr<acc_t>()});
+                                                     X.mutable_data_ptr<acc_t>(), W.mutable_data_ptr<acc_t>(),
+                                                     V.mutable_data_ptr<acc_t>()});
     gemm_add(g.dzt, GZ, zt);
-    at::Tensor rho = at::zeros({h.N}, acc);
-    // dP of one tile (over AP) and its share of ρ.
-    auto tile_dp = [&](const LogitsTile<scalar_t, acc_t>& lt, int64_t T) {
-      at::Tensor P = at::empty({h.N, T}, acc), Q = at::empty({h.N, T}, acc);
-      k.rows(h.N, ProbTileOp<scalar_t, acc_t>{{}, lt, P.mutable_data_ptr<acc_t>(), Q.mutable_data_ptr<acc_t>()});
-      at::Tensor AP = gemm(A, P), XQ = gemm(X, Q), XP = gemm(X, P);
-      k.rows(h.N, InnerDpOp<scalar_t, acc_t>{{}, lt, AP.mutable_data_ptr<acc_t>(), XQ.const_data_ptr<acc_t>(),
-                                             XP.const_data_ptr<acc_t>(), rho.mutable_data_ptr<acc_t>()});
-      return AP;
+    const int64_t* dominant = st.dominant.const_data_ptr<int64_t>();
+    at::Tensor rg = at::zeros({h.N}, acc), gk = at::zeros({h.N}, acc);
+    // ĝ of one tile (returned, with the tile's r) and its shares of rg and gk.
+    auto tile_ghat = [&](const LogitsTile<scalar_t, acc_t>& lt, int64_t T) {
+      at::Tensor Rf = at::empty({h.N, T}, acc), Dg = at::empty({h.N, T}, acc), Ek = at::empty({h.N, T}, acc);
+      k.rows(h.N, InnerTileOp<scalar_t, acc_t>{{}, lt, dominant, st.pbar.const_data_ptr<acc_t>(),
+                                               Rf.mutable_data_ptr<acc_t>(), Dg.mutable_data_ptr<acc_t>(),
+                                               Ek.mutable_data_ptr<acc_t>()});
+      at::Tensor XD = gemm(X, Dg);
+      const at::Tensor XR = gemm(X, Rf), WE = gemm(W, Ek), VR = gemm(V, Rf);
+      k.rows(h.N, InnerGhatOp<scalar_t, acc_t>{{}, lt, dominant, Rf.const_data_ptr<acc_t>(),
+                                               XD.mutable_data_ptr<acc_t>(), XR.const_data_ptr<acc_t>(),
+                                               WE.const_data_ptr<acc_t>(), VR.const_data_ptr<acc_t>(),
+                                               rg.mutable_data_ptr<acc_t>(), gk.mutable_data_ptr<acc_t>()});
+      return std::make_pair(XD, Rf);
     };
     if (h.num_tiles() > 1)
       for (int64_t c0 = 0; c0 < h.C; c0 += h.tile) {
         const int64_t T = std::min(h.tile, h.C - c0);
         const at::Tensor L = h.logits(c0, T);
-        tile_dp(h.view<scalar_t, acc_t>(L, c0, T), T);
+        tile_ghat(h.view<scalar_t, acc_t>(L, c0, T), T);
       }
-    const at::Tensor rho_all = rho.clone();
+    const at::Tensor rg_all = rg.clone(), gk_all = gk.clone();
     for (int64_t c0 = 0; c0 < h.C; c0 += h.tile) {
       const int64_t T = std::min(h.tile, h.C - c0);
       const at::Tensor L = h.logits(c0, T);
-      const auto lt = h.view<scalar_t, acc_t>(L, c0, T);
-      const at::Tensor DP = tile_dp(lt, T);  // with one tile this pass also completes ρ
-      const at::Tensor& r = h.num_tiles() > 1 ? rho_all : rho;
+      at::Tensor Ghat, Rf;
+      std::tie(Ghat, Rf) = tile_ghat(h.view<scalar_t, acc_t>(L, c0, T), T);  // one tile: completes rg, gk
+      const bool tiled = h.num_tiles() > 1;
       at::Tensor dl = at::empty({h.N, T}, h.zt.options());
-      k.rows(h.N, SoftmaxBackwardOp<scalar_t, acc_t>{{}, lt, DP.const_data_ptr<acc_t>(), r.const_data_ptr<acc_t>(),
+      k.rows(h.N, InnerLogitsGradOp<scalar_t, acc_t>{{}, T, c0, dominant, Rf.const_data_ptr<acc_t>(),
+                                                     Ghat.const_data_ptr<acc_t>(),
+                                                     (tiled ? rg_all : rg).const_data_ptr<acc_t>(),
+                                                     (tiled ? gk_all : gk).const_data_ptr<acc_t>(),
                                                      dl.mutable_data_ptr<scalar_t>()});
       g.add_logits_grad(h, dl, c0, T);
     }

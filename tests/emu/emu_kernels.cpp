@@ -40,7 +40,9 @@ namespace hessalign {
   HE_ROWS(DiagBackwardSumsOp<S, A>)                                                                           \
   HE_ROWS(DiagBackwardMapOp<S, A>)                                                                            \
   HE_ROWS(ProbTileOp<S, A>)                                                                                   \
-  HE_ROWS(InnerDpOp<S, A>)                                                                                    \
+  HE_ROWS(InnerTileOp<S, A>)                                                                                  \
+  HE_ROWS(InnerGhatOp<S, A>)                                                                                  \
+  HE_ROWS(InnerLogitsGradOp<S, A>)                                                                            \
   HE_ROWS(TraceRowOp<S, A>)                                                                                   \
   HE_ROWS(RowSqNormOp<S, A>)                                                                                  \
   HE_ROWS(TraceBackwardOp<S, A>)                                                                              \
@@ -63,6 +65,7 @@ namespace hessalign {
 #define HE_INSTANTIATE_ACC(A)                                                                                 \
   HE_ELEMENTS(InnerPairOp<A>)                                                                                 \
   HE_ELEMENTS(InnerPairBackwardOp<A>)                                                                         \
+  HE_ELEMENTS(InnerGatherOp<A>)                                                                               \
   HE_ROWS(TargetsRowOp<A>)                                                                                    \
   template int launch_segment_sum<A>(const A*, const DomainOffsets&, A*, cudaStream_t);                       \
   template int launch_ce_coeffs<A>(const CeParams<A>&, const DomainOffsets&, A*, A*, A*, cudaStream_t);
