@@ -6,9 +6,9 @@ cuda_cpu_emu.h; each result is compared with the CPU op (itself tested against t
 reference). scripts/test.sh runs them under CUDAEMU_ORDER=scrambled, and a subset that runs
 every kernel in float64 under forward and reverse, so that a missing __syncthreads changes a result.
 
-Kernels covered: rows_kernel (every row functor of csrc/math/), elements_kernel
-(RademacherFillOp, ProbeDiagAccumulateOp, ClassMajorSOp, ProbeClassFoldOp, ProbeUpstreamOp, InnerPairOp,
-InnerPairBackwardOp), softmax_stats_kernel,
+Kernels covered: rows_kernel (every row functor of csrc/math/, head_hessian_inner's pair functors
+among them), elements_kernel (RademacherFillOp, ProbeDiagAccumulateOp, ClassMajorSOp, ProbeClassFoldOp,
+ProbeUpstreamOp), softmax_stats_kernel,
 segment_sum_kernel, ce_coeffs_kernel, domain_stats_kernel (with and without the domain losses), loss_rows,
 logits_hvp, and the HGP step's drivers (hgp_fused, whose kernels are loss_rows' and logits_hvp's).
 The float16/bfloat16 kernels (float accumulation) run here too, through the same host drivers,

@@ -43,7 +43,7 @@ InnerState inner_prob_grams(const Head& h, const K& k) {
                                             st.pbar.mutable_data_ptr<acc_t>()});
     gemm_add(st.S, P, P.t());
     gemm_add(st.R, P, Q.t());
-    k.elements(h.N * h.N, InnerGatherOp<acc_t>{h.N, T, c0, st.dominant.const_data_ptr<int64_t>(),
+    k.rows(h.N, InnerGatherOp<acc_t>{{}, h.N, T, c0, st.dominant.const_data_ptr<int64_t>(),
                                                P.const_data_ptr<acc_t>(), st.Y.mutable_data_ptr<acc_t>()});
   }
   return st;
@@ -62,7 +62,7 @@ at::Tensor head_hessian_inner_forward(HE_HEAD_PARAMS, const at::Tensor& offsets,
     const InnerState st = inner_prob_grams<scalar_t, acc_t>(h, k);
     const at::Tensor zt = h.zt.to(h.acc_type);
     const at::Tensor Kz = gemm(zt, zt.t());
-    k.elements(h.N * h.N, InnerPairOp<acc_t>{inner_grams<acc_t>(st), Kz.const_data_ptr<acc_t>(),
+    k.rows(h.N, InnerPairOp<acc_t>{{}, inner_grams<acc_t>(st), Kz.const_data_ptr<acc_t>(),
                                              h.c.const_data_ptr<acc_t>(), G.mutable_data_ptr<acc_t>()});
   });
   const at::Tensor ind = domain_indicator(h, acc);
@@ -89,7 +89,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> head_hessian_inner_backward(
     const at::Tensor Kz = gemm(zt, zt.t());
     at::Tensor GZ = at::empty({h.N, h.N}, acc), X = at::empty({h.N, h.N}, acc), W = at::empty({h.N, h.N}, acc),
                V = at::empty({h.N, h.N}, acc);
-    k.elements(h.N * h.N, InnerPairBackwardOp<acc_t>{inner_grams<acc_t>(st), h.E, domain.const_data_ptr<int64_t>(),
+    k.rows(h.N, InnerPairBackwardOp<acc_t>{{}, inner_grams<acc_t>(st), h.E, domain.const_data_ptr<int64_t>(),
                                                      Ubar.const_data_ptr<acc_t>(), Kz.const_data_ptr<acc_t>(),
                                                      h.c.const_data_ptr<acc_t>(), GZ.mutable_data_ptr<acc_t>(),
                                                      X.mutable_data_ptr<acc_t>(), W.mutable_data_ptr<acc_t>(),

@@ -56,18 +56,20 @@ struct ProbTileOp : RowOpBase<acc_t> {
 };
 
 // Y_ij = P'_j[k_i] for the rows i whose dominant class k_i lies in this tile (Y starts at zero).
+// The pair functors are row functors over the N×N pairs (row i, column j): no index division.
 template <class acc_t>
-struct InnerGatherOp {
+struct InnerGatherOp : RowOpBase<acc_t> {
+  static constexpr int kSums = 0;
   index_t N;
   index_t T;
   index_t c0;
   ReadOnly<int64_t> dominant;
   ReadOnly<acc_t> P;  // P' of the tile, N×T
   acc_t* Y;
-  HE_INLINE void operator()(index_t idx) const {
-    const index_t i = idx / N, j = idx - i * N;
+  HE_INLINE index_t cols() const { return N; }
+  HE_INLINE void map(index_t i, index_t j, const acc_t*) const {
     const index_t k = index_t(dominant[i]) - c0;
-    if (k >= 0 && k < T) Y[idx] = P[j * T + k];
+    if (k >= 0 && k < T) Y[i * N + j] = P[j * T + k];
   }
 };
 
@@ -107,13 +109,15 @@ HE_INLINE InnerPair<acc_t> inner_pair(const InnerGrams<acc_t>& g, index_t i, ind
 
 // G_ij = c_i c_j T_ij K_ij² over the N×N pairs.
 template <class acc_t>
-struct InnerPairOp {
+struct InnerPairOp : RowOpBase<acc_t> {
+  static constexpr int kSums = 0;
   InnerGrams<acc_t> g;
   ReadOnly<acc_t> K;
   ReadOnly<acc_t> c;
   acc_t* G;
-  HE_INLINE void operator()(index_t idx) const {
-    const index_t i = idx / g.N, j = idx - i * g.N;
+  HE_INLINE index_t cols() const { return g.N; }
+  HE_INLINE void map(index_t i, index_t j, const acc_t*) const {
+    const index_t idx = i * g.N + j;
     const acc_t k = K[idx];
     G[idx] = c[i] * c[j] * inner_pair(g, i, j).t * k * k;
   }
@@ -121,7 +125,8 @@ struct InnerPairOp {
 
 // Per pair: GZ = 4 m T K (the Z̃ Gram gradient), X = 2 m K², W = X (σ + a) and V = X (p_i[k_j] + σ + a).
 template <class acc_t>
-struct InnerPairBackwardOp {
+struct InnerPairBackwardOp : RowOpBase<acc_t> {
+  static constexpr int kSums = 0;
   InnerGrams<acc_t> g;
   index_t E;
   ReadOnly<int64_t> domain;  // N: domain of each row
@@ -132,8 +137,9 @@ struct InnerPairBackwardOp {
   acc_t* X;
   acc_t* W;
   acc_t* V;
-  HE_INLINE void operator()(index_t idx) const {
-    const index_t i = idx / g.N, j = idx - i * g.N;
+  HE_INLINE index_t cols() const { return g.N; }
+  HE_INLINE void map(index_t i, index_t j, const acc_t*) const {
+    const index_t idx = i * g.N + j;
     const int64_t ei = domain[i], ej = domain[j];
     const acc_t m = acc_t(0.5) * c[i] * c[j] * (Ubar[ei * E + ej] + Ubar[ej * E + ei]);
     const acc_t k = K[idx];

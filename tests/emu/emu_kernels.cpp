@@ -63,9 +63,9 @@ namespace hessalign {
 
 // The kernels of the accumulation type alone.
 #define HE_INSTANTIATE_ACC(A)                                                                                 \
-  HE_ELEMENTS(InnerPairOp<A>)                                                                                 \
-  HE_ELEMENTS(InnerPairBackwardOp<A>)                                                                         \
-  HE_ELEMENTS(InnerGatherOp<A>)                                                                               \
+  HE_ROWS(InnerPairOp<A>)                                                                                     \
+  HE_ROWS(InnerPairBackwardOp<A>)                                                                             \
+  HE_ROWS(InnerGatherOp<A>)                                                                                   \
   HE_ROWS(TargetsRowOp<A>)                                                                                    \
   template int launch_segment_sum<A>(const A*, const DomainOffsets&, A*, cudaStream_t);                       \
   template int launch_ce_coeffs<A>(const CeParams<A>&, const DomainOffsets&, A*, A*, A*, cudaStream_t);
