@@ -14,7 +14,7 @@ import pytest
 import torch
 from conftest import TOL, assert_close
 
-from hessalign_ext import penalties, reference
+from hessalign_ext import head_hessian_inner, penalties, reference
 from hessalign_ext.penalties import autograd_reference, hgp_gram
 from single_thread import one_torch_thread  # noqa: F401  (autouse fixture)
 
@@ -419,6 +419,27 @@ def test_head_hessian_inner_torch_matches_reference(method):
     expected = reference.head_hessian_inner(z, W, b, off, labels=labels, **opts)
     assert_same(got.sum(), expected.sum(), (z, W, b))
     assert_close(got, expected)
+
+
+@pytest.mark.parametrize("method", ["samples", "features"])
+def test_head_hessian_inner_torch_keeps_confident_rows(method):
+    """Rows with nearly all their mass on one class (p̄ ≈ 1e-6): in float32 both routes give every
+    entry, and the gradients, to float32's relative precision (against the float64 op, itself checked
+    at 60 digits in test_head_hessian_inner.py); written with p − p², they lost every digit."""
+    g = torch.Generator().manual_seed(11)
+    N, d, C = 6, 8, 4
+    z = torch.randn(N, d, generator=g, dtype=torch.float64)
+    logits = 14.0 * torch.nn.functional.one_hot(torch.tensor([0, 0, 2, 0, 2, 1]), C) + torch.rand(N, C, generator=g)
+    W = torch.linalg.lstsq(z, logits.double()).solution.T.contiguous()
+    off = torch.tensor([0, 4, 6])
+    expected = head_hessian_inner(z, W, None, off)
+    z32, W32 = z.float().requires_grad_(), W.float().requires_grad_()
+    got = penalties.head_hessian_inner_torch(z32, W32, None, off, method=method)
+    torch.testing.assert_close(got.double(), expected, rtol=1e-4, atol=0)
+    zr, Wr = z.clone().requires_grad_(), W.clone().requires_grad_()
+    ref = torch.autograd.grad(head_hessian_inner(zr, Wr, None, off).sum(), (zr, Wr))
+    for a, e in zip(torch.autograd.grad(got.sum(), (z32, W32)), ref):
+        torch.testing.assert_close(a.double(), e, rtol=1e-3, atol=1e-3 * e.abs().max().item())
 
 
 def test_gradient_variance_matches_per_sample_gradients():

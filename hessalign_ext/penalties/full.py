@@ -11,6 +11,22 @@ from .autograd_reference import autograd_domain_grads, autograd_full_hessian
 from .common import _flat, _ops, _params, _result, _sqdev, _sqdist, checked, loss_rows, named_errors
 
 
+def _dominant_relative(P: torch.Tensor):
+    """(r, e): r = p − e_k for the rows whose class k holds more than 0.6 of the mass (its entry
+    −Σ_{c≠k} p_c, summed directly), r = p for the others, and e their one-hot (zero rows for the others)."""
+    e = (P > 0.6).to(P.dtype)
+    off_mass = (P * (1 - e)).sum(1, keepdim=True)
+    return P * (1 - e) - e * off_mass, e
+
+
+def _pair_traces(ra, ea, rb, eb) -> torch.Tensor:
+    """T_ij = tr(A_i A_j) for rows i of (ra, ea) and j of (rb, eb), every term a product of r's entries."""
+    sigma = ra @ rb.T
+    a, b = ea @ rb.T, ra @ eb.T   # r_j[k_i], r_i[k_j]
+    return (sigma - 2 * (ra @ (rb * eb).T) - ra @ (rb * rb).T - 2 * ((ra * ea) @ rb.T) - (ra * ra) @ rb.T
+            + 2 * (ea @ eb.T) * sigma + 2 * a * b + 2 * (a + b) * sigma + sigma * sigma)
+
+
 @named_errors("head_hessian_inner_torch")
 def head_hessian_inner_torch(features: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
                              offsets: torch.Tensor, *, labels: Optional[torch.Tensor] = None,
@@ -21,14 +37,15 @@ def head_hessian_inner_torch(features: torch.Tensor, weight: torch.Tensor, bias:
     Plain torch, differentiable by autograd, no Hessian formed (DESIGN.md §1). Two exact
     routes, picked by cost when ``method="auto"``:
 
-    - ``"samples"``: ``Σ_{i∈a, j∈b} c_i c_j T_ij (z̃_i·z̃_j)²`` with
-      ``T = P_aP_bᵀ − P_a(P_b⊙P_b)ᵀ − (P_a⊙P_a)P_bᵀ + (P_aP_bᵀ)⊙(P_aP_bᵀ)``; O(n_a n_b (C+D)),
-      memory n_a·n_b per pair.
+    - ``"samples"``: ``Σ_{i∈a, j∈b} c_i c_j T_ij (z̃_i·z̃_j)²`` with ``T_ij = tr(A_i A_j)``
+      by GEMMs over the rows' probabilities; O(n_a n_b (C+D)), memory n_a·n_b per pair.
     - ``"features"``: ``Σ_{c,c'} ⟨M^a_{cc'}, M^b_{cc'}⟩`` with the D×D blocks
       ``M^e_{cc'} = Z̃_eᵀ diag(c_i A_i[c,c']) Z̃_e``; O(N C² D²), memory E·C²·D². Cheaper for
       few classes and large domains (ColoredMNIST full batch).
 
-    ``labels`` only carry the loss options (as for the curvature ops).
+    ``labels`` only carry the loss options (as for the curvature ops). Both routes write a row
+    whose class k holds most of the mass relative to it, ``A_i = diag(r) − e rᵀ − r eᵀ − r rᵀ`` with
+    ``r = p − e_k`` (csrc/math/head_hessian_inner.h), so confident rows keep their precision.
     """
     offs, opts = checked("head_hessian_inner_torch", features, weight, bias, labels, offsets, "kernel",
                          labels_required=False, ignore_index=ignore_index, class_weight=class_weight,
@@ -48,13 +65,14 @@ def head_hessian_inner_torch(features: torch.Tensor, weight: torch.Tensor, bias:
         fits = E * C * C * D * D <= 2**25
         method = "features" if fits and cost_features < cost_samples else "samples"
 
+    r, e = _dominant_relative(P)
     if method == "features":
         blocks = []
-        eye = torch.eye(C, dtype=P.dtype, device=P.device)
         for s, t in zip(offs, offs[1:]):
-            p, z, ce = P[s:t], Zt[s:t], c[s:t]
-            # A_i[c,c'] = p_c δ_cc' − p_c p_c'  →  coefficient per row and class pair
-            a = (p[:, :, None] * eye - p[:, :, None] * p[:, None, :]) * ce[:, None, None]   # (n, C, C)
+            ri, ei, z, ce = r[s:t], e[s:t], Zt[s:t], c[s:t]
+            # A_i[c,c'] = p_c δ_cc' − p_c p_c' (in r and e)  →  coefficient per row and class pair
+            a = (torch.diag_embed(ri) - ei[:, :, None] * ri[:, None, :] - ri[:, :, None] * ei[:, None, :]
+                 - ri[:, :, None] * ri[:, None, :]) * ce[:, None, None]                  # (n, C, C)
             blocks.append(torch.einsum("nkl,nd,nf->kldf", a, z, z))                     # (C, C, D, D)
         M = torch.stack(blocks).flatten(1)                                               # (E, C²D²)
         return M @ M.T
@@ -63,9 +81,7 @@ def head_hessian_inner_torch(features: torch.Tensor, weight: torch.Tensor, bias:
     for sa, ta in zip(offs, offs[1:]):
         row = []
         for sb, tb in zip(offs, offs[1:]):
-            pa, pb = P[sa:ta], P[sb:tb]
-            pp = pa @ pb.T
-            T = pp - pa @ (pb * pb).T - (pa * pa) @ pb.T + pp * pp
+            T = _pair_traces(r[sa:ta], e[sa:ta], r[sb:tb], e[sb:tb])
             K = (Zt[sa:ta] @ Zt[sb:tb].T).pow(2)
             row.append((c[sa:ta][:, None] * c[sb:tb][None, :] * T * K).sum())
         rows.append(torch.stack(row))
