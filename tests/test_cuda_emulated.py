@@ -173,8 +173,9 @@ def test_emulated_inner_confident_rows_match_cpu(class_tile):
     expected = cpu(*args)
     torch.testing.assert_close(emu(*args), expected, rtol=1e-4, atol=0)
     grad = torch.randn(expected.shape, generator=g)
-    for name, e, c in zip(["features", "weight", "bias"], torch.ops.hessalign_emu._head_hessian_inner_backward(grad, *args),
-                          torch.ops.hessalign_ext._head_hessian_inner_backward(grad, *args)):
+    emu_back = torch.ops.hessalign_emu._head_hessian_inner_backward(grad, *args)
+    cpu_back = torch.ops.hessalign_ext._head_hessian_inner_backward(grad, *args)
+    for name, e, c in zip(["features", "weight", "bias"], emu_back, cpu_back):
         assert_matches(e, c, torch.float32, msg=lambda m: f"backward, {name}: {m}")
 
 
