@@ -17,23 +17,28 @@ inline at::Tensor domain_indicator(const Head& h, const at::TensorOptions& opts)
   return ind;
 }
 
-// The class-tile pass both directions start with: S' = P'P'ᵀ, R' = P'(P'⊙P')ᵀ and the gathered Y
-// (acc dtype, N×N), each row's dominant class (-1 for none) and p̄ (math/head_hessian_inner.h).
+// The class-tile pass both directions start with: S' = P'P'ᵀ, R' = P'(P'⊙P')ᵀ (acc dtype, N×N), each
+// row's dominant class (-1 for none) and p̄, and Y's source: with one class tile, P' itself (the pair
+// functors read Y_ij = P'_j[k_i] there: no gather pass, no N×N Y), else Y gathered tile by tile.
 struct InnerState {
-  at::Tensor S, R, Y, dominant, pbar;
+  at::Tensor S, R, dominant, pbar, Y, P1;
 };
 
 template <class acc_t>
 InnerGrams<acc_t> inner_grams(const InnerState& st) {
-  return {st.S.size(0), st.S.const_data_ptr<acc_t>(), st.R.const_data_ptr<acc_t>(), st.Y.const_data_ptr<acc_t>(),
-          st.dominant.const_data_ptr<int64_t>(), st.pbar.const_data_ptr<acc_t>()};
+  const bool one_tile = st.P1.defined();
+  return {st.S.size(0), st.S.const_data_ptr<acc_t>(), st.R.const_data_ptr<acc_t>(),
+          one_tile ? nullptr : st.Y.const_data_ptr<acc_t>(), one_tile ? st.P1.const_data_ptr<acc_t>() : nullptr,
+          one_tile ? st.P1.size(1) : 0, st.dominant.const_data_ptr<int64_t>(), st.pbar.const_data_ptr<acc_t>()};
 }
 
 template <class scalar_t, class acc_t, class K>
 InnerState inner_prob_grams(const Head& h, const K& k) {
   const auto acc = h.zt.options().dtype(h.acc_type);
-  InnerState st{at::zeros({h.N, h.N}, acc), at::zeros({h.N, h.N}, acc), at::zeros({h.N, h.N}, acc),
-                at::full({h.N}, -1, h.zt.options().dtype(at::kLong)), at::zeros({h.N}, acc)};
+  const bool one_tile = h.num_tiles() <= 1;
+  InnerState st{at::zeros({h.N, h.N}, acc), at::zeros({h.N, h.N}, acc),
+                at::full({h.N}, -1, h.zt.options().dtype(at::kLong)), at::zeros({h.N}, acc),
+                one_tile ? at::Tensor() : at::zeros({h.N, h.N}, acc), at::Tensor()};
   for (int64_t c0 = 0; c0 < h.C && h.N > 0; c0 += h.tile) {
     const int64_t T = std::min(h.tile, h.C - c0);
     const at::Tensor L = h.logits(c0, T);
@@ -43,9 +48,13 @@ InnerState inner_prob_grams(const Head& h, const K& k) {
                                             st.pbar.mutable_data_ptr<acc_t>()});
     gemm_add(st.S, P, P.t());
     gemm_add(st.R, P, Q.t());
-    k.rows(h.N, InnerGatherOp<acc_t>{{}, h.N, T, c0, st.dominant.const_data_ptr<int64_t>(),
-                                               P.const_data_ptr<acc_t>(), st.Y.mutable_data_ptr<acc_t>()});
+    if (one_tile)
+      st.P1 = P;
+    else
+      k.rows(h.N, InnerGatherOp<acc_t>{{}, h.N, T, c0, st.dominant.const_data_ptr<int64_t>(),
+                                       P.const_data_ptr<acc_t>(), st.Y.mutable_data_ptr<acc_t>()});
   }
+  if (one_tile && !st.P1.defined()) st.P1 = at::zeros({h.N, h.C}, acc);  // N = 0: nothing to read
   return st;
 }
 

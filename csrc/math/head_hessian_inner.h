@@ -12,14 +12,15 @@
 //   T = (1 + 2 e_i·e_j) σ + 2 (b p̄_j + a p̄_i + a b) - ρ_ij - ρ_ji + 2 (a + b) σ + σ²,
 //   σ = r_i·r_j,  a = r_j[k_i],  b = r_i[k_j],  ρ_ij = Σ_c r_ic r_jc²  (p̄ = 0 without a class k).
 // The GEMMs run on P' (p with the dominant class zeroed): S' = P'P'ᵀ, R' = P'(P'⊙P')ᵀ, and
-// Y_ij = P'_j[k_i] gathered; σ, a, b, ρ follow from them and p̄ (inner_pair).
+// Y_ij = P'_j[k_i] (read from P' itself when one tile holds every class, else gathered tile by tile
+// into an N×N matrix); σ, a, b, ρ follow from them and p̄ (inner_pair).
 //
 // Backward with upstream Ū (E×E) and m_ij = c_i c_j (Ū_{e(i)e(j)} + Ū_{e(j)e(i)}) / 2 (symmetric):
 //   dZ̃ += 4 (m⊙T⊙K) Z̃;  with X = 2 m⊙K², dl_i = A_i ĝ_i, ĝ_i = Σ_j X_ij ∂T_ij/∂p_i, where
 //   ∂T_ij/∂p_i = diag(A_j) - 2 A_j p_i = diag(A_j) - 2 r_j⊙p_i + 2 e_j (r_j·p_i) + 2 r_j (p_i[k_j] + r_j·p_i):
 //   ĝ = X Dg - 2 P⊙(X Rf) + 2 (X⊙(σ+a)) Ek + 2 (X⊙(p_i[k_j]+σ+a)) Rf   (Dg: rows diag(A_j), Rf: rows r_j,
 //   Ek: one-hot rows e_j), and A_i ĝ = r⊙ĝ - e (r·ĝ) - r ĝ[k] - r (r·ĝ), again with a small factor in every term.
-// S', R', Y and K are N×N (N rows of the whole batch): the op holds O(N²) memory.
+// S', R', K (and Y with several tiles) are N×N (N rows of the whole batch): the op holds O(N²) memory.
 #pragma once
 #include "tile.h"
 
@@ -79,10 +80,17 @@ struct InnerGrams {
   index_t N;
   ReadOnly<acc_t> S;  // P'P'ᵀ
   ReadOnly<acc_t> R;  // P'(P'⊙P')ᵀ
-  ReadOnly<acc_t> Y;  // Y_ij = P'_j[k_i]
+  ReadOnly<acc_t> Y;   // Y_ij = P'_j[k_i], N×N, with several class tiles
+  ReadOnly<acc_t> P1;  // else P' itself, N×C
+  index_t C;
   ReadOnly<int64_t> dominant;
   ReadOnly<acc_t> pbar;
   HE_INLINE acc_t mass_off(index_t i) const { return dominant[i] >= 0 ? pbar[i] : acc_t(0); }
+  HE_INLINE acc_t y(index_t i, index_t j) const {
+    if (!P1) return Y[i * N + j];
+    const int64_t k = dominant[i];
+    return k >= 0 ? P1[j * C + index_t(k)] : acc_t(0);
+  }
 };
 
 template <class acc_t>
@@ -98,8 +106,9 @@ HE_INLINE InnerPair<acc_t> inner_pair(const InnerGrams<acc_t>& g, index_t i, ind
   const acc_t pi = g.mass_off(i), pj = g.mass_off(j);
   const bool same = g.dominant[i] >= 0 && g.dominant[i] == g.dominant[j];
   const acc_t e = same ? acc_t(1) : acc_t(0);
-  const acc_t sigma = g.S[ij] - pj * g.Y[ji] - pi * g.Y[ij] + e * pi * pj;
-  const acc_t a = g.Y[ij] - e * pj, b = g.Y[ji] - e * pi;
+  const acc_t y_ij = g.y(i, j), y_ji = g.y(j, i);
+  const acc_t sigma = g.S[ij] - pj * y_ji - pi * y_ij + e * pi * pj;
+  const acc_t a = y_ij - e * pj, b = y_ji - e * pi;
   const acc_t rho_ij = g.R[ij] - pi * a * a + (acc_t(1) - e) * b * pj * pj;
   const acc_t rho_ji = g.R[ji] - pj * b * b + (acc_t(1) - e) * a * pi * pi;
   const acc_t t = (acc_t(1) + acc_t(2) * e) * sigma + acc_t(2) * (b * pj + a * pi + a * b) - rho_ij - rho_ji +
