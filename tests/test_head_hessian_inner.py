@@ -101,7 +101,7 @@ def _mp_inner(z, w, b, offsets, upstream):
 
 @pytest.mark.parametrize("dtype, margin", [(torch.float32, 14.0), (torch.float64, 30.0)], ids=["f32", "f64"])
 @pytest.mark.parametrize("class_tile", [None, 2], ids=["one_tile", "tiles_of_2"])
-def test_confident_rows_keep_their_precision(dtype, margin, class_tile):
+def test_confident_rows_keep_their_precision(dtype, margin, class_tile, monkeypatch):
     """Rows that put nearly all their mass on one class (p̄ ≈ 2–5e-6 at 14 nats in float32, 2–5e-13
     at 30 in float64) have Hessians of size p̄, and pairs of them an inner product of size p̄².
     Written as S - R - Rᵀ + S², T cancelled terms of size 1 to get there (off by over 100% here, and
@@ -109,7 +109,7 @@ def test_confident_rows_keep_their_precision(dtype, margin, class_tile):
     every entry and every gradient to the dtype's relative precision.
     Reference: the same quantities at 60 digits (mpmath), the gradients by central differences."""
     mpmath = pytest.importorskip("mpmath")
-    mpmath.mp.dps = 60
+    monkeypatch.setattr(mpmath.mp, "dps", 60)  # restored after the test
     g = torch.Generator().manual_seed(5)
     offsets = [0, 3, 5]
     N, d, C = 5, 6, 5
