@@ -11,10 +11,15 @@ from .autograd_reference import autograd_domain_grads, autograd_full_hessian
 from .common import _flat, _ops, _params, _result, _sqdev, _sqdist, checked, loss_rows, named_errors
 
 
+# A row is written relative to a class holding more than this (the kernels' kDominantProb): at most
+# one class per row can, and the form is exact for any choice, so the two need not agree.
+DOMINANT_PROB = 0.6
+
+
 def _dominant_relative(P: torch.Tensor):
-    """(r, e): r = p − e_k for the rows whose class k holds more than 0.6 of the mass (its entry
-    −Σ_{c≠k} p_c, summed directly), r = p for the others, and e their one-hot (zero rows for the others)."""
-    e = (P > 0.6).to(P.dtype)
+    """(r, e): r = p − e_k for the rows whose class k holds more than DOMINANT_PROB of the mass (its
+    entry −Σ_{c≠k} p_c, summed directly), r = p for the others, and e their one-hot (zero rows for the others)."""
+    e = (P > DOMINANT_PROB).to(P.dtype)
     off_mass = (P * (1 - e)).sum(1, keepdim=True)
     return P * (1 - e) - e * off_mass, e
 
