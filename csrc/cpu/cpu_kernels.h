@@ -120,23 +120,31 @@ struct CpuKernels {
     });
   }
 
-  // Merges each row of an N×T logits tile into the running (M, S) pairs: the row's max,
-  // then Σ exp(l - max), each one vectorized pass (ATen's Vectorized: AVX2 + Sleef's exp
-  // when built for x86-64-v3), where the streaming form of softmax.h branches per element.
+  // Merges each row of an N×T logits tile into the running (M, S) pairs (math/softmax.h): the
+  // row's max, then its off-max mass, Σ exp(l - max) over the logits below the max plus one per
+  // tie beyond the first, each a vectorized pass (ATen's Vectorized: AVX2 + Sleef's exp when built
+  // for x86-64-v3), where the streaming form of softmax.h branches per element.
   template <class scalar_t, class acc_t>
-  void softmax_stats(const scalar_t* L, index_t N, index_t T, acc_t* M, acc_t* S, bool first, acc_t* lse) const {
+  void softmax_stats(const scalar_t* L, index_t N, index_t T, acc_t* M, acc_t* S, bool first, acc_t* lse,
+                     acc_t* pbar) const {
     static_assert(std::is_same_v<scalar_t, acc_t>, "the CPU kernels accumulate in their own dtype");
     using Vec = at::vec::Vectorized<acc_t>;
+    const auto add = [](Vec x, Vec y) { return x + y; };
     at::parallel_for(0, N, std::max<index_t>(1, 16384 / std::max<index_t>(T, 1)), [&](index_t b, index_t e) {
       for (index_t i = b; i < e; ++i) {
         const acc_t* row = L + i * T;
         const acc_t m = at::vec::reduce_all<acc_t>([](Vec& x, Vec& y) { return at::vec::maximum(x, y); }, row, T);
         // An all -inf row is an empty pair (softmax_merge's identity); a NaN max gives NaN sums.
-        const acc_t s = m == -INFINITY ? acc_t(0)
-                                       : at::vec::map_reduce_all<acc_t>([m](Vec x) { return (x - Vec(m)).exp(); },
-                                                                        [](Vec x, Vec y) { return x + y; }, row, T);
+        acc_t s = 0;
+        if (m != -INFINITY) {
+          const Vec vm(m);
+          // the ties beyond the first (0 but for ties) added as a whole: 1 + s would round s away
+          const acc_t ties = at::vec::map_reduce_all<acc_t>([vm](Vec x) { return x.eq(vm); }, add, row, T) - acc_t(1);
+          s = at::vec::map_reduce_all<acc_t>([vm](Vec x) { return Vec::blendv((x - vm).exp(), Vec(0), x == vm); },
+                                             add, row, T) + ties;
+        }
         const SoftmaxPair<acc_t> p{m, s};
-        softmax_store(first ? p : softmax_merge(SoftmaxPair<acc_t>{M[i], S[i]}, p), i, M, S, lse);
+        softmax_store(first ? p : softmax_merge(SoftmaxPair<acc_t>{M[i], S[i]}, p), i, M, S, lse, pbar);
       }
     });
   }

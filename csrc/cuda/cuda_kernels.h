@@ -20,7 +20,7 @@ template <class Op> int launch_rows(index_t rows, const Op& op, cudaStream_t str
 template <class Op> int launch_elements(index_t n, const Op& op, cudaStream_t stream);
 template <class scalar_t, class acc_t>
 int launch_softmax_stats(const scalar_t* L, index_t N, index_t T, acc_t* M, acc_t* S, bool first, acc_t* lse,
-                         cudaStream_t stream);
+                         acc_t* pbar, cudaStream_t stream);
 template <class acc_t>
 int launch_segment_sum(const acc_t* vals, const DomainOffsets& off, acc_t* out, cudaStream_t stream);
 template <class acc_t>
@@ -31,7 +31,7 @@ int launch_logits(const scalar_t* Z, const scalar_t* W, const scalar_t* bias, in
                   scalar_t* L, cudaStream_t stream);
 template <class scalar_t, class acc_t>
 int launch_domain_stats(const CeParams<acc_t>& p, const DomainOffsets& off, const scalar_t* L, index_t C, acc_t* c,
-                        acc_t* a, acc_t* b, acc_t* lse, acc_t* loss, cudaStream_t stream);
+                        acc_t* a, acc_t* b, acc_t* lse, acc_t* pbar, acc_t* loss, cudaStream_t stream);
 
 template <bool kReduced>
 struct CudaKernelsT {
@@ -76,8 +76,9 @@ struct CudaKernelsT {
     rows(N, RowSqNormOp<scalar_t, acc_t>{{}, Z, d, ones, out});
   }
   template <class scalar_t, class acc_t>
-  void softmax_stats(const scalar_t* L, index_t N, index_t T, acc_t* M, acc_t* S, bool first, acc_t* lse) const {
-    if (N > 0) check(launch_softmax_stats(L, N, T, M, S, first, lse, stream), "softmax_stats_kernel");
+  void softmax_stats(const scalar_t* L, index_t N, index_t T, acc_t* M, acc_t* S, bool first, acc_t* lse,
+                     acc_t* pbar) const {
+    if (N > 0) check(launch_softmax_stats(L, N, T, M, S, first, lse, pbar, stream), "softmax_stats_kernel");
   }
   template <class acc_t>
   void segment_sum(const acc_t* vals, const DomainOffsets& off, acc_t* out) const {
@@ -94,8 +95,8 @@ struct CudaKernelsT {
   }
   template <class scalar_t, class acc_t>
   void domain_stats(const CeParams<acc_t>& p, const DomainOffsets& off, const scalar_t* L, index_t C, acc_t* c,
-                    acc_t* a, acc_t* b, acc_t* lse, acc_t* loss) const {
-    check(launch_domain_stats(p, off, L, C, c, a, b, lse, loss, stream), "domain_stats_kernel");
+                    acc_t* a, acc_t* b, acc_t* lse, acc_t* pbar, acc_t* loss) const {
+    check(launch_domain_stats(p, off, L, C, c, a, b, lse, pbar, loss, stream), "domain_stats_kernel");
   }
 
  private:

@@ -52,25 +52,26 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> head_grad_backward(
   if (h.N == 0) return g.finish(h);
   HE_DISPATCH(K, h.zt.scalar_type(), [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    // pass 2: m_i = Σ_c p_ic u_ic with u_i = Ḡ_e z̃_i, over all classes
-    at::Tensor m = at::zeros({h.N}, h.zt.options().dtype(h.acc_type));
+    // pass 2: u_i = Ḡ_e z̃_i's Centered sums m_i, mk_i (math/head_hvp.h), over all classes
+    at::Tensor m = at::zeros({2, h.N}, h.zt.options().dtype(h.acc_type));
+    acc_t* const mp = m.mutable_data_ptr<acc_t>();
     at::Tensor U1;
     for (int64_t c0 = 0; c0 < h.C; c0 += h.tile) {
       const int64_t T = std::min(h.tile, h.C - c0);
       const at::Tensor L = h.logits(c0, T);
       at::Tensor U = seg_nt(h, h.zt, G.narrow(1, c0, T));
       k.rows(h.N, HvpMeanOp<scalar_t, acc_t>{{}, {h.view<scalar_t, acc_t>(L, c0, T), 1, 0, 1},
-                                             U.const_data_ptr<scalar_t>(), m.mutable_data_ptr<acc_t>()});
+                                             U.const_data_ptr<scalar_t>(), mp, mp + h.N});
       if (T == h.C) U1 = U;
     }
-    // pass 3: dl = c p (u - m) over U; R for dZ̃_e += R_e Ḡ_e
+    // pass 3: dl = c p d over U (d: u centered); R for dZ̃_e += R_e Ḡ_e
     for (int64_t c0 = 0; c0 < h.C; c0 += h.tile) {
       const int64_t T = std::min(h.tile, h.C - c0);
       const at::Tensor L = h.logits(c0, T);
       const at::Tensor Gt = G.narrow(1, c0, T);
       at::Tensor U = U1.defined() ? U1 : seg_nt(h, h.zt, Gt);
       const auto lt = h.view<scalar_t, acc_t>(L, c0, T);
-      k.rows(h.N, HvpSOp<scalar_t, acc_t>{{}, {lt, 1, 0, 1}, h.c.const_data_ptr<acc_t>(), m.const_data_ptr<acc_t>(),
+      k.rows(h.N, HvpSOp<scalar_t, acc_t>{{}, {lt, 1, 0, 1}, h.c.const_data_ptr<acc_t>(), mp, mp + h.N,
                                           U.mutable_data_ptr<scalar_t>()});
       at::Tensor R = at::empty({h.N, T}, h.zt.options());
       k.rows(h.N, ResidualOp<scalar_t, acc_t>{{}, lt, h.ce_rows<acc_t>(), nullptr, R.mutable_data_ptr<scalar_t>()});

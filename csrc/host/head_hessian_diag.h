@@ -1,5 +1,6 @@
 // head_hessian_diag: diag(H_e) = Q_eᵀ (Z̃ ⊙ Z̃)_e per class tile (math/head_hessian_diag.h),
-// and its closed-form backward (pass 2: ρ; pass 3: Q and dl; dZ̃ = 2 Z̃ ⊙ Σ_tiles Q D̄).
+// and its closed-form backward (pass 2: the softmax backward's sums; pass 3: Q and dl;
+// dZ̃ = 2 Z̃ ⊙ Σ_tiles Q D̄).
 #pragma once
 #include "../math/head_hessian_diag.h"
 #include "head_gemms.h"
@@ -50,15 +51,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> head_hessian_diag_backward(
   HE_DISPATCH(K, h.zt.scalar_type(), [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const auto acc = h.zt.options().dtype(h.acc_type);
-    at::Tensor rho = at::zeros({h.N}, acc), Y = h.rows_buffer({h.N, h.D}, acc, /*zero=*/true);
+    // the Centered sums of the softmax backward (math/tile.h): rest, then the dominant class's input
+    at::Tensor sums = at::zeros({2, h.N}, acc), Y = h.rows_buffer({h.N, h.D}, acc, /*zero=*/true);
     at::Tensor dQ1;
-    for (int64_t c0 = 0; c0 < h.C; c0 += h.tile) {  // pass 2: ρ
+    for (int64_t c0 = 0; c0 < h.C; c0 += h.tile) {  // pass 2: the sums
       const int64_t T = std::min(h.tile, h.C - c0);
       const at::Tensor L = h.logits(c0, T);
       at::Tensor dQ = seg_nt(h, z2, G.narrow(1, c0, T));
       k.rows(h.N, DiagBackwardSumsOp<scalar_t, acc_t>{{}, h.view<scalar_t, acc_t>(L, c0, T),
                                                       h.c.const_data_ptr<acc_t>(), dQ.const_data_ptr<scalar_t>(),
-                                                      rho.mutable_data_ptr<acc_t>()});
+                                                      sums.mutable_data_ptr<acc_t>(),
+                                                      sums.mutable_data_ptr<acc_t>() + h.N});
       if (T == h.C) dQ1 = dQ;
     }
     for (int64_t c0 = 0; c0 < h.C; c0 += h.tile) {  // pass 3: Q, dl
@@ -67,7 +70,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> head_hessian_diag_backward(
       at::Tensor dQ = dQ1.defined() ? dQ1 : seg_nt(h, z2, Gt);
       at::Tensor Q = at::empty({h.N, T}, h.zt.options());
       k.rows(h.N, DiagBackwardMapOp<scalar_t, acc_t>{{}, h.view<scalar_t, acc_t>(L, c0, T),
-                                                     h.c.const_data_ptr<acc_t>(), rho.const_data_ptr<acc_t>(),
+                                                     h.c.const_data_ptr<acc_t>(), sums.const_data_ptr<acc_t>(),
+                                                     sums.const_data_ptr<acc_t>() + h.N,
                                                      dQ.mutable_data_ptr<scalar_t>(), Q.mutable_data_ptr<scalar_t>()});
       seg_nn_add(h, Q, Gt, Y);
       g.add_logits_grad(h, dQ, c0, T);

@@ -14,17 +14,19 @@ at::Tensor row_sq_norms(const Head& h, const K& k) {
   return zz;
 }
 
-// q_i and Σ_c p_ic² for every row, over the class tiles; with `rowval` (N, acc dtype), the last
-// tile's pass also writes c_i q_i ‖z̃_i‖² there.
+// q_i and (2, N) the sums of p_ic² over the classes that do not dominate and over the dominant
+// one, for every row over the class tiles; with `rowval` (N, acc dtype), the last tile's pass also
+// writes c_i q_i ‖z̃_i‖² there.
 template <class scalar_t, class acc_t, class K>
 std::pair<at::Tensor, at::Tensor> trace_rows(const Head& h, const K& k, const at::Tensor& zz, acc_t* rowval) {
   const auto acc = h.z.options().dtype(h.acc_type);
-  at::Tensor q = at::empty({h.N}, acc), sq = at::empty({h.N}, acc);
+  at::Tensor q = at::empty({h.N}, acc), sq = at::empty({2, h.N}, acc);
   for (int64_t c0 = 0; c0 < h.C && h.N > 0; c0 += h.tile) {
     const int64_t T = std::min(h.tile, h.C - c0);
     const at::Tensor L = h.logits(c0, T);
     k.rows(h.N, TraceRowOp<scalar_t, acc_t>{{}, h.view<scalar_t, acc_t>(L, c0, T), q.mutable_data_ptr<acc_t>(),
-                                            sq.mutable_data_ptr<acc_t>(), h.c.const_data_ptr<acc_t>(),
+                                            sq.mutable_data_ptr<acc_t>(), sq.mutable_data_ptr<acc_t>() + h.N,
+                                            h.c.const_data_ptr<acc_t>(),
                                             zz.const_data_ptr<acc_t>(), rowval, c0 == 0, c0 + T >= h.C});
   }
   return {q, sq};
@@ -70,7 +72,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> head_hessian_trace_backward(
       const at::Tensor L = h.logits(c0, T);
       at::Tensor dl = at::empty({h.N, T}, h.zt.options());
       k.rows(h.N, TraceBackwardOp<scalar_t, acc_t>{{}, h.view<scalar_t, acc_t>(L, c0, T), kk.const_data_ptr<acc_t>(),
-                                                   sq.const_data_ptr<acc_t>(), dl.mutable_data_ptr<scalar_t>()});
+                                                   sq.const_data_ptr<acc_t>(), sq.const_data_ptr<acc_t>() + h.N,
+                                                   dl.mutable_data_ptr<scalar_t>()});
       g.add_logits_grad(h, dl, c0, T);
     }
   });

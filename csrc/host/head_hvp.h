@@ -1,6 +1,7 @@
 // head_hvp: H_e v_e for every domain (math/head_hvp.h with B = 1); vectors (E, C, D) per
-// domain or (C, D) shared. Forward: pass 2 sums m_i over class tiles, pass 3 forms S and
-// the per-domain GEMM. Backward: pass 2 sums m, t, w; pass 3 forms S, dU, dP, then dl.
+// domain or (C, D) shared. Forward: pass 2 sums m_i, mk_i over class tiles, pass 3 forms S and
+// the per-domain GEMM. Backward: pass 2 sums m, mk, t, tk, w, then dP's Centered sums; pass 3
+// forms S, dU, dP, then dl.
 #pragma once
 #include "../math/head_hvp.h"
 #include "head_gemms.h"
@@ -18,14 +19,15 @@ at::Tensor head_hvp_forward(HE_HEAD_PARAMS, const at::Tensor& vectors, const at:
   at::Tensor out = at::empty({h.E, h.C, h.D}, h.zt.options());
   HE_DISPATCH(K, h.zt.scalar_type(), [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    at::Tensor m = at::zeros({h.N}, h.zt.options().dtype(h.acc_type));
+    at::Tensor m = at::zeros({2, h.N}, h.zt.options().dtype(h.acc_type));  // HvpMeanOp's m, then mk
+    acc_t* const mp = m.mutable_data_ptr<acc_t>();
     at::Tensor U1;
     for (int64_t c0 = 0; c0 < h.C && h.N > 0; c0 += h.tile) {
       const int64_t T = std::min(h.tile, h.C - c0);
       const at::Tensor L = h.logits(c0, T);
       at::Tensor U = seg_nt(h, h.zt, V.narrow(-2, c0, T));
       k.rows(h.N, HvpMeanOp<scalar_t, acc_t>{{}, {h.view<scalar_t, acc_t>(L, c0, T), 1, 0, 1},
-                                             U.const_data_ptr<scalar_t>(), m.mutable_data_ptr<acc_t>()});
+                                             U.const_data_ptr<scalar_t>(), mp, mp + h.N});
       if (T == h.C) U1 = U;
     }
     for (int64_t c0 = 0; c0 < h.C; c0 += h.tile) {
@@ -34,7 +36,7 @@ at::Tensor head_hvp_forward(HE_HEAD_PARAMS, const at::Tensor& vectors, const at:
       if (h.N > 0) {
         const at::Tensor L = h.logits(c0, T);
         k.rows(h.N, HvpSOp<scalar_t, acc_t>{{}, {h.view<scalar_t, acc_t>(L, c0, T), 1, 0, 1},
-                                            h.c.const_data_ptr<acc_t>(), m.const_data_ptr<acc_t>(),
+                                            h.c.const_data_ptr<acc_t>(), mp, mp + h.N,
                                             U.mutable_data_ptr<scalar_t>()});
       }
       seg_tn(h, U, h.zt, out.narrow(1, c0, T));
@@ -64,21 +66,25 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> head_hvp_backward(
   HE_DISPATCH(K, h.zt.scalar_type(), [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const auto acc = h.zt.options().dtype(h.acc_type);
-    at::Tensor m = at::zeros({h.N}, acc), t = at::zeros({h.N}, acc), w = at::zeros({h.N}, acc);
+    // per row (math/head_hvp.h): m, mk, t, tk, w, then dP's Centered sums rest, dpk
+    at::Tensor sums = at::zeros({7, h.N}, acc);
+    acc_t* const s = sums.mutable_data_ptr<acc_t>();
+    const HvpBackwardSums<acc_t> rs{s, s + h.N, s + 2 * h.N, s + 3 * h.N, s + 4 * h.N};
     at::Tensor U1, dS1;
-    for (int64_t c0 = 0; c0 < h.C && h.N > 0; c0 += h.tile) {  // pass 2: m, t, w
+    for (int64_t c0 = 0; c0 < h.C && h.N > 0; c0 += h.tile) {  // pass 2: the sums
       const int64_t T = std::min(h.tile, h.C - c0);
       const at::Tensor L = h.logits(c0, T);
       const HvpChunk<scalar_t, acc_t> ch{h.view<scalar_t, acc_t>(L, c0, T), 1, 0, 1};
       at::Tensor U = seg_nt(h, h.zt, V.narrow(-2, c0, T));
       at::Tensor dS = seg_nt(h, h.zt, G.narrow(1, c0, T));
-      k.rows(h.N, HvpMeanOp<scalar_t, acc_t>{{}, ch, U.const_data_ptr<scalar_t>(), m.mutable_data_ptr<acc_t>()});
-      k.rows(h.N, HvpBackwardSumsOp<scalar_t, acc_t>{{}, ch, h.c.const_data_ptr<acc_t>(), U.const_data_ptr<scalar_t>(),
-                                                     dS.const_data_ptr<scalar_t>(), t.mutable_data_ptr<acc_t>(),
-                                                     w.mutable_data_ptr<acc_t>()});
+      k.rows(h.N, HvpMeanOp<scalar_t, acc_t>{{}, ch, U.const_data_ptr<scalar_t>(), s, s + h.N});
+      k.rows(h.N, HvpBackwardSumsOp<scalar_t, acc_t>{{}, ch, U.const_data_ptr<scalar_t>(), dS.const_data_ptr<scalar_t>(),
+                                                     s + 2 * h.N, s + 3 * h.N, s + 4 * h.N});
       if (T == h.C) U1 = U, dS1 = dS;
     }
-    const at::Tensor rho = w - 2 * m * t;
+    if (h.N > 0)
+      k.elements(h.N, HvpSoftmaxSumsOp<acc_t>{1, h.pbar.const_data_ptr<acc_t>(), h.c.const_data_ptr<acc_t>(), rs,
+                                              s + 5 * h.N, s + 6 * h.N});
     for (int64_t c0 = 0; c0 < h.C && h.N > 0; c0 += h.tile) {  // pass 3
       const int64_t T = std::min(h.tile, h.C - c0);
       const at::Tensor L = h.logits(c0, T);
@@ -87,8 +93,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> head_hvp_backward(
       at::Tensor U = U1.defined() ? U1 : seg_nt(h, h.zt, Vt);
       at::Tensor dS = dS1.defined() ? dS1 : seg_nt(h, h.zt, Gt);
       at::Tensor DP = at::zeros({h.N, T}, acc);
-      k.rows(h.N, HvpBackwardMapOp<scalar_t, acc_t>{{}, {lt, 1, 0, 1}, h.c.const_data_ptr<acc_t>(),
-                                                    m.const_data_ptr<acc_t>(), t.const_data_ptr<acc_t>(),
+      k.rows(h.N, HvpBackwardMapOp<scalar_t, acc_t>{{}, {lt, 1, 0, 1}, h.c.const_data_ptr<acc_t>(), rs,
                                                     U.mutable_data_ptr<scalar_t>(), dS.mutable_data_ptr<scalar_t>(),
                                                     DP.mutable_data_ptr<acc_t>()});
       // U holds S, dS holds dU now
@@ -99,7 +104,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> head_hvp_backward(
       else
         seg_tn(h, dS, h.zt, dV.narrow(1, c0, T));
       at::Tensor dl = at::empty({h.N, T}, h.zt.options());
-      k.rows(h.N, SoftmaxBackwardOp<scalar_t, acc_t>{{}, lt, DP.const_data_ptr<acc_t>(), rho.const_data_ptr<acc_t>(),
+      k.rows(h.N, SoftmaxBackwardOp<scalar_t, acc_t>{{}, lt, DP.const_data_ptr<acc_t>(), s + 5 * h.N, s + 6 * h.N,
                                                      dl.mutable_data_ptr<scalar_t>()});
       g.add_logits_grad(h, dl, c0, T);
     }

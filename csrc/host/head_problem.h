@@ -73,6 +73,7 @@ struct Head {
   ClassWeights class_weights;
   LabelCheck label_check;   // the labels' values, finished by ce_params before a kernel reads them
   at::Tensor lse;           // (N,) acc dtype
+  at::Tensor pbar;          // (N,) acc dtype: 1 - p of each row's max class (math/softmax.h)
   at::Tensor domain_loss;   // (E,) acc dtype: each domain's loss, when prepare computed it
   at::Tensor logits_cache;  // (N, C) when one tile covers all classes
   at::Tensor probs_cache;   // (N, C) softmax of logits_cache, acc dtype, when K::kCacheProbs
@@ -98,7 +99,7 @@ struct Head {
 
   template <class scalar_t, class acc_t>
   LogitsTile<scalar_t, acc_t> view(const at::Tensor& L, int64_t c0, int64_t T) const {
-    return {L.const_data_ptr<scalar_t>(), T, c0, lse.const_data_ptr<acc_t>(),
+    return {L.const_data_ptr<scalar_t>(), T, c0, lse.const_data_ptr<acc_t>(), pbar.const_data_ptr<acc_t>(),
             probs_cache.defined() && T == C ? probs_cache.const_data_ptr<acc_t>() : nullptr};
   }
 
@@ -229,7 +230,7 @@ at::Tensor own_logits(const Head& h, const K& k) {
 }
 
 // Chooses the class tile, counting the kept probabilities as one more N×T buffer, and fills
-// the per-row coefficients and the row log-sum-exps (pass 1 over the class tiles, the
+// the per-row coefficients and the row log-sum-exps and p̄ (pass 1 over the class tiles, the
 // last tile's kernel writing the log-sum-exps; with one tile its logits, and where the
 // backend keeps them and the op reads them (keep_probs), its probabilities are kept for the
 // op's later passes). Where the backend fuses this pass (K::kFusedDomainStats) and the head
@@ -245,6 +246,7 @@ void prepare(Head& h, const K& k, const CeOptions& ce, bool keep_probs = true, b
   h.a = at::empty({h.N}, opts);
   h.b = at::empty({h.N}, opts);
   h.lse = at::empty({h.N}, opts);
+  h.pbar = at::empty({h.N}, opts);
   HE_DISPATCH(K, h.zt.scalar_type(), [&] {
     using acc_t = at::opmath_type<scalar_t>;
     if (h.N == 0) return;
@@ -256,7 +258,7 @@ void prepare(Head& h, const K& k, const CeOptions& ce, bool keep_probs = true, b
         if (want_domain_loss) h.domain_loss = at::empty({h.E}, opts);
         k.domain_stats(h.ce_params<acc_t>(ce), h.domains, h.logits_cache.const_data_ptr<scalar_t>(), h.C,
                        h.c.mutable_data_ptr<acc_t>(), h.a.mutable_data_ptr<acc_t>(), h.b.mutable_data_ptr<acc_t>(),
-                       h.lse.mutable_data_ptr<acc_t>(),
+                       h.lse.mutable_data_ptr<acc_t>(), h.pbar.mutable_data_ptr<acc_t>(),
                        want_domain_loss ? h.domain_loss.mutable_data_ptr<acc_t>() : nullptr);
         return;
       }
@@ -269,7 +271,7 @@ void prepare(Head& h, const K& k, const CeOptions& ce, bool keep_probs = true, b
       at::Tensor L = h.logits(c0, T);
       k.softmax_stats(L.const_data_ptr<scalar_t>(), h.N, T, M.defined() ? M.mutable_data_ptr<acc_t>() : nullptr,
                       S.defined() ? S.mutable_data_ptr<acc_t>() : nullptr, /*first=*/c0 == 0,
-                      c0 + T == h.C ? h.lse.mutable_data_ptr<acc_t>() : nullptr);
+                      c0 + T == h.C ? h.lse.mutable_data_ptr<acc_t>() : nullptr, h.pbar.mutable_data_ptr<acc_t>());
       if (T == h.C) h.logits_cache = L;
     }
     k.ce_coeffs(h.ce_params<acc_t>(ce), h.domains, h.c.mutable_data_ptr<acc_t>(), h.a.mutable_data_ptr<acc_t>(),

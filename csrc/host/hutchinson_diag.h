@@ -31,14 +31,15 @@ void fold_by_domain(const Head& h, const K& k, uint64_t seed, int64_t num_probes
   const acc_t inv_k = acc_t(1) / acc_t(num_probes);
   for (int64_t k0 = 0; k0 < num_probes; k0 += chunk) {
     const int64_t B = std::min(chunk, num_probes - k0);
-    at::Tensor m = at::zeros({h.N, B}, acc), V1, U1;
-    for (int64_t c0 = 0; c0 < h.C; c0 += h.tile) {  // m over all classes
+    at::Tensor m = at::zeros({2, h.N, B}, acc), V1, U1;  // HvpMeanOp's m, then mk
+    acc_t* const mp = m.mutable_data_ptr<acc_t>();
+    for (int64_t c0 = 0; c0 < h.C; c0 += h.tile) {  // m, mk over all classes
       const int64_t T = std::min(h.tile, h.C - c0);
       const at::Tensor L = h.logits(c0, T);
       at::Tensor V = probe_block<scalar_t>(h, k, seed, k0, B, c0, T);
       at::Tensor U = probe_products(h, V);
       k.rows(h.N * B, HvpMeanOp<scalar_t, acc_t>{{}, {h.view<scalar_t, acc_t>(L, c0, T), B, 0, B},
-                                                 U.const_data_ptr<scalar_t>(), m.mutable_data_ptr<acc_t>()});
+                                                 U.const_data_ptr<scalar_t>(), mp, mp + h.N * B});
       if (T == h.C) V1 = V, U1 = U;
     }
     for (int64_t c0 = 0; c0 < h.C; c0 += h.tile) {  // S, O_e, fold into out
@@ -47,7 +48,7 @@ void fold_by_domain(const Head& h, const K& k, uint64_t seed, int64_t num_probes
       at::Tensor V = V1.defined() ? V1 : probe_block<scalar_t>(h, k, seed, k0, B, c0, T);
       at::Tensor U = U1.defined() ? U1 : probe_products(h, V);
       k.rows(h.N * B, HvpSOp<scalar_t, acc_t>{{}, {h.view<scalar_t, acc_t>(L, c0, T), B, 0, B},
-                                              h.c.const_data_ptr<acc_t>(), m.const_data_ptr<acc_t>(),
+                                              h.c.const_data_ptr<acc_t>(), mp, mp + h.N * B,
                                               U.mutable_data_ptr<scalar_t>()});
       // fold Σ_b v_b ⊙ O_e / K of `domains` domains from e0 into out
       auto accumulate = [&](const at::Tensor& O, int64_t domains, int64_t e0) {
@@ -141,14 +142,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> hutchinson_diag_backward(
   HE_DISPATCH(K, h.zt.scalar_type(), [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const int64_t chunk = choose_probe_chunk<K>(h, num_probes, 2, 1 + h.E);
-    // With one tile, dl = p ⊙ (DP − ρ) sums over all chunks (both are sums over probes) before
-    // its two GEMMs, not two GEMMs per chunk.
+    // With one tile, dl = p ⊙ centered(DP) sums over all chunks (DP and its Centered sums rho
+    // are sums over probes) before its two GEMMs, not two GEMMs per chunk.
     const bool one_tile = h.tile == h.C;
     const at::Tensor DP1 = one_tile ? at::zeros({h.N, h.C}, acc) : at::Tensor();
-    const at::Tensor rho1 = one_tile ? at::zeros({h.N}, acc) : at::Tensor();
+    const at::Tensor rho1 = one_tile ? at::zeros({2, h.N}, acc) : at::Tensor();
     auto add_logits_grad = [&](const LogitsTile<scalar_t, acc_t>& lt, const at::Tensor& DP, const at::Tensor& rho) {
       at::Tensor dl = at::empty({h.N, lt.T}, h.zt.options());
-      k.rows(h.N, SoftmaxBackwardOp<scalar_t, acc_t>{{}, lt, DP.const_data_ptr<acc_t>(), rho.const_data_ptr<acc_t>(),
+      const acc_t* r = rho.const_data_ptr<acc_t>();
+      k.rows(h.N, SoftmaxBackwardOp<scalar_t, acc_t>{{}, lt, DP.const_data_ptr<acc_t>(), r, r + h.N,
                                                      dl.mutable_data_ptr<scalar_t>()});
       g.add_logits_grad(h, dl, lt.c0, lt.T);
     };
@@ -165,31 +167,34 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> hutchinson_diag_backward(
     };
     for (int64_t k0 = 0; k0 < num_probes; k0 += chunk) {
       const int64_t B = std::min(chunk, num_probes - k0);
-      at::Tensor m = at::zeros({h.N, B}, acc), t = at::zeros({h.N, B}, acc), w = at::zeros({h.N, B}, acc);
+      // per row and probe (math/head_hvp.h): m, mk, t, tk, w
+      at::Tensor sums = at::zeros({5, h.N, B}, acc);
+      acc_t* const s = sums.mutable_data_ptr<acc_t>();
+      const int64_t NB = h.N * B;
+      const HvpBackwardSums<acc_t> rs{s, s + NB, s + 2 * NB, s + 3 * NB, s + 4 * NB};
       std::array<at::Tensor, 4> cached;
-      for (int64_t c0 = 0; c0 < h.C; c0 += h.tile) {  // pass 2: m, t, w
+      for (int64_t c0 = 0; c0 < h.C; c0 += h.tile) {  // pass 2: the sums
         const int64_t T = std::min(h.tile, h.C - c0);
         const at::Tensor L = h.logits(c0, T);
         std::array<at::Tensor, 4> in = tile_inputs(k0, B, c0, T);
         const HvpChunk<scalar_t, acc_t> ch{h.view<scalar_t, acc_t>(L, c0, T), B, 0, B};
-        k.rows(h.N * B,
-               HvpMeanOp<scalar_t, acc_t>{{}, ch, in[2].const_data_ptr<scalar_t>(), m.mutable_data_ptr<acc_t>()});
-        k.rows(h.N * B, HvpBackwardSumsOp<scalar_t, acc_t>{{}, ch, h.c.const_data_ptr<acc_t>(),
-                                                           in[2].const_data_ptr<scalar_t>(),
-                                                           in[3].const_data_ptr<scalar_t>(),
-                                                           t.mutable_data_ptr<acc_t>(), w.mutable_data_ptr<acc_t>()});
+        k.rows(NB, HvpMeanOp<scalar_t, acc_t>{{}, ch, in[2].const_data_ptr<scalar_t>(), s, s + NB});
+        k.rows(NB, HvpBackwardSumsOp<scalar_t, acc_t>{{}, ch, in[2].const_data_ptr<scalar_t>(),
+                                                      in[3].const_data_ptr<scalar_t>(), s + 2 * NB, s + 3 * NB,
+                                                      s + 4 * NB});
         if (T == h.C) cached = in;
       }
-      const at::Tensor rho = (w - 2 * m * t).sum(1);
-      if (one_tile) rho1.add_(rho);
+      const at::Tensor rho = one_tile ? rho1 : at::zeros({2, h.N}, acc);  // dP's Centered sums
+      acc_t* const r = rho.mutable_data_ptr<acc_t>();
+      k.elements(h.N, HvpSoftmaxSumsOp<acc_t>{B, h.pbar.const_data_ptr<acc_t>(), h.c.const_data_ptr<acc_t>(), rs, r,
+                                              r + h.N});
       for (int64_t c0 = 0; c0 < h.C; c0 += h.tile) {  // pass 3: S, dU, dP, dl
         const int64_t T = std::min(h.tile, h.C - c0);
         const at::Tensor L = h.logits(c0, T);
         std::array<at::Tensor, 4> in = cached[0].defined() ? cached : tile_inputs(k0, B, c0, T);
         const auto lt = h.view<scalar_t, acc_t>(L, c0, T);
         const at::Tensor DP = one_tile ? DP1 : at::zeros({h.N, T}, acc);
-        k.rows(h.N, HvpBackwardMapOp<scalar_t, acc_t>{{}, {lt, B, 0, B}, h.c.const_data_ptr<acc_t>(),
-                                                      m.const_data_ptr<acc_t>(), t.const_data_ptr<acc_t>(),
+        k.rows(h.N, HvpBackwardMapOp<scalar_t, acc_t>{{}, {lt, B, 0, B}, h.c.const_data_ptr<acc_t>(), rs,
                                                       in[2].mutable_data_ptr<scalar_t>(),
                                                       in[3].mutable_data_ptr<scalar_t>(),
                                                       DP.mutable_data_ptr<acc_t>()});

@@ -26,9 +26,6 @@
 
 namespace hessalign {
 
-// At most one class of a row can hold more than this, even after rounding.
-constexpr double kDominantProb = 0.6;
-
 // P' = p without the row's dominant class, Q' = P'⊙P' (acc dtype, N×T), the operands of the S' and
 // R' GEMMs; records the dominant class (dominant starts at -1) and adds the other classes' mass to p̄.
 template <class scalar_t, class acc_t>
@@ -40,7 +37,6 @@ struct ProbTileOp : RowOpBase<acc_t> {
   int64_t* dominant;
   acc_t* pbar;
   HE_INLINE index_t cols() const { return lt.T; }
-  HE_INLINE static bool dominates(acc_t p) { return p > acc_t(kDominantProb); }
   HE_INLINE void partial(index_t i, index_t c, acc_t* s) const {
     const acc_t p = lt.prob(i, c);
     if (!dominates(p)) s[0] += p;

@@ -64,4 +64,6 @@ HE_INLINE float he_exp(float x) { return expf(x); }
 HE_INLINE double he_exp(double x) { return exp(x); }
 HE_INLINE float he_log(float x) { return logf(x); }
 HE_INLINE double he_log(double x) { return log(x); }
+HE_INLINE float he_log1p(float x) { return log1pf(x); }
+HE_INLINE double he_log1p(double x) { return log1p(x); }
 }  // namespace hessalign

@@ -74,7 +74,7 @@ struct ProbeUpstreamOp {
 };
 
 // The by-class fold's products in place: U (N, C, B) holds u_ick = v_k[c]·z̃_i class-major; per
-// row and run of probes m_ik = Σ_c p_ic u_ick, then S_ick = c_i p_ic (u_ick − m_ik)
+// row and run of probes the Centered sums of u (tile.h), then S_ick = c_i p_ic d_ick
 // (idx over the ColumnRun<W> items of N rows of B probes).
 template <class scalar_t, class acc_t, int W>
 struct ClassMajorSOp {
@@ -87,14 +87,16 @@ struct ClassMajorSOp {
     const ColumnRun<W> run(idx, B);
     const index_t i = run.row;
     scalar_t* u = U + i * C * B + run.j0;
-    acc_t m[W] = {};
+    acc_t m[W] = {}, mk[W] = {};
     for (index_t c = 0; c < C; ++c) {
       const acc_t p = lt.prob(i, c);
-      for (index_t jj = 0; jj < run.width; ++jj) m[jj] += p * acc_t(u[c * B + jj]);
+      for (index_t jj = 0; jj < run.width; ++jj) Centered<acc_t>::add(p, acc_t(u[c * B + jj]), m[jj], mk[jj]);
     }
+    const acc_t pb = lt.pbar[i];
     for (index_t c = 0; c < C; ++c) {
-      const acc_t q = coef[i] * lt.prob(i, c);
-      for (index_t jj = 0; jj < run.width; ++jj) u[c * B + jj] = scalar_t(q * (acc_t(u[c * B + jj]) - m[jj]));
+      const acc_t p = lt.prob(i, c), q = coef[i] * p;
+      for (index_t jj = 0; jj < run.width; ++jj)
+        u[c * B + jj] = scalar_t(q * Centered<acc_t>::value(p, acc_t(u[c * B + jj]), pb, m[jj], mk[jj]));
     }
   }
 };

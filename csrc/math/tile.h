@@ -18,11 +18,38 @@ struct LogitsTile {
   index_t T;             // columns in the tile
   index_t c0;            // global index of the tile's first class
   ReadOnly<acc_t> lse;   // N row log-sum-exps over all C classes
+  ReadOnly<acc_t> pbar;  // N: 1 - p of each row's max class (softmax.h)
   ReadOnly<acc_t> P;     // N×T probabilities when the backend keeps them (K::kCacheProbs)
   HE_INLINE acc_t logit(index_t i, index_t c) const { return acc_t(L[i * T + c]); }
   HE_INLINE acc_t prob(index_t i, index_t c) const {
     return P ? P[i * T + c] : softmax_prob(logit(i, c), lse[i]);
   }
+  // 1 - p of a class of probability p: p̄ for the row's dominant class, of which 1 - p keeps eps/p̄.
+  HE_INLINE acc_t complement(index_t i, acc_t p) const { return dominates(p) ? pbar[i] : acc_t(1) - p; }
+  // -log p_ic = lse_i - l_ic; for the dominant class (p > kDominantProb: -log p < 0.5108) -log1p(-p̄),
+  // of which lse - l keeps eps·|lse|/p̄.
+  HE_INLINE acc_t neg_log_prob(index_t i, index_t c) const {
+    const acc_t nl = lse[i] - logit(i, c);
+    return nl < acc_t(kDominantNegLog) ? -he_log1p(-pbar[i]) : nl;
+  }
+};
+
+// The centered value x_c - Σ_c' p_c' x_c' of a row's classes (the softmax Jacobian's product:
+// (diag(p) - p pᵀ) x = p ⊙ centered), from two sums over the row that add gathers: rest =
+// Σ p x over the classes that do not dominate, xk = x of the dominant class (0 without one).
+// For the dominant class it is p̄ x_k - rest, where x_k - Σ p x would cancel terms of size x to a
+// result of size p̄ x.
+template <class acc_t>
+struct Centered {
+  HE_INLINE static void add(acc_t p, acc_t x, acc_t& rest, acc_t& xk) {
+    if (dominates(p)) xk += x;
+    else rest += p * x;
+  }
+  HE_INLINE static acc_t value(acc_t p, acc_t x, acc_t pbar, acc_t rest, acc_t xk) {
+    return dominates(p) ? pbar * xk - rest : x - (acc_t(1) - pbar) * xk - rest;
+  }
+  // Σ_c p_c x_c itself
+  HE_INLINE static acc_t mean(acc_t pbar, acc_t rest, acc_t xk) { return rest + (acc_t(1) - pbar) * xk; }
 };
 
 // Base of row functors without a map or finish step.
@@ -51,18 +78,21 @@ struct RowSqNormOp : RowOpBase<acc_t> {
   HE_INLINE void finish(index_t i, const acc_t* s) const { out[i] = s[0] + ones; }
 };
 
-// Softmax backward of an accumulated dP: dl_ic = p_ic (DP_ic - ρ_i).
+// Softmax backward of an accumulated dP: dl_ic = p_ic (DP_ic - Σ_c' p DP), from DP's Centered sums
+// (rest: Σ p DP over the classes that do not dominate; dpk: DP of the dominant class).
 template <class scalar_t, class acc_t>
 struct SoftmaxBackwardOp : RowOpBase<acc_t> {
   static constexpr int kSums = 0;
   LogitsTile<scalar_t, acc_t> lt;
   ReadOnly<acc_t> DP;
-  ReadOnly<acc_t> rho;
+  ReadOnly<acc_t> rest;
+  ReadOnly<acc_t> dpk;
   scalar_t* dl;
   HE_INLINE index_t cols() const { return lt.T; }
   HE_INLINE void map(index_t i, index_t c, const acc_t*) const {
     const index_t e = i * lt.T + c;
-    dl[e] = scalar_t(lt.prob(i, c) * (DP[e] - rho[i]));
+    const acc_t p = lt.prob(i, c);
+    dl[e] = scalar_t(p * Centered<acc_t>::value(p, DP[e], lt.pbar[i], rest[i], dpk[i]));
   }
 };
 

@@ -56,13 +56,14 @@ namespace hessalign {
   HE_ROWS(LogitsHvpOp<S, A>)                                                                                  \
   HE_ROWS(LogitsHvpBackwardUOp<S, A>)                                                                         \
   HE_ROWS(LogitsHvpBackwardPOp<S, A>)                                                                         \
-  template int launch_softmax_stats<S, A>(const S*, index_t, index_t, A*, A*, bool, A*, cudaStream_t);       \
+  template int launch_softmax_stats<S, A>(const S*, index_t, index_t, A*, A*, bool, A*, A*, cudaStream_t);   \
   template int launch_logits<S, A>(const S*, const S*, const S*, index_t, index_t, index_t, S*, cudaStream_t); \
   template int launch_domain_stats<S, A>(const CeParams<A>&, const DomainOffsets&, const S*, index_t, A*, A*, A*, A*, \
-                                         A*, cudaStream_t);
+                                         A*, A*, cudaStream_t);
 
 // The kernels of the accumulation type alone.
 #define HE_INSTANTIATE_ACC(A)                                                                                 \
+  HE_ELEMENTS(HvpSoftmaxSumsOp<A>)                                                                            \
   HE_ROWS(InnerPairOp<A>)                                                                                     \
   HE_ROWS(InnerPairBackwardOp<A>)                                                                             \
   HE_ROWS(InnerGatherOp<A>)                                                                                   \
