@@ -123,7 +123,9 @@ struct CpuKernels {
   // Merges each row of an N×T logits tile into the running (M, S) pairs (math/softmax.h): the
   // row's max, then its off-max mass, Σ exp(l - max) over the logits below the max plus one per
   // tie beyond the first, each a vectorized pass (ATen's Vectorized: AVX2 + Sleef's exp when built
-  // for x86-64-v3), where the streaming form of softmax.h branches per element.
+  // for x86-64-v3), where the streaming form of softmax.h branches per element. The mass's two sums
+  // in one pass: as two map_reduce_all passes, domain_losses took 66 µs against 60 before the
+  // off-max mass at 3×32, d = 2048, C = 7 (one thread, alternating processes); in one, 59.
   template <class scalar_t, class acc_t>
   void softmax_stats(const scalar_t* L, index_t N, index_t T, acc_t* M, acc_t* S, bool first, acc_t* lse,
                      acc_t* pbar) const {
@@ -137,11 +139,23 @@ struct CpuKernels {
         // An all -inf row is an empty pair (softmax_merge's identity); a NaN max gives NaN sums.
         acc_t s = 0;
         if (m != -INFINITY) {
+          // one pass: Σ exp(l - m) below the max, and the logits at it
           const Vec vm(m);
+          Vec below(0), at_max(0);
+          index_t j = 0;
+          for (; j + Vec::size() <= T; j += Vec::size()) {
+            const Vec x = Vec::loadu(row + j);
+            below += Vec::blendv((x - vm).exp(), Vec(0), x == vm);
+            at_max += x.eq(vm);
+          }
+          if (j < T) {  // the tail's unloaded lanes keep the sums as they were
+            const int n = int(T - j);
+            const Vec x = Vec::loadu(row + j, n);
+            below = Vec::set(below, below + Vec::blendv((x - vm).exp(), Vec(0), x == vm), n);
+            at_max = Vec::set(at_max, at_max + x.eq(vm), n);
+          }
           // the ties beyond the first (0 but for ties) added as a whole: 1 + s would round s away
-          const acc_t ties = at::vec::map_reduce_all<acc_t>([vm](Vec x) { return x.eq(vm); }, add, row, T) - acc_t(1);
-          s = at::vec::map_reduce_all<acc_t>([vm](Vec x) { return Vec::blendv((x - vm).exp(), Vec(0), x == vm); },
-                                             add, row, T) + ties;
+          s = at::vec::vec_reduce_all<acc_t>(add, below) + (at::vec::vec_reduce_all<acc_t>(add, at_max) - acc_t(1));
         }
         const SoftmaxPair<acc_t> p{m, s};
         softmax_store(first ? p : softmax_merge(SoftmaxPair<acc_t>{M[i], S[i]}, p), i, M, S, lse, pbar);

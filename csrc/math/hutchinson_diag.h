@@ -87,16 +87,29 @@ struct ClassMajorSOp {
     const ColumnRun<W> run(idx, B);
     const index_t i = run.row;
     scalar_t* u = U + i * C * B + run.j0;
+    // Centered's sums and values, with the branch on the class outside the loops over probes
     acc_t m[W] = {}, mk[W] = {};
     for (index_t c = 0; c < C; ++c) {
       const acc_t p = lt.prob(i, c);
-      for (index_t jj = 0; jj < run.width; ++jj) Centered<acc_t>::add(p, acc_t(u[c * B + jj]), m[jj], mk[jj]);
+      const scalar_t* uc = u + c * B;
+      if (dominates(p))
+        for (index_t jj = 0; jj < run.width; ++jj) mk[jj] += acc_t(uc[jj]);
+      else
+        for (index_t jj = 0; jj < run.width; ++jj) m[jj] += p * acc_t(uc[jj]);
     }
     const acc_t pb = lt.pbar[i];
+    acc_t mean[W], dk[W];  // Σ p u, and the dominant class's centered value
+    for (index_t jj = 0; jj < run.width; ++jj) {
+      mean[jj] = Centered<acc_t>::mean(pb, m[jj], mk[jj]);
+      dk[jj] = pb * mk[jj] - m[jj];
+    }
     for (index_t c = 0; c < C; ++c) {
       const acc_t p = lt.prob(i, c), q = coef[i] * p;
-      for (index_t jj = 0; jj < run.width; ++jj)
-        u[c * B + jj] = scalar_t(q * Centered<acc_t>::value(p, acc_t(u[c * B + jj]), pb, m[jj], mk[jj]));
+      scalar_t* uc = u + c * B;
+      if (dominates(p))
+        for (index_t jj = 0; jj < run.width; ++jj) uc[jj] = scalar_t(q * dk[jj]);
+      else
+        for (index_t jj = 0; jj < run.width; ++jj) uc[jj] = scalar_t(q * (acc_t(uc[jj]) - mean[jj]));
     }
   }
 };
