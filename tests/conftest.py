@@ -171,6 +171,20 @@ def make_problem(shape: Shape, dtype=torch.float64, device="cpu", seed=0, requir
     return p
 
 
+def confident_head(classes, margin: float, d: int, C: int, seed: int):
+    """A float64 head whose logits put row i `margin` nats on class ``classes[i]`` above its other
+    classes, which spread over a nat (a confident row: p̄ ≈ (C-1) e^-margin): (features, weight,
+    bias, the generator, to draw more from). d ≥ N, so a weight gives exactly these logits."""
+    g = torch.Generator().manual_seed(seed)
+    N = len(classes)
+    z = torch.randn(N, d, generator=g, dtype=torch.float64)
+    b = torch.randn(C, generator=g, dtype=torch.float64)
+    one_hot = torch.nn.functional.one_hot(torch.as_tensor(classes), C).double()
+    logits = margin * one_hot + torch.rand(N, C, generator=g, dtype=torch.float64)
+    w = torch.linalg.lstsq(z, logits - b).solution.T.contiguous()
+    return z, w, b, g
+
+
 # --------------------------------------------------------------------------------------
 # Loss options: one table of cases, each a function of the problem returning the op's
 # keyword options (``labels`` included; domain_losses/head_grad take it positionally).

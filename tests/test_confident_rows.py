@@ -14,6 +14,7 @@ import torch
 import hessalign_ext
 from hessalign_ext import probes
 from hessalign_ext.penalties import hgp
+from conftest import confident_head
 
 mpmath = pytest.importorskip("mpmath")
 
@@ -105,16 +106,11 @@ def test_confident_rows_keep_their_precision(op, dtype, margin, class_tile, opti
     (and vectors) to the dtype's relative precision. Before, float32 was 1-120% off, float64 up to
     67% in the gradients."""
     monkeypatch.setattr(mpmath.mp, "dps", 60)  # restored after the test
-    g = torch.Generator().manual_seed(11)
     offsets = [0, 3, 5]
-    N, d, C = 5, 6, 5
-    z = torch.randn(N, d, generator=g, dtype=torch.float64)
-    b = torch.randn(C, generator=g, dtype=torch.float64)
+    d, C = 6, 5
     labels = torch.tensor([0, 2, 0, 4, 2])
-    logits = margin * torch.nn.functional.one_hot(labels, C).double() + torch.rand(N, C, generator=g, dtype=torch.float64)
-    # d ≥ N: a weight gives exactly these logits; then every input rounded to the op's dtype, and
-    # the reference computed from the rounded values
-    w = torch.linalg.lstsq(z, logits - b).solution.T.contiguous()
+    # every input rounded to the op's dtype, and the reference computed from the rounded values
+    z, w, b, g = confident_head(labels, margin, d, C, seed=11)
     vectors = torch.randn(len(offsets) - 1, C, d + 1, generator=g, dtype=torch.float64)
     z, w, b, vectors = (t.to(dtype) for t in (z, w, b, vectors))
     smoothing, class_weight = (0.0, None) if options == "plain" else (0.05, torch.rand(C, generator=g) + 0.5)

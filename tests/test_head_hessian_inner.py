@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import hessalign_ext
-from conftest import DEVICES, DTYPES, SHAPE, SHAPES, assert_close, make_problem
+from conftest import DEVICES, DTYPES, SHAPE, SHAPES, assert_close, confident_head, make_problem
 from op_contract import OpContract
 
 # The reference forms each domain's (C·D)² Hessian by C·D double-backward passes: these
@@ -110,16 +110,9 @@ def test_confident_rows_keep_their_precision(dtype, margin, class_tile, monkeypa
     Reference: the same quantities at 60 digits (mpmath), the gradients by central differences."""
     mpmath = pytest.importorskip("mpmath")
     monkeypatch.setattr(mpmath.mp, "dps", 60)  # restored after the test
-    g = torch.Generator().manual_seed(5)
     offsets = [0, 3, 5]
-    N, d, C = 5, 6, 5
-    z = torch.randn(N, d, generator=g, dtype=torch.float64)
-    b = torch.randn(C, generator=g, dtype=torch.float64)
-    # each row's confident class (pairs that share it, and pairs that do not) `margin` nats above the
-    # others, which spread over a nat: d ≥ N, so a weight gives exactly these logits
-    confident = torch.nn.functional.one_hot(torch.tensor([0, 0, 3, 0, 3]), C).double()
-    logits = margin * confident + torch.rand(N, C, generator=g, dtype=torch.float64)
-    w = torch.linalg.lstsq(z, logits - b).solution.T.contiguous()
+    # each row's confident class: pairs that share it, and pairs that do not
+    z, w, b, g = confident_head([0, 0, 3, 0, 3], margin, d=6, C=5, seed=5)
     upstream = torch.randn(2, 2, generator=g, dtype=torch.float64)
     mp = lambda t: [mp(row) for row in t] if t.dim() == 2 else [mpmath.mpf(v) for v in t.tolist()]
     args = [mp(z), mp(w), mp(b)]
