@@ -18,8 +18,9 @@ inline at::Tensor domain_indicator(const Head& h, const at::TensorOptions& opts)
 }
 
 // The class-tile pass both directions start with: S' = P'P'ᵀ, R' = P'(P'⊙P')ᵀ (acc dtype, N×N), each
-// row's dominant class (-1 for none) and p̄, and Y's source: with one class tile, P' itself (the pair
-// functors read Y_ij = P'_j[k_i] there: no gather pass, no N×N Y), else Y gathered tile by tile.
+// row's dominant class (-1 for none), p̄ (Head's, from the row statistics), and Y's source: with one
+// class tile, P' itself (the pair functors read Y_ij = P'_j[k_i] there: no gather pass, no N×N Y),
+// else Y gathered tile by tile.
 struct InnerState {
   at::Tensor S, R, dominant, pbar, Y, P1;
 };
@@ -37,15 +38,14 @@ InnerState inner_prob_grams(const Head& h, const K& k) {
   const auto acc = h.zt.options().dtype(h.acc_type);
   const bool one_tile = h.num_tiles() <= 1;
   InnerState st{at::zeros({h.N, h.N}, acc), at::zeros({h.N, h.N}, acc),
-                at::full({h.N}, -1, h.zt.options().dtype(at::kLong)), at::zeros({h.N}, acc),
+                at::full({h.N}, -1, h.zt.options().dtype(at::kLong)), h.pbar,
                 one_tile ? at::Tensor() : at::zeros({h.N, h.N}, acc), at::Tensor()};
   for (int64_t c0 = 0; c0 < h.C && h.N > 0; c0 += h.tile) {
     const int64_t T = std::min(h.tile, h.C - c0);
     const at::Tensor L = h.logits(c0, T);
     at::Tensor P = at::empty({h.N, T}, acc), Q = at::empty({h.N, T}, acc);
     k.rows(h.N, ProbTileOp<scalar_t, acc_t>{{}, h.view<scalar_t, acc_t>(L, c0, T), P.mutable_data_ptr<acc_t>(),
-                                            Q.mutable_data_ptr<acc_t>(), st.dominant.mutable_data_ptr<int64_t>(),
-                                            st.pbar.mutable_data_ptr<acc_t>()});
+                                            Q.mutable_data_ptr<acc_t>(), st.dominant.mutable_data_ptr<int64_t>()});
     gemm_add(st.S, P, P.t());
     gemm_add(st.R, P, Q.t());
     if (one_tile)

@@ -27,20 +27,15 @@
 namespace hessalign {
 
 // P' = p without the row's dominant class, Q' = P'⊙P' (acc dtype, N×T), the operands of the S' and
-// R' GEMMs; records the dominant class (dominant starts at -1) and adds the other classes' mass to p̄.
+// R' GEMMs; records the dominant class (dominant starts at -1). p̄ is the row statistics' (softmax.h).
 template <class scalar_t, class acc_t>
 struct ProbTileOp : RowOpBase<acc_t> {
-  static constexpr int kSums = 1;
+  static constexpr int kSums = 0;
   LogitsTile<scalar_t, acc_t> lt;
   acc_t* P;
   acc_t* Q;
   int64_t* dominant;
-  acc_t* pbar;
   HE_INLINE index_t cols() const { return lt.T; }
-  HE_INLINE void partial(index_t i, index_t c, acc_t* s) const {
-    const acc_t p = lt.prob(i, c);
-    if (!dominates(p)) s[0] += p;
-  }
   HE_INLINE void map(index_t i, index_t c, const acc_t*) const {
     const acc_t p = lt.prob(i, c);
     const bool dom = dominates(p);
@@ -49,7 +44,6 @@ struct ProbTileOp : RowOpBase<acc_t> {
     P[i * lt.T + c] = q;
     Q[i * lt.T + c] = q * q;
   }
-  HE_INLINE void finish(index_t i, const acc_t* s) const { pbar[i] += s[0]; }
 };
 
 // Y_ij = P'_j[k_i] for the rows i whose dominant class k_i lies in this tile (Y starts at zero).
