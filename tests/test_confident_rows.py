@@ -158,12 +158,15 @@ def test_confident_rows_keep_their_precision(op, dtype, margin, class_tile, opti
                                    msg=lambda m: f"{name}: {m}")
 
 
-@pytest.mark.parametrize("method", ["ops", "gram"])
-def test_hgp_step_at_confident_rows(method):
-    """The HGP step's ops form (head_grad and head_hvp, held above to 60 digits) and its Gram form
-    (float64 inside) keep float32's precision at confident rows (p̄ ≈ 2e-6): penalty and gradients
-    against the float64 ops form. The fused form (hgp_fused, probabilities in float32) does not:
-    0.6% off in the penalty and 2-3% in the gradients here (README, "Confident rows")."""
+@pytest.mark.parametrize("weighted", [False, True], ids=["plain", "class_weight_mean_of_domains"])
+@pytest.mark.parametrize("method", ["ops", "gram", "fused"])
+def test_hgp_step_at_confident_rows(method, weighted):
+    """Every form of the HGP step keeps float32's precision at confident rows (p̄ ≈ 2e-6): penalty
+    and gradients against the float64 ops form. The ops form through head_grad and head_hvp (held
+    above to 60 digits), the Gram form by float64 inside, the fused form (hgp_fused, probabilities
+    in float32) by p̄ = Σ' p (csrc/math/hgp_fused.h); before that it was 0.6% off in the penalty
+    and 2-3% in the gradients here. Class weights keep the label's c − t at zero, as plain rows do
+    (label smoothing would hide the cancellation)."""
     g = torch.Generator().manual_seed(3)
     E, n, d, C = 3, 8, 600, 5  # D ≥ 512: a head where the Gram form is a candidate
     labels = torch.randint(0, C, (E * n,), generator=g)
@@ -174,10 +177,12 @@ def test_hgp_step_at_confident_rows(method):
     w = torch.linalg.lstsq(z, logits - b).solution.T
     head32 = [t.float().contiguous() for t in (z, w, b)]
     offsets = torch.arange(0, E * n + 1, n)
+    class_weight = torch.rand(C, generator=g) + 0.5
 
     def step(form, dtype):
         args = [t.to(dtype).requires_grad_() for t in head32]
-        penalty = hgp(*args, labels, offsets, method=form)
+        options = dict(mean_target="mean_of_domains", class_weight=class_weight.to(dtype)) if weighted else {}
+        penalty = hgp(*args, labels, offsets, method=form, **options)
         return [penalty.double()] + [x.double() for x in torch.autograd.grad(penalty, args)]
 
     for got, ref, name in zip(step(method, torch.float32), step("ops", torch.float64),

@@ -24,6 +24,7 @@ import pytest
 import torch
 
 import hessalign_ext  # noqa: F401  (the CPU ops the emulated kernels are compared with)
+from conftest import confident_head
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent / "emu"))
 import build as emu_build  # noqa: E402
@@ -265,6 +266,33 @@ def test_emulated_hgp_fused_matches_cpu(shape, dtype):
     for e, c in zip(torch.ops.hessalign_emu._hgp_fused_backward(*back),
                     torch.ops.hessalign_ext._hgp_fused_backward(*back)):
         assert_matches(e, c, dtype)
+
+
+def test_emulated_hgp_fused_at_confident_rows():
+    """The HGP step's kernels at confident rows (p̄ ≈ 1e-5, float32; every fourth row labelled at
+    random, mostly not its dominant class): ProbResidualOp's p̄ = Σ' p and residual, and logits_hvp's products centered on
+    it, emulated, agree with the CPU step, which tests/test_confident_rows.py holds to float64, to
+    float32's precision (forward, saved tensors and gradients); logits_hvp alone too (p̄ = 1 − p_k)."""
+    sizes, C, d = [7, 9, 8], 37, 40
+    N = sum(sizes)
+    g = torch.Generator().manual_seed(11)
+    classes = torch.randint(0, C, (N,), generator=g)
+    z, w, b, g = confident_head(classes, 14.0, d, C, seed=11)
+    z, w, b = z.float(), w.float(), b.float()
+    labels = classes.clone()
+    labels[::4] = torch.randint(0, C, (N,), generator=g)[::4]
+    args = (z, w, b, labels, [0, 7, 16, 24], 0.7, 0.3, True, -100, None, 0.0, "mean")
+    emu, cpu = torch.ops.hessalign_emu.hgp_fused(*args), torch.ops.hessalign_ext.hgp_fused(*args)
+    for e, c in zip([*emu[:3], *emu[3]], [*cpu[:3], *cpu[3]]):
+        assert_matches(e, c, torch.float32)
+    back = (torch.tensor(1.3), z, w, b, [0, 7, 16, 24], 0.7, 0.3, cpu[3], [True] * 3)
+    for e, c in zip(torch.ops.hessalign_emu._hgp_fused_backward(*back),
+                    torch.ops.hessalign_ext._hgp_fused_backward(*back)):
+        assert_matches(e, c, torch.float32)
+    probs, coef = cpu[3][1], cpu[3][0]
+    hvp_args = (probs, coef, torch.randn(N, 2 * C, generator=g))
+    for e, c in zip(torch.ops.hessalign_emu.logits_hvp(*hvp_args), torch.ops.hessalign_ext.logits_hvp(*hvp_args)):
+        assert_matches(e, c, torch.float32)
 
 
 # float16/bfloat16: inputs rounded to the dtype, compared with the CPU op in float64 on the same

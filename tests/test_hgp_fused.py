@@ -130,7 +130,7 @@ def _forward(z, W, b, y, off, **kw):
         [True] * 3), r"saved\[0\] must have dtype"),
     (lambda z, W, b, y, off: torch.ops.hessalign_ext._hgp_fused_backward(
         torch.tensor(1.0, dtype=F64), z, W, b, off, 0.5, 0.5, _saved(z, W, b, y, [0, 18]),
-        [True] * 3), r"saved\[6\] must have shape"),
+        [True] * 3), r"saved\[7\] must have shape"),
 ], ids=["offsets_unsorted", "offsets_end", "offsets_single", "labels_range", "labels_length", "labels_dtype",
         "weight_dtype", "bf16_features_f32_head", "weight_shape", "bias_shape", "class_weight_length",
         "label_smoothing", "reduction",

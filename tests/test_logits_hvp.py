@@ -45,6 +45,34 @@ def test_logits_hvp_matches_double_backward(shape, dtype):
     torch.testing.assert_close(m.double(), m_ref, **tol)
 
 
+def test_confident_rows_keep_precision():
+    """Rows with p̄ = 1 − p_k ≈ 4e-6 in float32 (every fourth row spread over the classes): H_i u
+    (forward) and H_i ds (the backward's du) keep float32's precision row by row, against the
+    same float32 values in float64. Their dominant entry c p_k (u_k − p·u) is of size p̄·|u|,
+    where forming p·u first would leave an error of eps·|u| (kernel: p̄ u_k − Σ' p u, with p̄ =
+    1 − p_k exact from the given p_k)."""
+    g = torch.Generator().manual_seed(5)
+    N, C, B = 24, 7, 2
+    logits = torch.rand(N, C, generator=g) + 14.0 * torch.nn.functional.one_hot(torch.randint(0, C, (N,),
+                                                                                              generator=g), C)
+    logits[::4] = torch.randn(N, C, generator=g)[::4]
+    probs, coef = torch.softmax(logits, 1), torch.rand(N, generator=g) + 0.1
+    vectors, grad_s = torch.randn(N, B * C, generator=g), torch.randn(N, B * C, generator=g)
+    s, m = hessalign_ext.ops.logits_hvp(probs, coef, vectors)
+    du = torch.ops.hessalign_ext._logits_hvp_backward(grad_s, None, probs, coef, vectors, m)[2]
+
+    def hessian_times(x):  # c p ⊙ (x − p·x) in float64
+        p, x3 = probs.double()[:, None], x.double().view(N, B, C)
+        return (coef.double()[:, None, None] * p * (x3 - (p * x3).sum(2, keepdim=True))).view(N, B * C)
+
+    assert (1 - probs.max(1).values[1::4]).max() < 1e-5  # the confident rows are confident
+    for got, ref, name in ((s, hessian_times(vectors), "s"), (du, hessian_times(grad_s), "du")):
+        error = ((got.double() - ref).abs().amax(1) / ref.abs().amax(1)).max().item()
+        assert error < 2e-6, f"{name}: largest error relative to its row {error:.3g}"
+    torch.testing.assert_close(m.double(), (probs.double()[:, None] * vectors.double().view(N, B, C)).sum(2),
+                               rtol=2e-6, atol=0)
+
+
 def test_non_contiguous_inputs():
     """Strided views are copied once, not misread."""
     logits, coef, vectors = problem(9, 5, 2)

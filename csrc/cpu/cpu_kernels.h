@@ -13,6 +13,7 @@
 #include "../math/cross_entropy.h"
 #include "../math/domains.h"
 #include "../math/head_grad.h"
+#include "../math/logits_hvp.h"
 #include "../math/softmax.h"
 
 namespace hessalign {
@@ -83,6 +84,71 @@ struct CpuKernels {
         }
       }
     });
+  }
+
+  // logits_hvp's products (math/logits_hvp.h), vectorized over a row's classes: the tests for
+  // the dominant class in their Centered sums and values kept the scalar loops from vectorizing.
+  // At 8192 rows, C = 65, B = 2 (one thread, Zen 4): those took 1.4-1.9x the uncentered form's
+  // time, these 0.5-1.0x.
+  template <class scalar_t, class acc_t>
+  void rows(index_t rows, const LogitsHvpOp<scalar_t, acc_t>& op) const {
+    centered_products<acc_t>(rows, op.B, op.C, op.P.p, op.coef.p, op.U.p, op.pbar.p, nullptr, op.S, op.M);
+  }
+
+  template <class scalar_t, class acc_t>
+  void rows(index_t rows, const LogitsHvpBackwardUOp<scalar_t, acc_t>& op) const {
+    centered_products<acc_t>(rows, op.B, op.C, op.P.p, op.coef.p, op.dS.p, nullptr, op.dM.p, op.dU, op.Nds);
+  }
+
+  // Virtual rows r = i·B + b of out = c_i p_i ⊙ Centered(x_r) + dm_r p_i and mean_r = p_i · x_r,
+  // with p̄ from pbar or 1 − p_k (LogitsHvpOp, LogitsHvpBackwardUOp; X or dM may be null: zero).
+  template <class acc_t>
+  static void centered_products(index_t rows, index_t B, index_t C, const acc_t* P, const acc_t* coef,
+                                const acc_t* X, const acc_t* pbar, const acc_t* dM, acc_t* out, acc_t* mean) {
+    using Vec = at::vec::Vectorized<acc_t>;
+    constexpr int kWidth = Vec::size();
+    const Vec dominant_prob{acc_t(kDominantProb)}, zero{acc_t(0)};
+    at::parallel_for(0, rows, std::max<index_t>(1, 4096 / std::max<index_t>(C, 1)), [&](index_t b, index_t e) {
+      for (index_t r = b; r < e; ++r) {
+        const index_t i = r / B;
+        const acc_t* p_row = P + i * C;
+        const acc_t* x_row = X ? X + r * C : nullptr;
+        acc_t rest = 0, xk = 0, pk = 0;
+        if (x_row) {
+          Vec rest_v(0), xk_v(0), pk_v(0);
+          for (index_t j = 0; j < C; j += kWidth) {
+            const int n = int(std::min<index_t>(kWidth, C - j));
+            const Vec p = Vec::loadu(p_row + j, n), x = Vec::loadu(x_row + j, n);
+            const Vec dominant = p > dominant_prob;
+            rest_v += Vec::blendv(p * x, zero, dominant);
+            xk_v += Vec::blendv(zero, x, dominant);
+            pk_v += Vec::blendv(zero, p, dominant);
+          }
+          rest = lane_sum(rest_v), xk = lane_sum(xk_v), pk = lane_sum(pk_v);
+        }
+        const acc_t complement = pbar ? pbar[i] : acc_t(1) - pk;
+        const acc_t m = Centered<acc_t>::mean(complement, rest, xk);
+        mean[r] = m;
+        const Vec c(x_row ? coef[i] : acc_t(0)), dm(dM ? dM[r] : acc_t(0));
+        // Centered::value: p̄ x_k − rest for the dominant class, x − (1 − p̄) x_k − rest otherwise
+        const Vec dominant_value(complement * xk - rest), base((acc_t(1) - complement) * xk + rest);
+        acc_t* out_row = out + r * C;
+        for (index_t j = 0; j < C; j += kWidth) {
+          const int n = int(std::min<index_t>(kWidth, C - j));
+          const Vec p = Vec::loadu(p_row + j, n), x = x_row ? Vec::loadu(x_row + j, n) : zero;
+          const Vec centered = Vec::blendv(x - base, dominant_value, p > dominant_prob);
+          (p * (c * centered + dm)).store(out_row + j, n);
+        }
+      }
+    });
+  }
+
+  template <class Vec>
+  static typename Vec::value_type lane_sum(const Vec& v) {
+    typename Vec::value_type lanes[Vec::size()], sum = 0;
+    v.store(lanes);
+    for (auto lane : lanes) sum += lane;
+    return sum;
   }
 
   // A row's sums over its columns in kLanes independent accumulators, added at the end: one

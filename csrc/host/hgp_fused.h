@@ -22,8 +22,11 @@
 // H_e g_e − T is formed as H_e (g_e − ḡ) plus the centred H_e ḡ, never as the difference of
 // two separately rounded blocks, so the head's gradient, a sum over domains that nearly
 // cancels there, stays within 1e-3 of float64 (tests/test_penalties.py,
-// test_hgp_exact_when_domains_align).
+// test_hgp_exact_when_domains_align). Confident rows keep theirs too: r_i and every H_i product
+// take the dominant class's 1 − p_k as p̄_i = Σ' p (math/hgp_fused.h), never from p_k, which has
+// rounded it away (tests/test_confident_rows.py, test_hgp_step_at_confident_rows).
 #pragma once
+#include "../math/hgp_fused.h"
 #include "logits_hvp.h"
 #include "loss_rows.h"
 
@@ -136,7 +139,7 @@ inline at::Tensor squared_norms(const at::Tensor& blocks) {
 }
 
 // The tensors the backward reads, in the order of the `saved` list.
-enum HgpSaved { kCoef, kProbs, kResidual, kU, kS, kPu, kGrads, kHessDiff, kGradDiff, kNumSaved };
+enum HgpSaved { kCoef, kProbs, kResidual, kU, kS, kPu, kPbar, kGrads, kHessDiff, kGradDiff, kNumSaved };
 
 // (penalty, per-domain Hessian terms (E,), per-domain gradient terms (E,), saved) in the
 // features' dtype (loss coefficients in float32 for float16/bfloat16).
@@ -160,10 +163,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> hgp_fuse
   // The probabilities are queued before the labels are read: they overlap the labels' read-back.
   const at::Tensor p = at::softmax(at::linear(rows.X, weight, bias), 1);
   label_check.finish();
-  const auto [c_acc, t_acc] = loss_rows_of(k, ce, rows.off, C, at::toOpMathType(dt) == at::kDouble ? at::kDouble
-                                                                                                     : at::kFloat);
-  const at::Tensor c = c_acc.to(dt), t = t_acc.to(dt);
-  const at::Tensor R = (c.unsqueeze(1) * p).sub_(t);
+  at::Tensor c_acc, t_acc;  // not structured bindings, which nvcc's lambdas do not capture
+  std::tie(c_acc, t_acc) = loss_rows_of(k, ce, rows.off, C, at::toOpMathType(dt));
+  const at::Tensor c = c_acc.to(dt);
+  // r_i and p̄_i (math/hgp_fused.h): exact at confident rows, as H_i u_i is with p̄ (logits_hvp)
+  const int64_t N = rows.N;
+  at::Tensor R = at::empty({N, C}, p.options()), pbar = at::empty({N}, p.options());
+  HE_DISPATCH(K, dt, [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    if (N == 0) return;
+    k.rows(N, ProbResidualOp<scalar_t, acc_t>{{}, p.const_data_ptr<scalar_t>(), c_acc.const_data_ptr<acc_t>(),
+                                               t_acc.const_data_ptr<acc_t>(), C, R.mutable_data_ptr<scalar_t>(),
+                                               pbar.mutable_data_ptr<scalar_t>()});
+  });
   const at::Tensor g = rows.outer(R);  // g_e
   const at::Tensor g_bar = g.mean(0);
   const at::Tensor g_diff = centred(g, g_bar);  // g_e − ḡ
@@ -172,7 +184,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> hgp_fuse
   const std::optional<at::Tensor> g_bar_b = bias ? std::optional<at::Tensor>(g_bar.select(1, d)) : std::nullopt;
   const at::Tensor U_bar = at::linear(rows.X, g_bar.narrow(1, 0, d), g_bar_b);
   const at::Tensor U_diff = rows.apply(g_diff);
-  const auto [S_pair, m_pair] = logits_hvp_of(k, p, c, at::cat({U_bar, U_diff}, 1));
+  const auto [S_pair, m_pair] = logits_hvp_of(k, p, c, at::cat({U_bar, U_diff}, 1), pbar);
   const at::Tensor U = U_bar + U_diff;
   const at::Tensor S = S_pair.narrow(1, 0, C) + S_pair.narrow(1, C, C);
   const at::Tensor pu = m_pair.sum(1, /*keepdim=*/true);  // p_i · u_i
@@ -184,7 +196,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> hgp_fuse
   const at::Tensor penalty = (hess_terms * (alpha / E)).add_(grad_terms, beta / E).sum();
   std::vector<at::Tensor> saved(kNumSaved);
   saved[kCoef] = c, saved[kProbs] = p, saved[kResidual] = R, saved[kU] = U, saved[kS] = S, saved[kPu] = pu;
-  saved[kGrads] = g, saved[kHessDiff] = h_diff, saved[kGradDiff] = g_diff;
+  saved[kPbar] = pbar, saved[kGrads] = g, saved[kHessDiff] = h_diff, saved[kGradDiff] = g_diff;
   return {penalty, hess_terms, grad_terms, saved};
 }
 
@@ -207,26 +219,26 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> hgp_fused_backward(
   // the row kernels read these unchecked: each must have the shape the forward gave it (no
   // allocation per step: the names are literals, the shapes brace lists)
   static constexpr const char* kName[kNumSaved] = {"saved[0]", "saved[1]", "saved[2]", "saved[3]", "saved[4]",
-                                                   "saved[5]", "saved[6]", "saved[7]", "saved[8]"};
-  check_shaped_like(op, kName[kCoef], saved[kCoef], {N}, features);
+                                                   "saved[5]", "saved[6]", "saved[7]", "saved[8]", "saved[9]"};
+  for (int i : {kCoef, kPbar}) check_shaped_like(op, kName[i], saved[i], {N}, features);
   for (int i : {kProbs, kResidual, kU, kS}) check_shaped_like(op, kName[i], saved[i], {N, C}, features);
   check_shaped_like(op, kName[kPu], saved[kPu], {N, 1}, features);
   for (int i : {kGrads, kHessDiff, kGradDiff}) check_shaped_like(op, kName[i], saved[i], {E, C, D}, features);
   [[maybe_unused]] auto he_guard = K::guard(features);
   const K k = K::current();
   const DomainRows rows(features.contiguous(), offsets.vec(), bias.has_value());
-  const at::Tensor c = saved[kCoef].contiguous(), p = saved[kProbs].contiguous();
+  const at::Tensor c = saved[kCoef].contiguous(), p = saved[kProbs].contiguous(), pbar = saved[kPbar].contiguous();
   const at::Tensor &U = saved[kU], &g = saved[kGrads];
   const at::Tensor scale = grad.reshape({}).to(features.scalar_type());
 
   const at::Tensor A = saved[kHessDiff] * (scale * (2.0 * alpha / E));  // ∂P/∂(H_e g_e)
   const at::Tensor a = rows.apply(A);
-  const auto [h, pa] = logits_hvp_of(k, p, c, a);  // H_i a_i, p_i · a_i
+  const auto [h, pa] = logits_hvp_of(k, p, c, a, pbar);  // H_i a_i, p_i · a_i
   const at::Tensor G = rows.outer(h).addcmul_(saved[kGradDiff], scale * (2.0 * beta / E));  // ∂P/∂g_e
   // ∂P/∂p_i = c_i (a_i ⊙ (u_i − p_i·u_i) − u_i (p_i·a_i) + q_i), and the softmax's Jacobian
   // times c_i is H_i: ∂P/∂logits_i = H_i (∂P/∂p_i / c_i)
   const at::Tensor dp = at::addcmul(rows.apply(G), a, U - saved[kPu]).addcmul_(U, pa, -1);
-  const at::Tensor dl = std::get<0>(logits_hvp_of(k, p, c, dp));
+  const at::Tensor dl = std::get<0>(logits_hvp_of(k, p, c, dp, pbar));
   // distinct empty tensors: outputs of an op must not alias each other
   at::Tensor d_features = features.new_empty({0}), d_weight = features.new_empty({0});
   at::Tensor d_bias = features.new_empty({0});

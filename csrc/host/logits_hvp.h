@@ -7,17 +7,20 @@
 
 namespace hessalign {
 
-// (S, M) for contiguous probs, coef and vectors already checked, on the backend's device.
+// (S, M) for contiguous probs, coef and vectors already checked, on the backend's device; pbar:
+// each row's p̄ (N, contiguous, probs' dtype) when p_k has rounded it away (math/logits_hvp.h).
 template <class K>
 std::tuple<at::Tensor, at::Tensor> logits_hvp_of(const K& k, const at::Tensor& P, const at::Tensor& c,
-                                                 const at::Tensor& U) {
+                                                 const at::Tensor& U, const at::Tensor& pbar = at::Tensor()) {
   const int64_t N = P.size(0), C = P.size(1), B = U.size(1) / C;
   at::Tensor S = at::empty({N, B * C}, U.options()), M = at::empty({N, B}, U.options());
   if (N * B == 0) return {S, M};
   HE_DISPATCH(K, P.scalar_type(), [&] {
     using acc_t = at::opmath_type<scalar_t>;
     k.rows(N * B, LogitsHvpOp<scalar_t, acc_t>{{}, P.const_data_ptr<scalar_t>(), c.const_data_ptr<scalar_t>(),
-                                                U.const_data_ptr<scalar_t>(), B, C, S.mutable_data_ptr<scalar_t>(),
+                                                U.const_data_ptr<scalar_t>(),
+                                                pbar.defined() ? pbar.const_data_ptr<scalar_t>() : nullptr, B, C,
+                                                S.mutable_data_ptr<scalar_t>(),
                                                 M.mutable_data_ptr<scalar_t>()});
   });
   return {S, M};

@@ -63,8 +63,9 @@ def _fake(features, weight, bias, labels, offsets, alpha, beta, mean_loss, ignor
           label_smoothing, reduction):
     N, E = features.shape[0], len(offsets) - 1
     C, D = param_shape(features, weight, bias)
-    # the saved list of host/hgp_fused.h (HgpSaved): c, p, R, U, S, pu; g, h_diff, g_diff
-    rows = [features.new_empty((N,))] + [features.new_empty((N, C)) for _ in range(4)] + [features.new_empty((N, 1))]
+    # the saved list of host/hgp_fused.h (HgpSaved): c, p, R, U, S, pu, pbar; g, h_diff, g_diff
+    rows = ([features.new_empty((N,))] + [features.new_empty((N, C)) for _ in range(4)]
+            + [features.new_empty((N, 1)), features.new_empty((N,))])
     blocks = [features.new_empty((E, C, D)) for _ in range(3)]
     return features.new_empty(()), features.new_empty((E,)), features.new_empty((E,)), rows + blocks
 

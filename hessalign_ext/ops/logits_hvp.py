@@ -21,6 +21,10 @@ def logits_hvp(probs, coef, vectors):
     Returns:
         (s, m): s (N, B·C) the products, in the layout of ``vectors``; m (N, B) the means ``p_i · u_ib``.
 
+    A row's dominant class (p > 0.6) takes ``u_k − m`` as ``(1 − p_k) u_k − Σ' p u``, exact for
+    the probabilities as given; where the caller rounded p_k from a confident softmax, 1 − p_k
+    holds p̄ only to eps/p̄ (:func:`hgp_fused` takes p̄ from the other classes instead).
+
     Differentiable with respect to all three through a closed-form backward op; double
     backward raises RuntimeError.
     Invalid arguments raise ValueError naming the argument.

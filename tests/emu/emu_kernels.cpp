@@ -18,6 +18,7 @@
 #include "../../csrc/math/head_hessian_inner.h"
 #include "../../csrc/math/head_hessian_trace.h"
 #include "../../csrc/math/head_hvp.h"
+#include "../../csrc/math/hgp_fused.h"
 #include "../../csrc/math/hutchinson_diag.h"
 #include "../../csrc/math/hutchinson_trace.h"
 #include "../../csrc/math/logits_hvp.h"
@@ -56,6 +57,7 @@ namespace hessalign {
   HE_ROWS(LogitsHvpOp<S, A>)                                                                                  \
   HE_ROWS(LogitsHvpBackwardUOp<S, A>)                                                                         \
   HE_ROWS(LogitsHvpBackwardPOp<S, A>)                                                                         \
+  HE_ROWS(ProbResidualOp<S, A>)                                                                               \
   template int launch_softmax_stats<S, A>(const S*, index_t, index_t, A*, A*, bool, A*, A*, cudaStream_t);   \
   template int launch_logits<S, A>(const S*, const S*, const S*, index_t, index_t, index_t, S*, cudaStream_t); \
   template int launch_domain_stats<S, A>(const CeParams<A>&, const DomainOffsets&, const S*, index_t, A*, A*, A*, A*, \
