@@ -189,3 +189,40 @@ def test_hgp_step_at_confident_rows(method, weighted):
                               ["penalty", "features", "weight", "bias"]):
         error = ((got - ref).abs().max() / ref.abs().max()).item()
         assert error < 2e-5, f"{method} {name}: relative error {error:.3g}"
+
+
+def test_fishr_at_confident_rows():
+    """Fishr's per-domain variances (penalties.gradient_variance) at confident rows (p̄ ≈ 6e-6,
+    float32), value and gradients, against float64: its residuals and their softmax backward are
+    centered on the dominant class (penalties/common.py, softmax_residuals), where c p − t and
+    torch's softmax backward were 1.4-1.7% off."""
+    from hessalign_ext.penalties import gradient_variance
+
+    C, d = 7, 40
+    classes = torch.randint(0, C, (24,), generator=torch.Generator().manual_seed(2))
+    z, w, b, _ = confident_head(classes, 14.0, d, C, seed=2)
+    offsets = torch.tensor([0, 8, 16, 24])
+    upstream = torch.randn(3, C, d + 1, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+
+    def run(dtype):
+        args = [t.float().to(dtype).requires_grad_() for t in (z, w, b)]
+        var = gradient_variance(*args, classes, offsets)
+        return [var.double()] + [x.double() for x in torch.autograd.grad((var * upstream.to(dtype)).sum(), args)]
+
+    for got, ref, name in zip(run(torch.float32), run(torch.float64), ["variance", "features", "weight", "bias"]):
+        error = ((got - ref).abs().max() / ref.abs().max()).item()
+        assert error < 2e-5, f"{name}: relative error {error:.3g}"
+
+
+def test_softmax_residuals_gradcheck():
+    """softmax_residuals' hand-written backward (logits, c and t) against finite differences, on
+    rows with and without a dominant class."""
+    from hessalign_ext.penalties.common import softmax_residuals
+
+    g = torch.Generator().manual_seed(4)
+    N, C = 6, 5
+    logits = torch.randn(N, C, generator=g, dtype=torch.float64)
+    logits[::2] += 9.0 * torch.nn.functional.one_hot(torch.randint(0, C, (3,), generator=g), C)
+    c = torch.rand(N, generator=g, dtype=torch.float64) + 0.5
+    t = torch.rand(N, C, generator=g, dtype=torch.float64)
+    assert torch.autograd.gradcheck(softmax_residuals, [x.requires_grad_() for x in (logits, c, t)])

@@ -9,6 +9,10 @@ import torch
 import torch.nn.functional as F
 
 BACKENDS = ("kernel", "autograd")
+# A class holding more than this of its row's mass is the row's dominant one (the kernels'
+# kDominantProb): at most one class per row can, and the forms centered on it are exact for any
+# choice, so the two need not agree.
+DOMINANT_PROB = 0.6
 
 
 def _ops():
@@ -238,3 +242,36 @@ def loss_rows(labels: Optional[torch.Tensor], offs, num_classes: int, opts: dict
                             class_weight=opts["class_weight"], label_smoothing=opts["label_smoothing"],
                             reduction=opts["reduction"])
     return c.to(dtype), t.to(dtype), domains
+
+
+class _SoftmaxResiduals(torch.autograd.Function):
+    """Rows ``r_i = c_i p_i − t_i`` with ``p_i = softmax(l_i)``, exact at confident rows. There
+    ``1 − p_k`` of the dominant class k is the row's small mass p̄ and a rounded ``p_k`` keeps only
+    eps/p̄ of it, as ``c p_k − t_k`` and the softmax backward's ``x_k − p·x`` would. Both take p̄
+    as ``Σ' p`` over the other classes, which keep their relative precision, and the backward
+    ``p ⊙ (x − p·x)`` is centered on it (the kernels' Centered, csrc/math/tile.h)."""
+
+    @staticmethod
+    def forward(ctx, logits, c, t):
+        P = logits.softmax(1)
+        dominant = P > DOMINANT_PROB
+        pbar = P.masked_fill(dominant, 0).sum(1, keepdim=True)
+        c1 = c[:, None]
+        ctx.save_for_backward(P, dominant, pbar, c1)
+        return torch.where(dominant, (c1 - t) - c1 * pbar, c1 * P - t)
+
+    @staticmethod
+    def backward(ctx, dR):
+        P, dominant, pbar, c1 = ctx.saved_tensors
+        x = c1 * dR
+        rest = (P * x).masked_fill(dominant, 0).sum(1, keepdim=True)  # Σ' p x
+        xk = x.masked_fill(~dominant, 0).sum(1, keepdim=True)
+        d_logits = P * torch.where(dominant, pbar * xk - rest, x - (1 - pbar) * xk - rest)
+        d_c = (dR * torch.where(dominant, 1 - pbar, P)).sum(1) if ctx.needs_input_grad[1] else None
+        return d_logits, d_c, -dR if ctx.needs_input_grad[2] else None
+
+
+def softmax_residuals(logits: torch.Tensor, c: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """``c_i softmax(l_i) − t_i`` per row (``loss_rows``' c and t), differentiable, exact at
+    confident rows (``_SoftmaxResiduals``)."""
+    return _SoftmaxResiduals.apply(logits, c, t)

@@ -7,7 +7,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from .common import checked, loss_rows, named_errors
+from .common import checked, loss_rows, named_errors, softmax_residuals
 
 
 @named_errors("gradient_variance")
@@ -26,10 +26,9 @@ def gradient_variance(features: torch.Tensor, weight: torch.Tensor, bias: Option
                          reduction="sum")
     N, C = features.shape[0], weight.shape[0]
     logits = F.linear(features, weight, bias)
-    P = logits.softmax(dim=1)
-    c, t, _ = loss_rows(labels, offs, C, opts, P.dtype, P.device)   # reduction "sum": per-sample losses
-    R = c[:, None] * P - t
-    keep = (labels != opts["ignore_index"]).to(P.dtype)
+    c, t, _ = loss_rows(labels, offs, C, opts, logits.dtype, logits.device)  # reduction "sum": per-sample losses
+    R = softmax_residuals(logits, c, t)
+    keep = (labels != opts["ignore_index"]).to(R.dtype)
     Zt = features if bias is None else torch.cat([features, features.new_ones(N, 1)], dim=1)
     out = []
     for s, t in zip(offs, offs[1:]):

@@ -8,12 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from .autograd_reference import autograd_domain_grads, autograd_full_hessian
-from .common import _flat, _ops, _params, _result, _sqdev, _sqdist, checked, loss_rows, named_errors
-
-
-# A row is written relative to a class holding more than this (the kernels' kDominantProb): at most
-# one class per row can, and the form is exact for any choice, so the two need not agree.
-DOMINANT_PROB = 0.6
+from .common import (DOMINANT_PROB, _flat, _ops, _params, _result, _sqdev, _sqdist, checked, loss_rows,
+                     named_errors)
 
 
 def _dominant_relative(P: torch.Tensor):
