@@ -270,9 +270,10 @@ def test_emulated_hgp_fused_matches_cpu(shape, dtype):
 
 def test_emulated_hgp_fused_at_confident_rows():
     """The HGP step's kernels at confident rows (p̄ ≈ 1e-5, float32; every fourth row labelled at
-    random, mostly not its dominant class): ProbResidualOp's p̄ = Σ' p and residual, and logits_hvp's products centered on
-    it, emulated, agree with the CPU step, which tests/test_confident_rows.py holds to float64, to
-    float32's precision (forward, saved tensors and gradients); logits_hvp alone too (p̄ = 1 − p_k)."""
+    random, mostly not its dominant class): ProbResidualOp's p̄ = Σ' p and residual, and
+    logits_hvp's products centered on it, emulated, agree with the CPU step, which
+    tests/test_confident_rows.py holds to float64, to float32's precision (forward, saved tensors
+    and gradients); logits_hvp alone too (p̄ = 1 − p_k)."""
     sizes, C, d = [7, 9, 8], 37, 40
     N = sum(sizes)
     g = torch.Generator().manual_seed(11)

@@ -10,7 +10,7 @@ namespace hessalign {
 
 template <class scalar_t, class acc_t>
 struct ProbResidualOp : RowOpBase<acc_t> {
-  static constexpr int kSums = 1;  // p̄ (Σ p ≈ 1 without a dominant class, whose p̄ is then unused)
+  static constexpr int kSums = 1;  // p̄; without a dominant class Σ p ≈ 1, which only a zero x_k multiplies
   ReadOnly<scalar_t> P;  // N×C probabilities
   ReadOnly<acc_t> coef;  // N
   ReadOnly<acc_t> T;     // N×C targets
