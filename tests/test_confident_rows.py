@@ -191,6 +191,30 @@ def test_hgp_step_at_confident_rows(method, weighted):
         assert error < 2e-5, f"{method} {name}: relative error {error:.3g}"
 
 
+@pytest.mark.parametrize("step", ["hutchinson_exact", "hutchinson_probes", "full"])
+def test_penalty_steps_at_confident_rows(step):
+    """The other penalty steps at confident rows (p̄ ≈ 4e-6, float32): penalty and gradients within
+    2e-5 of the float64 step, through the ops held above (the Hutchinson steps: head_hessian_diag
+    and hutchinson_diag; whole-Hessian alignment: head_hessian_inner)."""
+    from hessalign_ext import penalties
+
+    call = {"hutchinson_exact": lambda *a: penalties.hutchinson(*a, num_probes=None),
+            "hutchinson_probes": lambda *a: penalties.hutchinson(*a, num_probes=4),
+            "full": penalties.hessian_alignment_full}[step]
+    C, d = 5, 600
+    classes = torch.randint(0, C, (24,), generator=torch.Generator().manual_seed(3))
+    z, w, b, _ = confident_head(classes, 14.0, d, C, seed=3)
+
+    def run(dtype):
+        args = [t.float().to(dtype).requires_grad_() for t in (z, w, b)]
+        penalty = call(*args, classes, torch.tensor([0, 8, 16, 24]))
+        return [penalty.double()] + [x.double() for x in torch.autograd.grad(penalty, args)]
+
+    for got, ref, name in zip(run(torch.float32), run(torch.float64), ["penalty", "features", "weight", "bias"]):
+        error = ((got - ref).abs().max() / ref.abs().max()).item()
+        assert error < 2e-5, f"{step} {name}: relative error {error:.3g}"
+
+
 def test_fishr_at_confident_rows():
     """Fishr's per-domain variances (penalties.gradient_variance) at confident rows (p̄ ≈ 6e-6,
     float32), value and gradients, against float64: its residuals and their softmax backward are
