@@ -273,7 +273,7 @@ def test_emulated_hgp_fused_at_confident_rows():
     random, mostly not its dominant class): ProbResidualOp's p̄ = Σ' p and residual, and
     logits_hvp's products centered on it, emulated, agree with the CPU step, which
     tests/test_confident_rows.py holds to float64, to float32's precision (forward, saved tensors
-    and gradients); logits_hvp alone too (p̄ = 1 − p_k)."""
+    and gradients); logits_hvp alone too (p̄ = 1 − p_k), forward and backward."""
     sizes, C, d = [7, 9, 8], 37, 40
     N = sum(sizes)
     g = torch.Generator().manual_seed(11)
@@ -293,6 +293,11 @@ def test_emulated_hgp_fused_at_confident_rows():
     probs, coef = cpu[3][1], cpu[3][0]
     hvp_args = (probs, coef, torch.randn(N, 2 * C, generator=g))
     for e, c in zip(torch.ops.hessalign_emu.logits_hvp(*hvp_args), torch.ops.hessalign_ext.logits_hvp(*hvp_args)):
+        assert_matches(e, c, torch.float32)
+    s, m = torch.ops.hessalign_ext.logits_hvp(*hvp_args)
+    back = (torch.randn(s.shape, generator=g), torch.randn(m.shape, generator=g), *hvp_args, m)
+    for e, c in zip(torch.ops.hessalign_emu._logits_hvp_backward(*back),
+                    torch.ops.hessalign_ext._logits_hvp_backward(*back)):
         assert_matches(e, c, torch.float32)
 
 
