@@ -3,7 +3,7 @@
 // (benchmarks/results/2026-11-26_h100/profile.md: 213 µs of kernels in a 3.7 ms step); the
 // same ATen calls issued here rather than from Python cost a fraction of the host time.
 //
-// With z̃_i = [z_i | 1], H_i = c_i (diag p_i − p_i p_iᵀ) and r_i = c_i p_i − t_i (loss_rows):
+// With z̃_i = [z_i | 1], H_i = c_i (diag p_i − p_i p_iᵀ) and r_i = c_i p_i − t_i (loss_rows.h):
 //
 // forward (5 passes over the features)
 //   logits Θ z̃_i; g_e = Σ_{i∈e} r_i z̃_iᵀ; ū_i = ḡ z̃_i and δu_i = (g_e − ḡ) z̃_i;
@@ -163,18 +163,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> hgp_fuse
   // The probabilities are queued before the labels are read: they overlap the labels' read-back.
   const at::Tensor p = at::softmax(at::linear(rows.X, weight, bias), 1);
   label_check.finish();
-  at::Tensor c_acc, t_acc;  // not structured bindings, which nvcc's lambdas do not capture
-  std::tie(c_acc, t_acc) = loss_rows_of(k, ce, rows.off, C, at::toOpMathType(dt));
-  const at::Tensor c = c_acc.to(dt);
+  const LossCoeffs coeffs = loss_coeffs_of(k, ce, rows.off, C, at::toOpMathType(dt));
+  const at::Tensor c = coeffs.c.to(dt);
   // r_i and p̄_i (math/hgp_fused.h): exact at confident rows, as H_i u_i is with p̄ (logits_hvp)
   const int64_t N = rows.N;
   at::Tensor R = at::empty({N, C}, p.options()), pbar = at::empty({N}, p.options());
   HE_DISPATCH(K, dt, [&] {
     using acc_t = at::opmath_type<scalar_t>;
     if (N == 0) return;
-    k.rows(N, ProbResidualOp<scalar_t, acc_t>{{}, p.const_data_ptr<scalar_t>(), c_acc.const_data_ptr<acc_t>(),
-                                               t_acc.const_data_ptr<acc_t>(), C, R.mutable_data_ptr<scalar_t>(),
-                                               pbar.mutable_data_ptr<scalar_t>()});
+    k.rows(N, ProbResidualOp<scalar_t, acc_t>{{}, p.const_data_ptr<scalar_t>(), coeffs.rows<acc_t>(ce, C), C,
+                                               R.mutable_data_ptr<scalar_t>(), pbar.mutable_data_ptr<scalar_t>()});
   });
   const at::Tensor g = rows.outer(R);  // g_e
   const at::Tensor g_bar = g.mean(0);

@@ -8,29 +8,52 @@
 
 namespace hessalign {
 
+// The rows' loss coefficients (c, a, b) in `dtype` (float32 or float64) for labels, offsets and
+// options already checked, with the tensors CeRows points into: t_ic = a_i [c = y_i] + b_i w_c
+// is read from them (CeRows::target) where a kernel needs the targets only once.
+struct LossCoeffs {
+  at::Tensor c, a, b, labels;
+  ClassWeights w;
+
+  template <class acc_t>
+  CeRows<acc_t> rows(const CeOptions& ce, int64_t C) const {
+    const CeParams<acc_t> p = ce_params<acc_t>(labels, w, ce, C);
+    return {c.const_data_ptr<acc_t>(), a.const_data_ptr<acc_t>(), b.const_data_ptr<acc_t>(), p.labels,
+            p.class_weight};
+  }
+};
+
+template <class K>
+LossCoeffs loss_coeffs_of(const K& k, const CeOptions& ce, const std::vector<int64_t>& off, int64_t C,
+                          at::ScalarType dtype) {
+  LossCoeffs lc;
+  lc.labels = ce.labels->contiguous();
+  at::Tensor off_storage;
+  const DomainOffsets domains = domain_offsets(off, lc.labels, off_storage);
+  const int64_t N = lc.labels.size(0);
+  const auto opts = lc.labels.options().dtype(dtype);
+  lc.c = at::empty({N}, opts), lc.a = at::empty({N}, opts), lc.b = at::empty({N}, opts);
+  if (N == 0) return lc;
+  lc.w = ClassWeights(ce, dtype);
+  AT_DISPATCH_FLOATING_TYPES(dtype, "hessalign_ext", [&] {
+    k.ce_coeffs(ce_params<scalar_t>(lc.labels, lc.w, ce, C), domains, lc.c.mutable_data_ptr<scalar_t>(),
+                lc.a.mutable_data_ptr<scalar_t>(), lc.b.mutable_data_ptr<scalar_t>());
+  });
+  return lc;
+}
+
 // (c, t) in `dtype` (float32 or float64) for labels, offsets and options already checked.
 template <class K>
 std::tuple<at::Tensor, at::Tensor> loss_rows_of(const K& k, const CeOptions& ce, const std::vector<int64_t>& off,
                                                 int64_t C, at::ScalarType dtype) {
-  const at::Tensor& labels = *ce.labels;
-  at::Tensor off_storage;
-  const DomainOffsets domains = domain_offsets(off, labels, off_storage);
-  const int64_t N = labels.size(0);
-  const auto opts = labels.options().dtype(dtype);
-  at::Tensor c = at::empty({N}, opts), a = at::empty({N}, opts), b = at::empty({N}, opts);
-  at::Tensor t = at::empty({N, C}, opts);
-  if (N == 0) return {c, t};
-  const at::Tensor y = labels.contiguous();
-  const ClassWeights w(ce, dtype);
+  const LossCoeffs lc = loss_coeffs_of(k, ce, off, C, dtype);
+  const int64_t N = lc.c.size(0);
+  at::Tensor t = at::empty({N, C}, lc.c.options());
+  if (N == 0) return {lc.c, t};
   AT_DISPATCH_FLOATING_TYPES(dtype, "hessalign_ext", [&] {
-    const CeParams<scalar_t> p = ce_params<scalar_t>(y, w, ce, C);
-    k.ce_coeffs(p, domains, c.mutable_data_ptr<scalar_t>(), a.mutable_data_ptr<scalar_t>(),
-                b.mutable_data_ptr<scalar_t>());
-    const CeRows<scalar_t> rows{c.const_data_ptr<scalar_t>(), a.const_data_ptr<scalar_t>(),
-                                b.const_data_ptr<scalar_t>(), p.labels, p.class_weight};
-    k.rows(N, TargetsRowOp<scalar_t>{{}, rows, C, t.mutable_data_ptr<scalar_t>()});
+    k.rows(N, TargetsRowOp<scalar_t>{{}, lc.rows<scalar_t>(ce, C), C, t.mutable_data_ptr<scalar_t>()});
   });
-  return {c, t};
+  return {lc.c, t};
 }
 
 template <class K>

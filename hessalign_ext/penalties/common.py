@@ -244,6 +244,14 @@ def loss_rows(labels: Optional[torch.Tensor], offs, num_classes: int, opts: dict
     return c.to(dtype), t.to(dtype), domains
 
 
+def dominant_split(P: torch.Tensor):
+    """(dominant, p̄): each row's mask of the class holding more than DOMINANT_PROB (at most one),
+    and p̄ (N, 1), the mass of the other classes summed directly: 1 − p_k of a confident row,
+    which 1 − p_k itself keeps only to eps/p̄."""
+    dominant = P > DOMINANT_PROB
+    return dominant, P.masked_fill(dominant, 0).sum(1, keepdim=True)
+
+
 class _SoftmaxResiduals(torch.autograd.Function):
     """Rows ``r_i = c_i p_i − t_i`` with ``p_i = softmax(l_i)``, exact at confident rows. There
     ``1 − p_k`` of the dominant class k is the row's small mass p̄ and a rounded ``p_k`` keeps only
@@ -254,8 +262,7 @@ class _SoftmaxResiduals(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, c, t):
         P = logits.softmax(1)
-        dominant = P > DOMINANT_PROB
-        pbar = P.masked_fill(dominant, 0).sum(1, keepdim=True)
+        dominant, pbar = dominant_split(P)
         c1 = c[:, None]
         ctx.save_for_backward(P, dominant, pbar, c1)
         return torch.where(dominant, (c1 - t) - c1 * pbar, c1 * P - t)

@@ -8,15 +8,15 @@ import torch
 import torch.nn.functional as F
 
 from .autograd_reference import autograd_domain_grads, autograd_full_hessian
-from .common import (DOMINANT_PROB, _flat, _ops, _params, _result, _sqdev, _sqdist, checked, loss_rows,
+from .common import (_flat, _ops, _params, _result, _sqdev, _sqdist, checked, dominant_split, loss_rows,
                      named_errors)
 
 
 def _dominant_relative(P: torch.Tensor):
     """(r, e): r = p − e_k for the rows whose class k holds more than DOMINANT_PROB of the mass (its
     entry −Σ_{c≠k} p_c, summed directly), r = p for the others, and e their one-hot (zero rows for the others)."""
-    e = (P > DOMINANT_PROB).to(P.dtype)
-    off_mass = (P * (1 - e)).sum(1, keepdim=True)
+    dominant, off_mass = dominant_split(P)
+    e = dominant.to(P.dtype)
     return P * (1 - e) - e * off_mass, e
 
 
