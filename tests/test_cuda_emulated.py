@@ -10,7 +10,7 @@ Kernels covered: rows_kernel (every row functor of csrc/math/, head_hessian_inne
 among them), elements_kernel (RademacherFillOp, ProbeDiagAccumulateOp, ClassMajorSOp, ProbeClassFoldOp,
 ProbeUpstreamOp), softmax_stats_kernel,
 segment_sum_kernel, ce_coeffs_kernel, domain_stats_kernel (with and without the domain losses), loss_rows,
-logits_hvp, and the HGP step's drivers (hgp_fused, whose kernels are loss_rows' and logits_hvp's).
+logits_hvp, and the HGP step's drivers (hgp_fused: ce_coeffs_kernel, ProbResidualOp and logits_hvp's).
 The float16/bfloat16 kernels (float accumulation) run here too, through the same host drivers,
 with the GEMMs in the 16-bit dtype on the CPU. Not emulated, covered only by the real CUDA tests
 of scripts/gpu_check.sh on a GPU: the cuBLAS GEMMs (ATen runs them on the CPU here), streams and
@@ -255,7 +255,8 @@ def test_emulated_logits_hvp_matches_cpu(N, C, B, dtype):
 @pytest.mark.parametrize("shape", SHAPES.values(), ids=SHAPES.keys())
 def test_emulated_hgp_fused_matches_cpu(shape, dtype):
     """The HGP step's forward and backward drivers (host/hgp_fused.h) with the CUDA backend's
-    loss_rows and logits_hvp kernels: value, per-domain terms, saved tensors and gradients."""
+    loss coefficients, residual (ProbResidualOp) and logits_hvp kernels: value, per-domain terms,
+    saved tensors and gradients."""
     sizes, C, d, bias = shape
     features, weight, b, labels, offsets = _args("head_grad", sizes, C, d, bias, dtype, OPTIONS["plain"])[:5]
     args = (features, weight, b, labels, offsets.tolist(), 0.7, 0.3, True, -100, None, 0.1, "mean")
